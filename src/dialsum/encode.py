@@ -1,0 +1,282 @@
+"""Tokenize prompt and target separately, so the loss falls on the summary only.
+
+Causal models: `input_ids = chat_prompt(add_generation_prompt=True) + summary + end-of-turn`,
+`labels = [-100] * len(prompt) + target`. We never search the rendered text for an assistant
+header: the prompt we train on is, token for token, the prompt we generate from.
+A dialogue that does not fit `training.max_length` loses turns from its end; the summary is never cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dialsum.config import Config, PromptConfig
+from dialsum.data import Dialogue, Turn
+from dialsum.errors import DataError
+from dialsum.prompt import build_messages, seq2seq_source
+
+IGNORE_INDEX = -100
+# Llama-3.1+ templates print "Today Date: ..." from the clock: pin it so train and inference prompts match.
+PINNED_DATE = "26 Jul 2024"
+PAD_CANDIDATES = ["<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|endoftext|>", "[PAD]"]
+_PROBE_SUMMARY = "두 사람이 약속 시간을 정한다."
+
+
+class TargetTooLong(DataError):
+    """The summary alone (plus the minimal prompt) exceeds max_length."""
+
+
+# ---------------------------------------------------------------- tokenizer set-up
+
+
+def ensure_pad_token(tokenizer) -> bool:
+    """Give the tokenizer a pad token that is not EOS, so EOS is never masked out of attention.
+
+    Returns True when a new token was added (the model's embeddings must then be resized).
+    """
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    vocab = tokenizer.get_vocab()
+    for candidate in PAD_CANDIDATES:
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return False
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return True
+
+
+def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The generation prompt as text: the chat template with add_generation_prompt, or the plain fallback."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, date_string=PINNED_DATE
+        )
+    return fallback_prompt(tokenizer, messages)
+
+
+def fallback_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """For tokenizers without a chat template (base models):
+
+        <bos>### System:\\n{system}\\n\\n### User:\\n{user}\\n\\n### Assistant:\\n
+    """
+    parts = [tokenizer.bos_token or ""]
+    for message in messages:
+        parts.append(f"### {message['role'].capitalize()}:\n{message['content']}\n\n")
+    parts.append("### Assistant:\n")
+    return "".join(parts)
+
+
+def _full_rendering(tokenizer, messages, summary: str) -> str:
+    return tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": summary}], tokenize=False, date_string=PINNED_DATE
+    )
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The token the chat template closes an assistant turn with (`<|eot_id|>`, `<|im_end|>`), else EOS."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": "안녕"}]
+        full = _full_rendering(tokenizer, messages, _PROBE_SUMMARY)
+        after = full.split(_PROBE_SUMMARY, 1)[-1]
+        for token in tokenizer.all_special_tokens:
+            if token and after.startswith(token):
+                return token
+    if tokenizer.eos_token is None:
+        raise DataError("tokenizer has neither an EOS token nor a chat template that closes turns")
+    return tokenizer.eos_token
+
+
+@dataclass
+class TemplateCheck:
+    """What a chat template does that could silently corrupt the label mask, said in plain words."""
+
+    ok: bool = True
+    notes: list[str] = field(default_factory=list)  # harmless quirks dialsum handles
+    problems: list[str] = field(default_factory=list)  # the prompt is not a prefix of the full rendering
+
+
+def check_chat_template(tokenizer, prompt: PromptConfig) -> TemplateCheck:
+    """The prompt tokens must be a prefix of the full chat rendering with the assistant turn."""
+    check = TemplateCheck()
+    if not tokenizer.chat_template:
+        check.notes.append("no chat template: using the plain '### User/### Assistant' fallback format")
+        return check
+    probe = Dialogue(id="probe", turns=[Turn("#Person1#", "안녕하세요."), Turn("#Person2#", "반갑습니다.")], topic="인사")
+    messages = build_messages(probe, prompt)
+    prompt_text = render_prompt(tokenizer, messages)
+    full_text = _full_rendering(tokenizer, messages, _PROBE_SUMMARY)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    if not full_text.startswith(prompt_text):
+        cut = next((i for i, (a, b) in enumerate(zip(prompt_text, full_text)) if a != b), len(full_text))
+        check.ok = False
+        check.problems.append(
+            "the generation prompt is not a prefix of the full chat rendering (they differ at "
+            f"{prompt_text[cut:cut + 40]!r} vs {full_text[cut:cut + 40]!r}); dialsum trains on the generation "
+            "prompt + summary, exactly what it generates from, but the template's own training format differs"
+        )
+    elif full_ids[: len(prompt_ids)] != prompt_ids:
+        check.ok = False
+        check.problems.append("the prompt's tokens are not a prefix of the full rendering's tokens (a merge crosses the boundary)")
+    else:
+        between = full_text[len(prompt_text):].split(_PROBE_SUMMARY, 1)[0]
+        if between.strip():
+            check.notes.append(
+                f"the template puts {between!r} before an assistant answer that the generation prompt lacks "
+                "(e.g. a Qwen3 <think> block); dialsum trains on the generation prompt + summary, as it generates"
+            )
+    dated = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, date_string="01 Jan 2000")
+    if dated != prompt_text:
+        check.notes.append(f"the template prints a date line; dialsum pins it to '{PINNED_DATE}' for training and inference")
+    user_only = tokenizer.apply_chat_template(messages[-1:], tokenize=False, add_generation_prompt=True, date_string=PINNED_DATE)
+    if not prompt.system and "system" in user_only:
+        check.notes.append("no system prompt configured, and the template injects its own default system prompt")
+    return check
+
+
+# ---------------------------------------------------------------- causal
+
+
+def _target_ids(tokenizer, summary: str, end_token: str) -> list[int]:
+    return tokenizer(summary, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids(end_token)]
+
+
+def _summary_of(dialogue: Dialogue) -> str:
+    if not dialogue.references or not dialogue.references[0].strip():
+        raise DataError(f"record {dialogue.id}: field 'summary' is empty; training needs a summary")
+    return dialogue.references[0].strip()
+
+
+def _fit_turns(dialogue: Dialogue, budget: int, length_with) -> tuple[list[Turn], int]:
+    """Keep the longest leading run of turns whose prompt fits `budget` tokens (binary search)."""
+    turns = dialogue.turns
+    if length_with(turns) <= budget:
+        return turns, 0
+    low, high = 0, len(turns) - 1  # `low` turns always fit once we know 0 fits
+    if length_with([]) > budget:
+        return [], -1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if length_with(turns[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return turns[:low], len(turns) - low
+
+
+def encode_causal_with_info(tokenizer, dialogue: Dialogue, config: Config, end_token: str | None = None):
+    """Returns ({"input_ids", "labels"}, number of turns cut). Raises TargetTooLong."""
+    end_token = end_token or end_of_turn_token(tokenizer)
+    target = _target_ids(tokenizer, _summary_of(dialogue), end_token)
+    max_length = config.training.max_length
+
+    def prompt_ids(turns):
+        return tokenizer(render_prompt(tokenizer, build_messages(dialogue, config.prompt, turns)), add_special_tokens=False)["input_ids"]
+
+    budget = max_length - len(target)
+    turns, cut = _fit_turns(dialogue, budget, lambda t: len(prompt_ids(t)))
+    if cut < 0:
+        raise TargetTooLong(
+            f"record {dialogue.id}: field 'summary' is {len(target)} tokens; with the prompt it cannot fit "
+            f"training.max_length={max_length} (raise max_length or set training.skip_too_long=true)"
+        )
+    prompt = prompt_ids(turns)
+    return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target}, cut
+
+
+def encode_causal(tokenizer, record: Dialogue, config: Config) -> dict[str, list[int]]:
+    """Prompt (chat template, generation prompt) + summary + end-of-turn; labels on the summary only."""
+    return encode_causal_with_info(tokenizer, record, config)[0]
+
+
+def encode_prompt(tokenizer, record: Dialogue, config: Config) -> list[int]:
+    """The generation prompt for inference, trimmed like training so the question block always survives."""
+    max_prompt = config.training.max_length - config.generation.max_new_tokens
+    def prompt_ids(turns):
+        return tokenizer(render_prompt(tokenizer, build_messages(record, config.prompt, turns)), add_special_tokens=False)["input_ids"]
+    turns, cut = _fit_turns(record, max(max_prompt, 1), lambda t: len(prompt_ids(t)))
+    return prompt_ids(turns if cut >= 0 else [])
+
+
+# ---------------------------------------------------------------- seq2seq
+
+MASK_TOKEN_PATTERN = r"#[A-Za-z]+\d*#"
+
+
+def add_seq2seq_special_tokens(tokenizer, dialogues: list[Dialogue]) -> list[str]:
+    """Speaker tags (#Person1#) and masks (#PhoneNumber#) become single tokens when the vocabulary lacks them."""
+    import re
+
+    found = set()
+    for dialogue in dialogues:
+        texts = [t.speaker + " " + t.utterance for t in dialogue.turns] + dialogue.references
+        for text in texts:
+            found.update(re.findall(MASK_TOKEN_PATTERN, text))
+    vocab = tokenizer.get_vocab()
+    missing = sorted(token for token in found if token not in vocab)
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return missing
+
+
+def encode_seq2seq_with_info(tokenizer, dialogue: Dialogue, config: Config):
+    summary = _summary_of(dialogue)
+    labels = tokenizer(text_target=summary)["input_ids"]
+    if len(labels) > config.training.max_target_length:
+        raise TargetTooLong(
+            f"record {dialogue.id}: field 'summary' is {len(labels)} tokens > training.max_target_length="
+            f"{config.training.max_target_length} (raise it or set training.skip_too_long=true)"
+        )
+
+    def source_ids(turns):
+        return tokenizer(seq2seq_source(dialogue, config.prompt, turns))["input_ids"]
+
+    turns, cut = _fit_turns(dialogue, config.training.max_length, lambda t: len(source_ids(t)))
+    return {"input_ids": source_ids(turns if cut >= 0 else []), "labels": labels}, max(cut, 0)
+
+
+def encode_seq2seq(tokenizer, record: Dialogue, config: Config) -> dict[str, list[int]]:
+    """Encoder input = the formatted dialogue (trimmed by turns); labels = the whole summary."""
+    return encode_seq2seq_with_info(tokenizer, record, config)[0]
+
+
+# ---------------------------------------------------------------- datasets
+
+
+@dataclass
+class EncodeStats:
+    total: int = 0
+    encoded: int = 0
+    trimmed: int = 0  # examples that lost turns to fit max_length
+    turns_cut: int = 0
+    skipped_ids: list[str] = field(default_factory=list)  # target alone too long, with skip_too_long
+
+    def describe(self) -> str:
+        text = f"{self.encoded}/{self.total} examples encoded, {self.trimmed} trimmed ({self.turns_cut} turns cut)"
+        if self.skipped_ids:
+            text += f", {len(self.skipped_ids)} skipped (summary too long): {', '.join(self.skipped_ids[:5])}"
+        return text
+
+
+def encode_dialogues(tokenizer, dialogues: list[Dialogue], config: Config) -> tuple[list[dict], EncodeStats]:
+    """Encode a whole split, counting what was trimmed and what was skipped (never silently)."""
+    stats = EncodeStats(total=len(dialogues))
+    examples = []
+    causal = config.model.kind == "causal"
+    end_token = end_of_turn_token(tokenizer) if causal else None
+    for dialogue in dialogues:
+        try:
+            if causal:
+                example, cut = encode_causal_with_info(tokenizer, dialogue, config, end_token)
+            else:
+                example, cut = encode_seq2seq_with_info(tokenizer, dialogue, config)
+        except TargetTooLong:
+            if not config.training.skip_too_long:
+                raise
+            stats.skipped_ids.append(dialogue.id)
+            continue
+        stats.encoded += 1
+        stats.trimmed += cut > 0
+        stats.turns_cut += cut
+        examples.append(example)
+    return examples, stats

@@ -1,0 +1,496 @@
+"""`dialsum train`: one config in, one run directory out.
+
+The workflow reads top to bottom in `train()`: resolve the run directory, read and encode the data
+(labels on the summary only), load the model (full, LoRA or QLoRA), build TRL's SFTTrainer
+(decoder-only) or Seq2SeqTrainer (encoder-decoder), train, save, summarise.
+
+Packing: TRL's best-fit-decreasing packing with its padding-free collator. Each batch is one
+flattened row with `position_ids` restarting per sample and *no* attention mask; TRL calls the model
+with `use_cache=False`. That is the one combination under which transformers 5 builds a block-diagonal
+mask on sdpa/eager (and varlen kernels on flash-attention), so packed samples never attend to each
+other. `PackingGuard` below refuses any batch that would break this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from dialsum.config import Config, load_config, save_config
+from dialsum.data import Dialogue, load_dialogues
+from dialsum.encode import EncodeStats, add_seq2seq_special_tokens, check_chat_template, encode_dialogues, ensure_pad_token
+from dialsum.errors import ConfigError, RunDirError
+from dialsum.models import has_cuda, load_model, load_tokenizer, use_bf16
+
+console = Console(stderr=True)
+
+METRICS_FILE = "metrics.jsonl"
+SPIKES_FILE = "grad_norm_spikes.jsonl"
+SUMMARY_FILE = "summary.json"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def default_run_dir(config: Config, config_path: str | Path | None) -> Path:
+    name = Path(config_path).stem if config_path else "run"
+    return Path(config.logging.output_root) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A run directory is never overwritten: resume it, or choose another."""
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if exists and not resume:
+        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to start another")
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = run_dir / CHECKPOINT_DIR
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_env(run_dir: Path) -> None:
+    import peft
+    import transformers
+    import trl
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "device": torch.cuda.get_device_name(0) if has_cuda() else f"cpu ({os.cpu_count()} cores)",
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "git_commit": _git_commit(),
+        "command": sys.argv,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    (run_dir / "env.json").write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+@dataclass
+class TokenCounts:
+    real: int = 0  # tokens that are not padding
+    processed: int = 0  # every position the model computed
+
+
+def count_tokens(inputs: dict) -> TokenCounts:
+    """Real vs processed tokens of one micro-batch, as the collator built it (before it moves to the device)."""
+    if "attention_mask" in inputs:
+        real = int(inputs["attention_mask"].sum())
+        processed = inputs["attention_mask"].numel()
+        if "decoder_input_ids" in inputs or ("labels" in inputs and inputs["labels"].shape != inputs["attention_mask"].shape):
+            labels = inputs["labels"]
+            real += int((labels != -100).sum())
+            processed += labels.numel()
+        return TokenCounts(real, processed)
+    # padding-free packing: one flattened row, nothing padded
+    n = inputs["input_ids"].numel()
+    return TokenCounts(n, n)
+
+
+class MonitorMixin:
+    """Counts real tokens, measures throughput and records every grad-norm spike with its step."""
+
+    grad_norm_threshold: float = 1.5
+    packing: bool = False
+
+    def _monitor_init(self, grad_norm_threshold: float, packing: bool, spikes_path: Path) -> None:
+        self.grad_norm_threshold = grad_norm_threshold
+        self.packing = packing
+        self.spikes_path = spikes_path
+        self._window = TokenCounts()
+        self._window_start = time.perf_counter()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.packing and "position_ids" in inputs and "attention_mask" in inputs:
+            raise RuntimeError("packed batch carries an attention_mask: samples would attend to each other")
+        counts = count_tokens(inputs)
+        self._window.real += counts.real
+        self._window.processed += counts.processed
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        value = super()._get_grad_norm(model, grad_norm)
+        if value is not None and float(value) > self.grad_norm_threshold and self.is_world_process_zero():
+            with self.spikes_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": self.state.global_step + 1, "grad_norm": float(value)}) + "\n")
+        return value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            window = torch.tensor([self._window.real, self._window.processed], dtype=torch.float64)
+            if self.accelerator.num_processes > 1:
+                window = self.accelerator.reduce(window.to(self.accelerator.device), reduction="sum").cpu()
+            elapsed = time.perf_counter() - self._window_start
+            logs["tokens_per_second"] = round(float(window[0]) / max(elapsed, 1e-9), 2)
+            logs["real_token_fraction"] = round(float(window[0]) / max(float(window[1]), 1.0), 4)
+            logs["real_tokens"] = int(window[0])
+            logs["processed_tokens"] = int(window[1])
+            logs["train_seconds"] = round(elapsed, 3)
+            self._window = TokenCounts()
+        super().log(logs, start_time)
+        if "loss" in logs:
+            self._window_start = time.perf_counter()  # evaluation time is not training time
+
+
+def metrics_callback(path: Path):
+    """Appends every log line (train and eval) to metrics.jsonl on the main process."""
+    from transformers import TrainerCallback
+
+    class MetricsFile(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    return MetricsFile()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """On resume, forget log lines past the checkpoint so each step is logged once."""
+    if path.is_file():
+        rows = [row for row in read_metrics(path) if row.get("step", 0) <= step]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- building the trainer
+
+
+def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bool):
+    """Baseline-aligned TrainingArguments (SFTConfig for decoder-only, Seq2SeqTrainingArguments otherwise)."""
+    t = config.training
+    for backend in config.logging.report_to:
+        try:
+            __import__("wandb" if backend == "wandb" else "tensorboard")
+        except ImportError:
+            raise ConfigError(f"logging.report_to includes {backend}, which is not installed: pip install 'dialsum[{backend}]'") from None
+    evaluate_by_steps = has_dev and t.eval_steps is not None
+    save_steps = t.save_steps or t.eval_steps
+    select_best_by = config.evaluation.select_best_by
+    if select_best_by == "eval_rouge_sum" and not config.evaluation.rouge_during_training:
+        select_best_by = "eval_loss"
+    common = dict(
+        output_dir=str(run_dir / CHECKPOINT_DIR),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        max_grad_norm=t.max_grad_norm,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_steps=config.logging.steps,
+        logging_first_step=True,
+        eval_strategy=("steps" if evaluate_by_steps else "epoch") if has_dev else "no",
+        eval_steps=t.eval_steps if evaluate_by_steps else None,
+        save_strategy="steps" if save_steps else "epoch",
+        save_steps=save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=has_dev and (save_steps == t.eval_steps),
+        metric_for_best_model=select_best_by if has_dev else None,
+        greater_is_better=select_best_by != "eval_loss",
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=use_bf16(config),
+        report_to=list(config.logging.report_to) or "none",
+        dataloader_num_workers=t.dataloader_num_workers,
+        use_cpu=not has_cuda(),
+        ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+    if seq2seq:
+        from transformers import Seq2SeqTrainingArguments
+
+        return Seq2SeqTrainingArguments(**common, predict_with_generate=False)
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common,
+        max_length=t.max_length,
+        packing=t.packing,
+        packing_strategy="bfd",
+        padding_free=t.packing,
+        dataset_num_proc=None,
+        shuffle_dataset=False,  # the Trainer's sampler shuffles each epoch, seeded
+    )
+
+
+def lora_config(config: Config):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM" if config.model.kind == "causal" else "SEQ_2_SEQ_LM",
+    )
+
+
+def _to_dataset(examples: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(examples)
+
+
+def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], dev_examples: list[dict], run_dir: Path):
+    """SFTTrainer (decoder-only: packing, LoRA through TRL) or Seq2SeqTrainer, both with the run monitor."""
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+    from trl import SFTTrainer
+
+    seq2seq = config.model.kind == "seq2seq"
+    args = training_arguments(config, run_dir, has_dev=bool(dev_examples), seq2seq=seq2seq)
+    peft_config = lora_config(config) if config.lora.enabled else None
+    train_dataset = _to_dataset(train_examples)
+    eval_dataset = _to_dataset(dev_examples) if dev_examples else None
+    if seq2seq:
+        from peft import get_peft_model
+
+        if peft_config is not None:
+            model = get_peft_model(model, peft_config)
+
+        class DialsumSeq2SeqTrainer(MonitorMixin, Seq2SeqTrainer):
+            pass
+
+        trainer = DialsumSeq2SeqTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+            processing_class=tokenizer,
+        )
+    else:
+
+        class DialsumSFTTrainer(MonitorMixin, SFTTrainer):
+            pass
+
+        trainer = DialsumSFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    trainer._monitor_init(config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE)
+    trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
+    return trainer
+
+
+# ---------------------------------------------------------------- summary
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    model_kind: str
+    steps: int = 0
+    epochs: float = 0.0
+    train_seconds: float = 0.0
+    tokens_per_second: float | None = None
+    real_token_fraction: float | None = None
+    final_train_loss: float | None = None
+    final_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    best_metric: str | None = None
+    effective_batch_size: int = 0
+    world_size: int = 1
+    grad_norm_threshold: float = 1.5
+    grad_norm_spikes: list[list[float]] = field(default_factory=list)
+    grad_norm_max: float | None = None
+    train_examples: int = 0
+    dev_examples: int = 0
+    encode: dict = field(default_factory=dict)
+    template_notes: list[str] = field(default_factory=list)
+
+
+def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats, n_dev: int, notes: list[str]) -> RunSummary:
+    rows = read_metrics(run_dir / METRICS_FILE)
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    grad_norms = [r["grad_norm"] for r in train_rows if r.get("grad_norm") is not None]
+    real = sum(r.get("real_tokens", 0) for r in train_rows)
+    processed = sum(r.get("processed_tokens", 0) for r in train_rows)
+    seconds = sum(r.get("train_seconds", 0.0) for r in train_rows)
+    best = min(eval_rows, key=lambda r: r["eval_loss"]) if eval_rows else None
+    spikes = [[r["step"], r["grad_norm"]] for r in read_metrics(run_dir / SPIKES_FILE)]
+    return RunSummary(
+        run_dir=str(run_dir),
+        model_kind=config.model.kind,
+        steps=trainer.state.global_step,
+        epochs=round(trainer.state.epoch or 0.0, 3),
+        train_seconds=round(seconds, 2),
+        tokens_per_second=round(real / seconds, 1) if seconds else None,
+        real_token_fraction=round(real / processed, 4) if processed else None,
+        final_train_loss=train_rows[-1]["loss"] if train_rows else None,
+        final_eval_loss=eval_rows[-1]["eval_loss"] if eval_rows else None,
+        best_eval_loss=best["eval_loss"] if best else None,
+        best_step=(int(trainer.state.best_global_step) if getattr(trainer.state, "best_global_step", None) else (best["step"] if best else None)),
+        best_metric=trainer.args.metric_for_best_model,
+        effective_batch_size=trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
+        world_size=trainer.args.world_size,
+        grad_norm_threshold=config.training.grad_norm_threshold,
+        grad_norm_spikes=spikes,
+        grad_norm_max=max([s[1] for s in spikes] + grad_norms) if (spikes or grad_norms) else None,
+        train_examples=encode_stats.encoded,
+        dev_examples=n_dev,
+        encode=asdict(encode_stats),
+        template_notes=notes,
+    )
+
+
+def print_summary(summary: RunSummary, packing: bool) -> None:
+    def fmt(value, spec=".4f"):
+        return "—" if value is None else format(value, spec)
+
+    table = Table(title=f"dialsum train — {summary.run_dir}", show_header=False)
+    table.add_row("steps / epochs", f"{summary.steps} / {summary.epochs}")
+    table.add_row("effective batch", f"{summary.effective_batch_size} ({'packed rows' if packing else 'examples'}, {summary.world_size} process(es))")
+    table.add_row("train time", f"{summary.train_seconds:.1f} s")
+    table.add_row("tokens/s (real)", fmt(summary.tokens_per_second, ".1f"))
+    table.add_row("real-token fraction", fmt(summary.real_token_fraction, ".3f"))
+    table.add_row("final train loss", fmt(summary.final_train_loss))
+    table.add_row("final / best eval loss", f"{fmt(summary.final_eval_loss)} / {fmt(summary.best_eval_loss)} (step {summary.best_step or '—'})")
+    spikes = summary.grad_norm_spikes
+    table.add_row(
+        f"grad-norm > {summary.grad_norm_threshold}",
+        f"{len(spikes)} step(s)" + (f", max {max(s[1] for s in spikes):.2f} at step {int(max(spikes, key=lambda s: s[1])[0])}" if spikes else ""),
+    )
+    table.add_row("examples", f"{summary.train_examples} train ({summary.encode.get('trimmed', 0)} trimmed, {len(summary.encode.get('skipped_ids', []))} skipped), {summary.dev_examples} dev")
+    console.print(table)
+
+
+# ---------------------------------------------------------------- the workflow
+
+
+def train(
+    config: Config,
+    config_path: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+) -> Path:
+    """Train per `config`; returns the run directory (config.yaml, env.json, metrics.jsonl, model/, summary.json)."""
+    from accelerate import PartialState
+
+    # 1. Run directory: never overwrite; on resume the saved, resolved config is the truth.
+    #    Every process checks before any process writes, so all of them stop together.
+    if output_dir is None and resume:
+        raise RunDirError("--resume needs --output-dir RUN_DIR (the run to continue)")
+    state = PartialState(cpu=not has_cuda())
+    is_main = state.is_main_process
+    run_dir = Path(output_dir) if output_dir else default_run_dir(config, config_path)
+    if state.num_processes > 1:  # the timestamped default must name one directory for every process
+        from accelerate.utils import broadcast_object_list
+
+        run_dir = Path(broadcast_object_list([str(run_dir)])[0])
+    check_run_dir(run_dir, resume)
+    state.wait_for_everyone()
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        config = load_config(run_dir / "config.yaml")
+    elif is_main:
+        save_config(config, run_dir / "config.yaml")
+    if is_main:
+        write_env(run_dir)
+    if config.data.train is None:
+        raise ConfigError("data.train is not set: training needs a training file")
+
+    # 2. Data: read, then encode with labels on the summary only.
+    train_dialogues: list[Dialogue] = load_dialogues(config.data.train)
+    dev_dialogues: list[Dialogue] = load_dialogues(config.data.dev) if config.data.dev else []
+    seq2seq = config.model.kind == "seq2seq"
+    tokenizer = load_tokenizer(config.model.name_or_path, config)
+    added_pad = ensure_pad_token(tokenizer)
+    added_tokens = add_seq2seq_special_tokens(tokenizer, train_dialogues + dev_dialogues) if seq2seq else []
+    notes: list[str] = []
+    if not seq2seq:
+        check = check_chat_template(tokenizer, config.prompt)
+        notes = check.notes + check.problems
+        for line in notes:
+            console.print(f"[yellow]chat template:[/] {line}")
+    train_examples, encode_stats = encode_dialogues(tokenizer, train_dialogues, config)
+    dev_examples, dev_stats = encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
+    console.print(f"train: {encode_stats.describe()}")
+    if dev_dialogues:
+        console.print(f"dev:   {dev_stats.describe()}")
+    if not train_examples:
+        raise ConfigError(f"{config.data.train}: no trainable examples after encoding ({encode_stats.describe()})")
+
+    # 3. Model: full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation).
+    model = load_model(config.model.name_or_path, config, for_training=True)
+    if added_pad or added_tokens:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.use_cache = False
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if config.lora.enabled and config.lora.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+
+    # 4. Trainer.
+    trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir)
+
+    # 5. Train (from the last checkpoint on resume), save, summarise.
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise RunDirError(f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/")
+    if checkpoint and is_main:
+        resumed_step = int(Path(checkpoint).name.split("-")[-1])
+        drop_metrics_after(run_dir / METRICS_FILE, resumed_step)
+        drop_metrics_after(run_dir / SPIKES_FILE, resumed_step)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(run_dir / MODEL_DIR))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(run_dir / MODEL_DIR))
+        summary = summarise(trainer, run_dir, config, encode_stats, len(dev_examples), notes)
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2, ensure_ascii=False), encoding="utf-8")
+        print_summary(summary, packing=config.training.packing and not seq2seq)
+    return run_dir
