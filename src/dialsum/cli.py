@@ -47,6 +47,87 @@ def train(
 
 
 @app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    set_: SetOption = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>-<time>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its last checkpoint.")] = False,
+) -> None:
+    """End to end: train, predict and score dev, predict test, write submission.csv and report.md."""
+    from dialsum.run import run as run_all
+
+    run_all(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="Run directory, a run's model/ directory, or any HF model path.")],
+    data: Annotated[Path, typer.Option(help="Dialogues to summarize (competition CSV or DCS JSON/JSONL).")],
+    output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order).")],
+    config: Annotated[Path | None, typer.Option(help="Config (default: the run's config.yaml).")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
+    from dialsum.generate import predict as run_predict
+
+    run_predict(model, data, output, config=_config(config, set_) if config else None, overrides=set_ or [])
+
+
+@app.command()
+def evaluate(
+    predictions: Annotated[Path, typer.Option(help="CSV with fname,summary.")],
+    references: Annotated[Path, typer.Option(help="CSV with fname,summary (and summary1..N).")],
+    tokenizer: Annotated[str, typer.Option(help="kiwi | mecab | whitespace")] = "kiwi",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON.")] = None,
+    per_sample: Annotated[Path | None, typer.Option(help="Write row-level scores as CSV.")] = None,
+) -> None:
+    """ROUGE-1/2/L F1 on Korean morphemes over several references, plus the foreign-script rate."""
+    import csv
+    import json
+
+    from dialsum.metrics import evaluate_files, print_scores
+
+    if tokenizer not in ("kiwi", "mecab", "whitespace"):
+        raise DialsumError(f"--tokenizer {tokenizer}: expected kiwi, mecab or whitespace")
+    result, rows = evaluate_files(predictions, references, tokenizer=tokenizer)
+    print_scores(result, title=f"{predictions} vs {references}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    if per_sample and rows:
+        with per_sample.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@app.command()
+def screen(
+    models: Annotated[str, typer.Option(help="Comma-separated model paths or hub ids; 'lead' is the first-utterance baseline.")],
+    data: Annotated[Path, typer.Option(help="Labeled dialogues (e.g. dev.csv).")],
+    config: Annotated[Path | None, typer.Option(help="Config for prompt/generation settings.")] = None,
+    set_: SetOption = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N dialogues.")] = None,
+) -> None:
+    """Zero-shot: predict and score several models without training, ranked, with a 'lead' floor."""
+    from dialsum.run import screen as run_screen
+
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    run_screen(names, data, config=_config(config, set_) if config else None, overrides=set_ or [], limit=limit)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare side by side.")],
+    output: Annotated[Path, typer.Option(help="Directory for compare.md, compare.json and the PNG plots.")] = Path("compare"),
+) -> None:
+    """The A/B table: differing settings, dev ROUGE, grad-norm spikes, speed; loss/grad-norm/LR plots."""
+    from dialsum.report import compare_runs
+
+    path = compare_runs(run_dirs, output)
+    typer.echo(f"comparison written to {path}")
+
+
+@app.command()
 def inspect(
     config: Annotated[Path, typer.Argument(help="YAML run config.")],
     set_: SetOption = None,

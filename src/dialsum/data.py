@@ -1,13 +1,34 @@
-"""Read dialogues: the DialogSum-Korean competition CSV and the Korean_DCS JSON/JSONL, into one record type."""
+"""Read dialogues: the DialogSum-Korean competition CSV and the Korean_DCS JSON/JSONL, into one record type.
+
+Every problem in an input file raises `DataError` with a one-line message that names the file, the
+row or record, and the field, so a user can open the file and fix it. Nothing is silently dropped.
+Row numbers count data rows from 1 (the header is not a row); the physical line is given as well.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 from dialsum.errors import DataError
 
-__all__ = ["DataError", "Dialogue", "Turn", "load_dialogues"]
+__all__ = [
+    "SAMPLE_DIR",
+    "DataError",
+    "Dialogue",
+    "Turn",
+    "load_dialogues",
+    "parse_turns",
+    "read_table",
+    "write_predictions",
+]
+
+SAMPLE_DIR = Path(__file__).parent / "sample_data"
 
 
 @dataclass(frozen=True)
@@ -26,4 +47,280 @@ class Dialogue:
 
 
 def load_dialogues(path: str | Path) -> list[Dialogue]:
-    raise NotImplementedError  # filled in by the data readers work
+    """Read a competition `.csv`, a Korean_DCS `.json` list, or a `.jsonl` of DCS records, in file order."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _load_csv(path)
+    if suffix == ".json":
+        return _load_dcs_json(path)
+    if suffix == ".jsonl":
+        return _load_dcs_jsonl(path)
+    raise DataError(f"{path}: unsupported file type {suffix or '(no extension)'!r}; expected .csv, .json or .jsonl")
+
+
+# --------------------------------------------------------------------------------------------------
+# Text and CSV tables
+# --------------------------------------------------------------------------------------------------
+
+
+def _normalise_newlines(text: str) -> str:
+    # The 2024 competition files use CRLF, also inside quoted fields; downstream code sees only "\n".
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8 (a BOM is allowed and removed), or a DataError a user can act on."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: the file is not UTF-8 (byte 0x{data[e.start]:02x} at line {line}; "
+            "cp949/EUC-KR files from Excel look like this); re-save it as UTF-8"
+        ) from None
+
+
+def _read_table(path: Path, required: list[str]) -> tuple[list[dict[str, str]], list[int]]:
+    """Rows of a CSV as dicts, plus the line each row starts on (for error messages)."""
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: the file is empty (no header row)")
+        names = [name.strip() for name in header]
+        seen: set[str] = set()
+        for name in names:
+            if name and name in seen:
+                raise DataError(f"{path}: column {name!r} appears twice in the header")
+            seen.add(name)
+        missing = [name for name in required if name not in seen]
+        if missing:
+            found = ", ".join(name for name in names if name) or "(none)"
+            what = f"column {missing[0]!r}" if len(missing) == 1 else "columns " + ", ".join(map(repr, missing))
+            raise DataError(f"{path}: missing required {what} (columns found: {found})")
+
+        rows: list[dict[str, str]] = []
+        lines: list[int] = []
+        line = reader.line_num + 1  # the line the next record starts on
+        for values in reader:
+            start, line = line, reader.line_num + 1
+            if not values:  # a blank line between records carries nothing
+                continue
+            if len(values) != len(names):
+                raise DataError(
+                    f"{path}: row {len(rows) + 1} (line {start}) has {len(values)} fields but the header has "
+                    f"{len(names)}; check for an unquoted comma or a missing quote"
+                )
+            # An unnamed column (the index pandas writes, as in sample_submission.csv) is ignored.
+            rows.append({name: _normalise_newlines(value) for name, value in zip(names, values) if name})
+            lines.append(start)
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV near line {reader.line_num}: {e}") from None
+    if not rows:
+        raise DataError(f"{path}: the file has a header but no data rows")
+    return rows, lines
+
+
+def read_table(path: str | Path, required: list[str]) -> list[dict[str, str]]:
+    """Rows of a UTF-8 CSV (BOM allowed) as dicts, after checking the file exists and has the `required` columns.
+
+    Line ends inside fields are normalised to "\\n". An unnamed leading index column is ignored.
+    Raises DataError for a missing, non-UTF-8, malformed or empty file, or a missing column.
+    """
+    rows, _ = _read_table(Path(path), required)
+    return rows
+
+
+def write_predictions(path: str | Path, ids: Iterable[str], summaries: Iterable[str]) -> None:
+    """Write a `fname,summary` CSV (UTF-8, "\\n" line ends), the competition's submission columns."""
+    ids, summaries = list(ids), list(summaries)
+    if len(ids) != len(summaries):
+        raise ValueError(f"write_predictions: {len(ids)} ids but {len(summaries)} summaries")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["fname", "summary"])
+        writer.writerows(zip(ids, summaries))
+
+
+# --------------------------------------------------------------------------------------------------
+# Competition CSV
+# --------------------------------------------------------------------------------------------------
+
+# A turn starts with `#PersonN#:` at the start of a line (spaces before the colon tolerated).
+# `#Person2#` inside a sentence, or masks like `#PhoneNumber#`, are not tags and stay in the text.
+_TAG = re.compile(r"^\s*(#Person\d+#)\s*:")
+_EXTRA_REFERENCE = re.compile(r"^summary(\d+)$")
+
+
+def parse_turns(text: str) -> tuple[str, list[Turn]]:
+    """Split a competition dialogue into (preamble, turns).
+
+    A line starting with `#PersonN#:` begins a turn; other lines continue the current utterance
+    (joined with "\\n"), or form the preamble before the first tag. Blank lines are skipped.
+    """
+    preamble: list[str] = []
+    turns: list[tuple[str, list[str]]] = []
+    for line in _normalise_newlines(text).split("\n"):
+        match = _TAG.match(line)
+        if match:
+            turns.append((match.group(1), [line[match.end() :].strip()]))
+        elif not line.strip():
+            continue
+        elif turns:
+            turns[-1][1].append(line.strip())
+        else:
+            preamble.append(line.strip())
+    parsed = [Turn(speaker, "\n".join(part for part in parts if part)) for speaker, parts in turns]
+    return "\n".join(preamble), parsed
+
+
+def _load_csv(path: Path) -> list[Dialogue]:
+    rows, lines = _read_table(path, ["fname", "dialogue"])
+    # Further references: summary1, summary2, ... in numeric order (DialogSum's test set has three).
+    extra = sorted(
+        (int(m.group(1)), name) for name in rows[0] if (m := _EXTRA_REFERENCE.match(name))
+    )
+    reference_columns = (["summary"] if "summary" in rows[0] else []) + [name for _, name in extra]
+
+    dialogues: list[Dialogue] = []
+    first_row: dict[str, int] = {}
+    for number, (row, line) in enumerate(zip(rows, lines), start=1):
+        id_ = row["fname"].strip()
+        where = f"{path} row {number} (line {line}" + (f", fname={id_})" if id_ else ")")
+        if not id_:
+            raise DataError(f"{where}: field 'fname' is empty")
+        if id_ in first_row:
+            raise DataError(f"{where}: duplicate fname {id_!r}, first seen at row {first_row[id_]}")
+        first_row[id_] = number
+
+        text = row["dialogue"]
+        if not text.strip():
+            raise DataError(f"{where}: field 'dialogue' is empty")
+        preamble, turns = parse_turns(text)
+        if not preamble and not any(turn.utterance for turn in turns):
+            raise DataError(f"{where}: field 'dialogue' has speaker tags but no text")
+
+        references = [row[name].strip() for name in reference_columns if row[name].strip()]
+        topic = row.get("topic", "").strip() or None
+        dialogues.append(Dialogue(id=id_, turns=turns, topic=topic, references=references, preamble=preamble))
+    return dialogues
+
+
+# --------------------------------------------------------------------------------------------------
+# Korean_DCS JSON / JSONL
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_dcs_json(path: Path) -> list[Dialogue]:
+    text = _read_text(path)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {_json_type(records)}")
+    if not records:
+        raise DataError(f"{path}: the JSON list is empty (no records)")
+    return _dcs_dialogues(path, [(f"record {i}", record) for i, record in enumerate(records, start=1)])
+
+
+def _load_dcs_jsonl(path: Path) -> list[Dialogue]:
+    text = _read_text(path)
+    located: list[tuple[str, Any]] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            located.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {number}: invalid JSON at column {e.colno}: {e.msg}") from None
+    if not located:
+        raise DataError(f"{path}: the file is empty (no records)")
+    return _dcs_dialogues(path, located)
+
+
+def _dcs_dialogues(path: Path, located: list[tuple[str, Any]]) -> list[Dialogue]:
+    dialogues: list[Dialogue] = []
+    first_seen: dict[str, str] = {}
+    for location, record in located:
+        dialogue = _dcs_dialogue(f"{path} {location}", record)
+        if dialogue.id in first_seen:
+            raise DataError(
+                f"{path} {location} (id={dialogue.id}): duplicate id {dialogue.id!r}, first seen at {first_seen[dialogue.id]}"
+            )
+        first_seen[dialogue.id] = location
+        dialogues.append(dialogue)
+    return dialogues
+
+
+def _dcs_dialogue(where: str, record: Any) -> Dialogue:
+    """One Korean_DCS record: {"id", "input": {"conversation": [{"speaker", "utterance"}], "subject_keyword"}, "output"}."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_json_type(record)}")
+    id_ = record.get("id")
+    if id_ is None:
+        raise DataError(f"{where}: field 'id' is missing")
+    if not isinstance(id_, str) or not id_.strip():
+        raise DataError(f"{where}: field 'id' must be a non-empty string, got {_json_type(id_)}")
+    id_ = id_.strip()
+    where = f"{where} (id={id_})"
+
+    input_ = record.get("input")
+    if not isinstance(input_, dict):
+        what = "is missing" if input_ is None else f"must be an object, got {_json_type(input_)}"
+        raise DataError(f"{where}: field 'input' {what}")
+    conversation = input_.get("conversation")
+    if conversation is None:
+        raise DataError(f"{where}: field 'input.conversation' is missing")
+    if not isinstance(conversation, list):
+        raise DataError(f"{where}: field 'input.conversation' must be a list, got {_json_type(conversation)}")
+    if not conversation:
+        raise DataError(f"{where}: field 'input.conversation' is empty")
+
+    # Consecutive utterances by one speaker stay separate turns, as in the source.
+    turns: list[Turn] = []
+    for i, item in enumerate(conversation):
+        name = f"input.conversation[{i}]"
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: field {name!r} must be an object, got {_json_type(item)}")
+        for key in ("speaker", "utterance"):
+            if key not in item:
+                raise DataError(f"{where}: field '{name}.{key}' is missing")
+            if not isinstance(item[key], str):
+                raise DataError(f"{where}: field '{name}.{key}' must be a string, got {_json_type(item[key])}")
+        turns.append(Turn(item["speaker"].strip(), _normalise_newlines(item["utterance"]).strip()))
+    if not any(turn.utterance for turn in turns):
+        raise DataError(f"{where}: field 'input.conversation' has no text in any utterance")
+
+    keywords = input_.get("subject_keyword")
+    if keywords is None:
+        topic = None
+    elif isinstance(keywords, str):
+        topic = keywords.strip() or None
+    elif isinstance(keywords, list) and all(isinstance(k, str) for k in keywords):
+        topic = ", ".join(k.strip() for k in keywords if k.strip()) or None
+    else:
+        raise DataError(f"{where}: field 'input.subject_keyword' must be a string or a list of strings")
+
+    output = record.get("output")
+    if output is None:
+        references = []
+    elif isinstance(output, str):
+        references = [output.strip()] if output.strip() else []
+    else:
+        raise DataError(f"{where}: field 'output' must be a string, got {_json_type(output)}")
+    return Dialogue(id=id_, turns=turns, topic=topic, references=references)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -1,0 +1,73 @@
+"""Typed config: baseline defaults, presets, typed overrides, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dialsum.config import DEFAULT_SYSTEM_PROMPT, config_from_dict, load_config
+from dialsum.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_follow_the_baseline():
+    config = config_from_dict({"model": {"name_or_path": "x"}})
+    t = config.training
+    assert (t.learning_rate, t.lr_scheduler_type, t.weight_decay, t.warmup_ratio) == (2e-5, "cosine", 0.1, 0.1)
+    assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 64
+    assert t.gradient_checkpointing is True
+    assert config.prompt.system == DEFAULT_SYSTEM_PROMPT
+    assert config.prompt.question == "위 {topic} 주제에 대한 대화를 요약해주세요."
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_presets_validate(preset):
+    config = load_config(ROOT / "configs" / preset)
+    assert config.model.name_or_path
+    if preset == "kobart.yaml":
+        assert config.model.kind == "seq2seq"
+
+
+def test_overrides_are_typed_by_the_schema():
+    config = load_config(ROOT / "configs" / "demo.yaml", ["training.learning_rate=1e-5", "training.packing=false", "lora.target_modules=[q_proj,v_proj]"])
+    assert config.training.learning_rate == 1e-5 and isinstance(config.training.learning_rate, float)
+    assert config.training.packing is False
+    assert config.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_unknown_key_names_the_nearest_valid_key():
+    with pytest.raises(ConfigError, match=r"training\.learning_rat.*did you mean 'training\.learning_rate'"):
+        load_config(ROOT / "configs" / "demo.yaml", ["training.learning_rat=1e-5"])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name_or_path: x\ntraining:\n  warmup_ration: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"training\.warmup_ration.*training\.warmup_ratio"):
+        load_config(path)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"training\.per_device_train_batch_size"):
+        load_config(ROOT / "configs" / "demo.yaml", ["training.per_device_train_batch_size=eight"])
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "inspect", str(ROOT / "configs" / "demo.yaml"), "--set", "training.lr=1"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "training.lr" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_cli_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "dialsum.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0
+    for command in ("train", "predict", "evaluate", "run", "screen", "compare", "inspect", "make-tiny-model"):
+        assert command in result.stdout
