@@ -1,0 +1,681 @@
+"""Reports: compare runs side by side (`dialsum compare`) and describe one run (RUN_DIR/report.md).
+
+Everything here only reads what a run directory already holds; nothing trains or generates, and
+nothing imports torch, so comparing runs is quick. Loading is forgiving on purpose: a crashed or
+half-written run still gets its column, with "—" where a value is missing and a note that says why,
+so one broken run never hides the others.
+
+Plots use matplotlib's object API (`Figure`, rendered by Agg when saved as PNG) rather than pyplot:
+no global backend switch, no figures left open. Labels stay ASCII so no Korean font is needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+console = Console(stderr=True)
+
+# File names inside a run directory (written by train.py and run.py; repeated here to keep torch out).
+CONFIG_FILE = "config.yaml"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.jsonl"
+SPIKES_FILE = "grad_norm_spikes.jsonl"
+SUMMARY_FILE = "summary.json"
+DEV_SCORES_FILE = "dev_scores.json"
+DEV_PER_SAMPLE_FILE = "dev_per_sample.csv"
+PLOTS_DIR = "plots"
+
+MISSING = "—"
+IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
+CELL_WIDTH = 60  # long settings (prompts) are cut in tables; compare.json keeps them whole
+SCORE_KEYS = ("rouge_sum", "final_score", "score")  # per-example ranking score, first present wins (score_rows: final_score)
+
+
+# ---------------------------------------------------------------- loading a run
+
+
+@dataclass
+class RunData:
+    """What one run directory holds, each part empty when its file is missing or unreadable."""
+
+    path: Path
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)  # flattened: "training.learning_rate" -> 2e-05
+    summary: dict[str, Any] = field(default_factory=dict)
+    dev_scores: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    spikes: list[dict] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # file names that do not exist
+    problems: list[str] = field(default_factory=list)  # files that exist but could not be (fully) read
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config sections to dotted keys; lists stay values (target_modules is one setting)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_json(run: RunData, name: str) -> dict:
+    path = run.path / name
+    if not path.is_file():
+        run.missing.append(name)
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        run.problems.append(f"{run.path}: {name} is not readable JSON ({str(error).splitlines()[0]})")
+        return {}
+    if not isinstance(data, dict):
+        run.problems.append(f"{run.path}: {name} is not a JSON object")
+        return {}
+    return data
+
+
+def _read_jsonl(run: RunData, name: str) -> list[dict]:
+    """Rows of a JSON-lines file; a bad line (a run killed mid-write) is skipped and noted, not fatal."""
+    path = run.path / name
+    if not path.is_file():
+        run.missing.append(name)
+        return []
+    rows, bad = [], []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        run.problems.append(f"{run.path}: {name} is not readable ({error})")
+        return []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", …" if len(bad) > 5 else "")
+        run.problems.append(f"{run.path}: {name}: skipped {len(bad)} unreadable line(s) (line {shown})")
+    return rows
+
+
+def _read_config(run: RunData) -> dict:
+    # Plain YAML rather than load_config: a run from an older schema must still compare.
+    path = run.path / CONFIG_FILE
+    if not path.is_file():
+        run.missing.append(CONFIG_FILE)
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+        run.problems.append(f"{run.path}: {CONFIG_FILE} is not readable YAML ({str(error).splitlines()[0]})")
+        return {}
+    if not isinstance(data, dict):
+        run.problems.append(f"{run.path}: {CONFIG_FILE} is not a mapping of sections")
+        return {}
+    return flatten(data)
+
+
+def load_run(path: str | Path, name: str | None = None) -> RunData:
+    """Read every file of a run directory that exists; never raises for missing or corrupt files."""
+    path = Path(path)
+    run = RunData(path=path, name=name or path.resolve().name)
+    if not path.is_dir():
+        run.problems.append(f"{path}: not a directory")
+        return run
+    run.config = _read_config(run)
+    run.summary = _read_json(run, SUMMARY_FILE)
+    run.dev_scores = _read_json(run, DEV_SCORES_FILE)
+    run.env = _read_json(run, ENV_FILE)
+    run.metrics = _read_jsonl(run, METRICS_FILE)
+    run.spikes = _read_jsonl(run, SPIKES_FILE)
+    return run
+
+
+def _missing_file_notes(run: RunData) -> list[str]:
+    """Why a column has dashes. Missing env.json or spikes file is normal (no spikes → no file)."""
+    why = {
+        CONFIG_FILE: "not a run directory?",
+        SUMMARY_FILE: "incomplete run?",
+        METRICS_FILE: "training never logged",
+        DEV_SCORES_FILE: "data.dev not set" if run.config.get("data.dev") is None and run.config else "no dev scoring yet: `dialsum run` not finished?",
+    }
+    return [f"{run.path}: no {name} ({why[name]})" for name in run.missing if name in why]
+
+
+def _column_names(paths: list[Path]) -> list[str]:
+    """Run directory names; parent/name where two runs share a name, #i if that still collides."""
+    names = [p.resolve().name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+# ---------------------------------------------------------------- what to compare
+
+
+_ABSENT = object()
+
+
+def _canonical(value: Any) -> str:
+    # 1 and 1.0 are the same setting; lists compare by content.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def differing_settings(runs: list[RunData]) -> list[str]:
+    """Dotted config keys whose value is not the same in every run that has a config, in config order."""
+    configured = [run for run in runs if run.config]
+    keys: dict[str, None] = {}
+    for run in configured:
+        keys.update(dict.fromkeys(run.config))
+    differing = []
+    for key in keys:
+        if key in IGNORED_SETTINGS:
+            continue
+        values = {_canonical(run.config[key]) if key in run.config else "\0absent" for run in configured}
+        if len(values) > 1:
+            differing.append(key)
+    return differing
+
+
+def format_setting(value: Any) -> str:
+    if value is _ABSENT:
+        return MISSING
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # key in compare.json
+    label: str  # row label in the tables
+    source: str  # "dev_scores" or "summary"
+    key: str
+    fmt: str
+    better: str | None = None  # "max" or "min": the best run's value is shown bold
+
+
+METRICS = [
+    Metric("dev_rouge1", "dev ROUGE-1", "dev_scores", "rouge1", ".2f", "max"),
+    Metric("dev_rouge2", "dev ROUGE-2", "dev_scores", "rouge2", ".2f", "max"),
+    Metric("dev_rougeL", "dev ROUGE-L", "dev_scores", "rougeL", ".2f", "max"),
+    Metric("dev_rouge_sum", "dev ROUGE sum", "dev_scores", "rouge_sum", ".2f", "max"),
+    Metric("dev_final_score", "dev final score", "dev_scores", "final_score", ".2f", "max"),
+    Metric("dev_foreign_rate", "dev foreign-script rate", "dev_scores", "foreign_rate", ".2f", "min"),
+    Metric("grad_norm_spikes", "grad-norm spikes", "summary", "grad_norm_spikes", "d", "min"),
+    Metric("grad_norm_max", "grad-norm max", "summary", "grad_norm_max", ".3f", "min"),
+    Metric("train_seconds", "train time (s)", "summary", "train_seconds", ".1f", "min"),
+    Metric("tokens_per_second", "tokens/s (real)", "summary", "tokens_per_second", ".1f", "max"),
+    Metric("real_token_fraction", "real-token fraction", "summary", "real_token_fraction", ".3f", "max"),
+    Metric("steps", "steps", "summary", "steps", "d"),
+    Metric("final_train_loss", "final train loss", "summary", "final_train_loss", ".4f"),
+    Metric("best_eval_loss", "best eval loss", "summary", "best_eval_loss", ".4f", "min"),
+    Metric("best_step", "best step", "summary", "best_step", "d"),
+]
+
+
+def metric_value(run: RunData, metric: Metric) -> float | None:
+    value = (run.dev_scores if metric.source == "dev_scores" else run.summary).get(metric.key)
+    if metric.key == "grad_norm_spikes" and isinstance(value, list):
+        value = len(value)  # the summary lists [step, norm] pairs; the table shows how many
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def format_metric(value: float | None, fmt: str) -> str:
+    if value is None:
+        return MISSING
+    if not math.isfinite(value):
+        return str(value)
+    return format(int(value), "d") if fmt == "d" else format(value, fmt)
+
+
+def _best_runs(values: list[float | None], better: str | None) -> set[int]:
+    """The runs to highlight (all tied ones): only when two or more runs have values that differ."""
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    if better is None or len(present) < 2 or len(set(present)) == 1:
+        return set()
+    best = max(present) if better == "max" else min(present)
+    return {i for i, v in enumerate(values) if v == best}
+
+
+@dataclass
+class Comparison:
+    """The table compare.md, compare.json and the console show: strings for display, raw values for JSON."""
+
+    names: list[str]
+    paths: list[str]
+    settings: dict[str, list[Any]]  # dotted key -> one raw value per run (_ABSENT where unknown)
+    metrics: dict[str, list[float | None]]  # Metric.name -> one value per run
+    notes: list[str]
+    plots: list[Path] = field(default_factory=list)
+
+
+def build_comparison(runs: list[RunData], notes: list[str]) -> Comparison:
+    settings = {key: [run.config.get(key, _ABSENT) for run in runs] for key in differing_settings(runs)}
+    metrics = {m.name: [metric_value(run, m) for run in runs] for m in METRICS}
+    for run in runs:
+        notes.extend(_missing_file_notes(run))
+        notes.extend(run.problems)
+        for source, data in (("dev_scores", run.dev_scores), ("summary", run.summary)):
+            absent = [m.key for m in METRICS if m.source == source and m.key not in data]
+            if data and absent:  # the file was read but lacks these keys
+                file = DEV_SCORES_FILE if source == "dev_scores" else SUMMARY_FILE
+                notes.append(f"{run.path}: {file} has no {', '.join(absent)}")
+    if len(runs) > 1 and not settings and sum(bool(run.config) for run in runs) > 1:
+        notes.append("every run has the same config (apart from logging.output_root)")
+    return Comparison([r.name for r in runs], [str(r.path) for r in runs], settings, metrics, notes)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    points = [
+        (row["step"], row[key])
+        for row in rows
+        if isinstance(row.get("step"), (int, float)) and isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _new_axes(title: str, ylabel: str, n_axes: int = 1):
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 4.5 if n_axes == 1 else 3.5 * n_axes), layout="constrained")
+    axes = fig.subplots(n_axes, 1, squeeze=False)[:, 0]
+    fig.suptitle(title)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def _draw_runs(ax, runs: list[RunData], key: str, label_suffix: str = "", linestyle: str = "-") -> bool:
+    drew = False
+    for i, run in enumerate(runs):
+        steps, values = _series(run.metrics, key)
+        if steps:
+            ax.plot(steps, values, label=f"{run.name}{label_suffix}", color=f"C{i}", linestyle=linestyle, marker="." if len(steps) <= 60 else None)
+            drew = True
+    return drew
+
+
+def _threshold(run: RunData) -> float | None:
+    value = run.summary.get("grad_norm_threshold", run.config.get("training.grad_norm_threshold"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def plot_metric(runs: list[RunData], key: str, path: Path, title: str, ylabel: str) -> Path | None:
+    """One logged metric against step, every run overlaid; None (no file) when no run logged it."""
+    fig, (ax,) = _new_axes(title, ylabel)
+    if not _draw_runs(ax, runs, key):
+        return None
+    if key == "learning_rate":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if key == "grad_norm":
+        # Spikes are recorded at every optimizer step, logs only every logging.steps: show both.
+        for i, run in enumerate(runs):
+            steps, norms = _series(run.spikes, "grad_norm")
+            if steps:
+                ax.scatter(steps, norms, color=f"C{i}", marker="x", zorder=3, label=f"{run.name} spikes")
+        thresholds = {_threshold(run) for run in runs} - {None}
+        for threshold in sorted(thresholds):
+            ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_eval(runs: list[RunData], path: Path) -> Path | None:
+    """Eval loss and dev ROUGE during training, each in its own panel, only the panels that have data."""
+
+    def has(key: str) -> bool:
+        return any(_series(run.metrics, key)[0] for run in runs)
+
+    rouge_keys = ["eval_rouge_sum"] if has("eval_rouge_sum") else [k for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL") if has(k)]
+    panels = (["eval_loss"] if has("eval_loss") else []) + (["rouge"] if rouge_keys else [])
+    if not panels:
+        return None
+    fig, axes = _new_axes("Evaluation during training", "", n_axes=len(panels))
+    for ax, panel in zip(axes, panels):
+        if panel == "eval_loss":
+            ax.set_ylabel("eval loss")
+            _draw_runs(ax, runs, "eval_loss")
+        else:
+            ax.set_ylabel("dev ROUGE")
+            for key, style in zip(rouge_keys, ["-", "--", ":"]):
+                suffix = "" if len(rouge_keys) == 1 else f" {key.removeprefix('eval_')}"
+                _draw_runs(ax, runs, key, label_suffix=suffix, linestyle=style)
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_plots(runs: list[RunData], output_dir: Path, keys: tuple[str, ...] = ("loss", "grad_norm", "learning_rate", "eval")) -> list[Path]:
+    """loss.png, grad_norm.png, learning_rate.png, eval.png in output_dir; a plot without data is skipped."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    specs = {
+        "loss": ("Training loss", "loss"),
+        "grad_norm": ("Gradient norm (before clipping)", "grad norm"),
+        "learning_rate": ("Learning rate", "learning rate"),
+    }
+    written = []
+    for key in keys:
+        if key == "eval":
+            path = plot_eval(runs, output_dir / "eval.png")
+        else:
+            path = plot_metric(runs, key, output_dir / f"{key}.png", *specs[key])
+        if path is not None:
+            written.append(path)
+    return written
+
+
+def run_plots(run_dir: str | Path, output_dir: str | Path | None = None) -> list[Path]:
+    """Loss and grad-norm plots of one run (eval too when logged), by default into RUN_DIR/plots/."""
+    run = load_run(run_dir)
+    return write_plots([run], Path(output_dir) if output_dir else Path(run_dir) / PLOTS_DIR, keys=("loss", "grad_norm", "eval"))
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def md_cell(value: Any) -> str:
+    """Text safe inside a GitHub table cell: `|` escaped, newlines as <br>, `</s>`-like tokens kept visible."""
+    text = str(value).replace("\r\n", "\n").replace("\r", "\n").strip()
+    return text.replace("\\", "\\\\").replace("<", "&lt;").replace("|", "\\|").replace("\n", "<br>")
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _shorten(text: str, width: int = CELL_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _relative(target: Path, start: Path) -> str:
+    try:
+        return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return target.resolve().as_posix()
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _metric_cells(comparison: Comparison, metric: Metric) -> tuple[list[str], set[int]]:
+    values = comparison.metrics[metric.name]
+    return [format_metric(v, metric.fmt) for v in values], _best_runs(values, metric.better)
+
+
+def _metric_label(metric: Metric, runs: list[RunData]) -> str:
+    if metric.name == "grad_norm_spikes":
+        thresholds = {_threshold(run) for run in runs} - {None}
+        return f"grad-norm spikes (> {thresholds.pop():g})" if len(thresholds) == 1 else "grad-norm spikes (> threshold)"
+    return metric.label
+
+
+def print_comparison(comparison: Comparison, runs: list[RunData]) -> None:
+    table = Table(title="dialsum compare")
+    table.add_column("")
+    for name in comparison.names:
+        table.add_column(name, overflow="fold")
+    for key, values in comparison.settings.items():
+        table.add_row(Text(key, style="cyan"), *[Text(_shorten(format_setting(v))) for v in values])
+    table.add_section()
+    for metric in METRICS:
+        cells, best = _metric_cells(comparison, metric)
+        table.add_row(_metric_label(metric, runs), *[Text(c, style="bold green" if i in best else "") for i, c in enumerate(cells)])
+    console.print(table)
+    for note in comparison.notes:
+        console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
+def comparison_markdown(comparison: Comparison, runs: list[RunData], output_dir: Path) -> str:
+    parts = ["# Run comparison", ""]
+    parts += [f"- **{md_cell(run.name)}**: [`{run.path}`]({_relative(run.path, output_dir)})" for run in runs]
+    parts += ["", "## Settings that differ", ""]
+    if comparison.settings:
+        rows = [[key, *[_shorten(format_setting(v)) for v in values]] for key, values in comparison.settings.items()]
+        parts.append(md_table(["setting", *comparison.names], rows))
+    else:
+        parts.append("None: every run with a config.yaml has the same settings." if runs else "No runs to compare.")
+    parts += ["", "## Results", ""]
+    rows = []
+    for metric in METRICS:
+        cells, best = _metric_cells(comparison, metric)
+        rows.append([_metric_label(metric, runs), *[f"**{c}**" if i in best else c for i, c in enumerate(cells)]])
+    parts += [md_table(["metric", *comparison.names], rows), "", "Bold: the best run in that row (ties share it)."]
+    if comparison.notes:
+        parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in comparison.notes]
+    if comparison.plots:
+        parts += ["", "## Plots", ""] + [f"![{p.stem}]({_relative(p, output_dir)})\n" for p in comparison.plots]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def comparison_json(comparison: Comparison) -> dict:
+    return {
+        "runs": [{"name": n, "path": p} for n, p in zip(comparison.names, comparison.paths)],
+        "settings": {key: [None if v is _ABSENT else v for v in values] for key, values in comparison.settings.items()},
+        "metrics": {name: [v if v is None or math.isfinite(v) else None for v in values] for name, values in comparison.metrics.items()},  # strict JSON: no NaN
+        "notes": comparison.notes,
+        "plots": [p.name for p in comparison.plots],
+    }
+
+
+def compare_runs(run_dirs: list[str | Path], output_dir: str | Path) -> Path:
+    """Compare runs: print the table, write compare.md, compare.json and plots into output_dir.
+
+    A path that is not a directory is left out of the table and named in the notes; a run with
+    missing or corrupt files keeps its column, with "—" and a note. Returns the compare.md path.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in run_dirs]
+    notes = [f"{p}: not a directory (left out)" for p in paths if not p.is_dir()]
+    paths = [p for p in paths if p.is_dir()]
+    runs = [load_run(path, name) for path, name in zip(paths, _column_names(paths))]
+    comparison = build_comparison(runs, notes)
+    comparison.plots = write_plots(runs, output_dir) if runs else []
+    print_comparison(comparison, runs)
+    markdown = output_dir / "compare.md"
+    markdown.write_text(comparison_markdown(comparison, runs, output_dir), encoding="utf-8")
+    (output_dir / "compare.json").write_text(json.dumps(comparison_json(comparison), indent=2, ensure_ascii=False), encoding="utf-8")
+    return markdown
+
+
+# ---------------------------------------------------------------- one run's report
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None or value == "":
+        return MISSING
+    if isinstance(value, float) and spec:
+        return format(value, spec)
+    return format_setting(value)
+
+
+def _setup_rows(run: RunData) -> list[list[str]]:
+    c = run.config.get
+    if not c("lora.enabled"):
+        lora = "off (full fine-tuning)"
+    else:
+        lora = f"{'QLoRA 4-bit' if c('lora.load_in_4bit') else 'LoRA'} r={c('lora.r')}, alpha={c('lora.alpha')}, dropout={c('lora.dropout')}, targets {format_setting(c('lora.target_modules'))}"
+    per_device, accumulation = c("training.per_device_train_batch_size"), c("training.gradient_accumulation_steps")
+    batch = run.summary.get("effective_batch_size") or (per_device * accumulation if per_device and accumulation else None)
+    batch_text = f"{batch} ({per_device} x {accumulation} accumulation x {run.summary.get('world_size', 1)} process(es))" if batch else MISSING
+    max_steps = c("training.max_steps")
+    length = f"max_steps {max_steps}" if isinstance(max_steps, int) and max_steps > 0 else f"{_fmt(c('training.num_train_epochs'))} epoch(s)"
+    return [
+        ["model", _fmt(c("model.name_or_path"))],
+        ["kind", _fmt(c("model.kind"))],
+        ["LoRA", lora if run.config else MISSING],
+        ["learning rate", f"{_fmt(c('training.learning_rate'))} ({_fmt(c('training.lr_scheduler_type'))}, warmup {_fmt(c('training.warmup_ratio'))}, weight decay {_fmt(c('training.weight_decay'))})"],
+        ["effective batch", batch_text],
+        ["max length", _fmt(c("training.max_length"))],
+        ["packing", _fmt(c("training.packing"))],
+        ["length of training", length if run.config else MISSING],
+        ["data", f"train {_fmt(c('data.train'))}, dev {_fmt(c('data.dev'))}, test {_fmt(c('data.test'))}"],
+        ["generation", f"{_fmt(c('generation.backend'))}, beams {_fmt(c('generation.num_beams'))}, max_new_tokens {_fmt(c('generation.max_new_tokens'))}"],
+    ]
+
+
+def _training_rows(run: RunData) -> list[list[str]]:
+    s = run.summary.get
+    best = f"{_fmt(s('best_eval_loss'), '.4f')} (step {_fmt(s('best_step'))})"
+    return [
+        ["steps / epochs", f"{_fmt(s('steps'))} / {_fmt(s('epochs'))}"],
+        ["train time", f"{_fmt(s('train_seconds'), '.1f')} s"],
+        ["tokens/s (real tokens)", _fmt(s("tokens_per_second"), ".1f")],
+        ["real-token fraction", _fmt(s("real_token_fraction"), ".3f")],
+        ["final train loss", _fmt(s("final_train_loss"), ".4f")],
+        ["final / best eval loss", f"{_fmt(s('final_eval_loss'), '.4f')} / {best}"],
+    ]
+
+
+def _spikes_section(run: RunData, limit: int = 20) -> list[str]:
+    spikes = run.summary.get("grad_norm_spikes")
+    if not isinstance(spikes, list):  # no summary: the spikes file is the record
+        spikes = [[row.get("step"), row.get("grad_norm")] for row in run.spikes]
+    spikes = [s for s in spikes if isinstance(s, list) and len(s) == 2 and isinstance(s[1], (int, float))]
+    threshold = _threshold(run)
+    lines = [f"Threshold {_fmt(threshold)}: {len(spikes)} optimizer step(s) above it; max grad norm {_fmt(run.summary.get('grad_norm_max'), '.3f')}."]
+    if spikes:
+        largest = sorted(spikes, key=lambda s: -s[1])[:limit]
+        title = "largest" if len(spikes) > limit else "all"
+        lines += ["", f"Spikes ({title}, by step):", "", md_table(["step", "grad norm"], [[_fmt(s[0]), f"{s[1]:.3f}"] for s in sorted(largest, key=lambda s: s[0])])]
+    return lines
+
+
+DEV_SCORE_ORDER = ["rouge1", "rouge2", "rougeL", "rouge_sum", "final_score", "foreign_rate", "pred_len", "ref_len", "n", "empty_predictions"]
+
+
+def _dev_scores_section(dev_scores: dict | None) -> list[str]:
+    if not dev_scores:
+        return ["No dev scores (data.dev not set, or the run did not get to scoring)."]
+    keys = [k for k in DEV_SCORE_ORDER if k in dev_scores] + [k for k in dev_scores if k not in DEV_SCORE_ORDER]
+    rows = [[k, _fmt(dev_scores[k], ".2f")] for k in keys]  # ROUGE and rates are x100 (metrics.py)
+    return [md_table(["metric", "value"], rows)]
+
+
+def _read_examples(path: Path) -> list[dict] | None:
+    """dev_per_sample.csv back into example dicts (numbers as floats), for regenerating a report."""
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("id", "prediction", "reference"):
+                try:
+                    row[key] = float(value)
+                except (TypeError, ValueError):
+                    pass
+    return rows
+
+
+def pick_examples(examples: list[dict], score_key: str, k: int = 5) -> tuple[list[dict], list[dict]]:
+    """The k best and k worst examples by score_key (worst first); they never overlap."""
+    ranked = sorted(
+        (e for e in examples if isinstance(e.get(score_key), (int, float))),
+        key=lambda e: e[score_key],
+        reverse=True,
+    )
+    return ranked[:k], ranked[max(k, len(ranked) - k):][::-1]
+
+
+def _examples_section(examples: list[dict] | None, score_key: str | None, k: int) -> list[str]:
+    if not examples:
+        return ["No dev examples."]
+    score_key = score_key or next((key for key in SCORE_KEYS if key in examples[0]), None)
+    if score_key is None:
+        return [f"Dev examples carry none of {', '.join(SCORE_KEYS)}: cannot rank them."]
+    best, worst = pick_examples(examples, score_key, k)
+    header = ["id", score_key, "prediction", "reference"]
+
+    def to_row(example: dict) -> list[str]:
+        prediction = str(example.get("prediction") or "").strip() or "(empty)"
+        return [_fmt(example.get("id")), format_metric(example[score_key], ".2f"), prediction, str(example.get("reference") or "")]
+
+    lines = [f"### Best {len(best)} (by {score_key})", "", md_table(header, [to_row(e) for e in best])]
+    lines += ["", f"### Worst {len(worst)} (by {score_key})", "", md_table(header, [to_row(e) for e in worst]) if worst else "Too few examples."]
+    return lines
+
+
+def write_run_report(
+    run_dir: str | Path,
+    dev_scores: dict | None = None,
+    examples: list[dict] | None = None,
+    score_key: str | None = None,
+    n_examples: int = 5,
+) -> Path:
+    """RUN_DIR/report.md: setup, training health, dev scores, plots, best and worst dev examples.
+
+    dev_scores/examples default to the run's dev_scores.json/dev_per_sample.csv, so a report can be
+    rebuilt later from the directory alone. score_key ranks examples (default: rouge_sum, final_score, score).
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    if dev_scores is None:
+        dev_scores = run.dev_scores or None
+    if examples is None:
+        examples = _read_examples(run_dir / DEV_PER_SAMPLE_FILE)
+    plots = run_plots(run_dir)
+
+    env = run.env
+    header = " · ".join(
+        part for part in [
+            f"`{run_dir}`",
+            f"started {env['started']}" if env.get("started") else "",
+            f"commit {str(env['git_commit'])[:10]}" if env.get("git_commit") else "",
+            str(env.get("device", "")),
+        ] if part
+    )
+    parts = [f"# Run report: {run.name}", "", header, "", "## Setup", "", md_table(["setting", "value"], _setup_rows(run))]
+    parts += ["", "## Training", "", md_table(["measure", "value"], _training_rows(run)), "", "### Grad-norm spikes", "", *_spikes_section(run)]
+    parts += ["", "## Dev scores", "", *_dev_scores_section(dev_scores)]
+    if plots:
+        parts += ["", "## Plots", ""] + [f"![{p.stem}]({_relative(p, run_dir)})\n" for p in plots]
+    parts += ["", "## Dev examples", "", *_examples_section(examples, score_key, n_examples)]
+    notes = [n for n in _missing_file_notes(run) if DEV_SCORES_FILE not in n] + run.problems
+    if notes:
+        parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in notes]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")
+    return path
