@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dialsum.errors import ConfigError
 
@@ -123,6 +123,12 @@ class Config(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.evaluation.select_best_by == "eval_rouge_sum" and not self.evaluation.rouge_during_training:
+            raise ValueError("evaluation.select_best_by=eval_rouge_sum needs evaluation.rouge_during_training=true")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -167,6 +173,8 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 def _format_validation_error(error: ValidationError, source: str) -> ConfigError:
     first = error.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
+    if not key:  # a cross-field rule: its message names the keys
+        return ConfigError(f"{source}: {first['msg'].removeprefix('Value error, ')}")
     if first["type"] == "extra_forbidden":
         return _unknown_key_error(key, source)
     if first["type"] == "missing":

@@ -204,8 +204,12 @@ MASK_TOKEN_PATTERN = r"#[A-Za-z]+\d*#"
 
 
 def add_seq2seq_special_tokens(tokenizer, dialogues: list[Dialogue]) -> list[str]:
-    """Speaker tags (#Person1#) and masks (#PhoneNumber#) become single tokens when the vocabulary lacks them."""
+    """Speaker tags (#Person1#) and masks (#PhoneNumber#) become single, never-split tokens when the
+    vocabulary lacks them. They are added as non-special tokens on purpose: summaries contain them
+    ("#Person1#은 ..."), and `decode(skip_special_tokens=True)` must not delete them from predictions."""
     import re
+
+    from tokenizers import AddedToken
 
     found = set()
     for dialogue in dialogues:
@@ -215,7 +219,7 @@ def add_seq2seq_special_tokens(tokenizer, dialogues: list[Dialogue]) -> list[str
     vocab = tokenizer.get_vocab()
     missing = sorted(token for token in found if token not in vocab)
     if missing:
-        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+        tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False, special=False) for token in missing])
     return missing
 
 
@@ -280,3 +284,20 @@ def encode_dialogues(tokenizer, dialogues: list[Dialogue], config: Config) -> tu
         stats.turns_cut += cut
         examples.append(example)
     return examples, stats
+
+
+def encode_source(tokenizer, record: Dialogue, config: Config) -> list[int]:
+    """Encoder input ids for seq2seq inference, trimmed by turns to `training.max_length` as in training.
+
+    When not even the first turn fits (training would see an empty source), the full source is
+    truncated to max_length tokens instead: a cut dialogue summarises better than none.
+    """
+    def source_ids(turns):
+        return tokenizer(seq2seq_source(record, config.prompt, turns))["input_ids"]
+
+    turns, cut = _fit_turns(record, config.training.max_length, lambda t: len(source_ids(t)))
+    if cut < 0 or (record.turns and not turns):
+        return tokenizer(
+            seq2seq_source(record, config.prompt), truncation=True, max_length=config.training.max_length
+        )["input_ids"]
+    return source_ids(turns)

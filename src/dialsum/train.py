@@ -164,6 +164,34 @@ class MonitorMixin:
             self._window_start = time.perf_counter()  # evaluation time is not training time
 
 
+class RougeEvalMixin:
+    """At each evaluation, generate summaries for a dev subset and log `eval_rouge1/2/L/sum`,
+    so checkpoints can be selected by what the competition scores, not by loss."""
+
+    rouge_dialogues: list[Dialogue] = []
+    dialsum_config: Config | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if not self.rouge_dialogues or metric_key_prefix != "eval":
+            return metrics
+        from dialsum.generate import generate_summaries
+        from dialsum.metrics import score
+
+        config = self.dialsum_config
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config, kind=config.model.kind, progress=False)
+        scores = score(predictions, [d.references for d in self.rouge_dialogues], tokenizer=config.evaluation.tokenizer,
+                       forbidden_scripts=config.generation.forbidden_scripts)
+        rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+        self.log(rouge)  # while the model is in eval mode, so TRL files these under eval
+        model.train(was_training)
+        metrics.update(rouge)
+        return metrics
+
+
 def metrics_callback(path: Path):
     """Appends every log line (train and eval) to metrics.jsonl on the main process."""
     from transformers import TrainerCallback
@@ -206,8 +234,6 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
     evaluate_by_steps = has_dev and t.eval_steps is not None
     save_steps = t.save_steps or t.eval_steps
     select_best_by = config.evaluation.select_best_by
-    if select_best_by == "eval_rouge_sum" and not config.evaluation.rouge_during_training:
-        select_best_by = "eval_loss"
     common = dict(
         output_dir=str(run_dir / CHECKPOINT_DIR),
         learning_rate=t.learning_rate,
@@ -275,8 +301,10 @@ def _to_dataset(examples: list[dict]):
     return Dataset.from_list(examples)
 
 
-def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], dev_examples: list[dict], run_dir: Path):
-    """SFTTrainer (decoder-only: packing, LoRA through TRL) or Seq2SeqTrainer, both with the run monitor."""
+def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], dev_examples: list[dict], run_dir: Path,
+                  rouge_dialogues: list[Dialogue] | None = None):
+    """SFTTrainer (decoder-only: packing, LoRA through TRL) or Seq2SeqTrainer, both with the run monitor
+    and, when `rouge_dialogues` are given, generation-based ROUGE at each evaluation."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
     from trl import SFTTrainer
 
@@ -291,7 +319,7 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
 
-        class DialsumSeq2SeqTrainer(MonitorMixin, Seq2SeqTrainer):
+        class DialsumSeq2SeqTrainer(RougeEvalMixin, MonitorMixin, Seq2SeqTrainer):
             pass
 
         trainer = DialsumSeq2SeqTrainer(
@@ -304,7 +332,7 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
         )
     else:
 
-        class DialsumSFTTrainer(MonitorMixin, SFTTrainer):
+        class DialsumSFTTrainer(RougeEvalMixin, MonitorMixin, SFTTrainer):
             pass
 
         trainer = DialsumSFTTrainer(
@@ -317,6 +345,8 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
         )
     trainer._monitor_init(config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE)
     trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
+    trainer.rouge_dialogues = list(rouge_dialogues or [])
+    trainer.dialsum_config = config
     return trainer
 
 
@@ -476,7 +506,10 @@ def train(
         )
 
     # 4. Trainer.
-    trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir)
+    rouge_dialogues = []
+    if config.evaluation.rouge_during_training and dev_dialogues:
+        rouge_dialogues = [d for d in dev_dialogues if d.references][: config.evaluation.rouge_subset]
+    trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir, rouge_dialogues)
 
     # 5. Train (from the last checkpoint on resume), save, summarise.
     checkpoint = last_checkpoint(run_dir) if resume else None
