@@ -77,7 +77,8 @@ def test_byte_rules():
     assert banned_bytes("привет".encode()[:1])  # 0xD0: all Cyrillic
     assert banned_bytes("あ".encode()) and banned_bytes("カ".encode()) and banned_bytes("ไ".encode())
     assert not banned_bytes("é".encode()[:1])  # Latin-1 supplement lead byte
-    assert not banned_bytes(b"\x80")  # a stray continuation byte decodes to U+FFFD, not to a script
+    assert banned_bytes(b"\x80")  # a stray continuation byte would print U+FFFD in the summary
+    assert banned_bytes(b"A", pending=hangul[:1])  # so would breaking off a started syllable
     assert not banned_bytes(han, scripts=["Cyrillic"])
 
 
@@ -156,9 +157,11 @@ def test_static_mask_alone_leaks_through_byte_fragments(attacked_llama):
     model, tokenizer = attacked_llama
     ids = torch.tensor([tokenizer("안녕하세요")["input_ids"]] * 64)
 
-    class StaticOnly(ForeignScriptSuppressor):
+    naive_ban = torch.tensor([has_foreign_script(tokenizer.decode([i])) for i in range(len(tokenizer))])
+
+    class StaticOnly(ForeignScriptSuppressor):  # the usual approach: ban tokens that decode to a foreign char
         def __call__(self, input_ids, scores):
-            return scores.masked_fill(self.table.tensor(None, scores.device, scores.shape[-1], self.keep), float("-inf"))
+            return scores.masked_fill(naive_ban[: scores.shape[-1]].to(scores.device), float("-inf"))
 
     torch.manual_seed(0)
     for processor, expect_leaks in ((StaticOnly(tokenizer), True), (ForeignScriptSuppressor(tokenizer, prompt_length=ids.shape[1]), False)):

@@ -70,6 +70,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 # ==================================================================================================
 
 
+REPLACEMENT = 0xFFFD  # what a broken UTF-8 sequence decodes to: banned like a foreign script
+
+
 def _sequence_length(lead: int) -> int:
     """Bytes in the UTF-8 sequence a byte starts: 1 (ASCII), 2-4, or 0 (a continuation or invalid byte)."""
     if lead < 0x80:
@@ -256,6 +259,15 @@ class _ScriptSet:
         return (i >= 0) & (code_points <= self.np_ends[np.maximum(i, 0)])
 
 
+def _breaks_rule(forbidden: _ScriptSet, data: bytes, pending: bytes = b"") -> bool:
+    """The one rule: decoding `data` after `pending` completes a forbidden character or a broken one
+    (U+FFFD), or leaves a prefix that can only become a forbidden character."""
+    code_points, left = decode_utf8(data, pending)
+    if any(cp == REPLACEMENT or forbidden.contains(cp) for cp in code_points):
+        return True
+    return bool(left) and forbidden.covers(*_prefix_code_points(left))
+
+
 class _SuppressionTable:
     """Per tokenizer and script set: token bytes, the static ban mask, and lazily the mask for each
     pending prefix (at most ~22k distinct prefixes exist; in practice a few hundred occur)."""
@@ -301,10 +313,7 @@ class _SuppressionTable:
     def _bad_bytes(self, data: bytes, pending: bytes = b"") -> bool:
         """Decoding `data` after `pending` completes a forbidden character, or leaves a prefix that
         can only become one."""
-        code_points, left = decode_utf8(data, pending)
-        if any(self.forbidden.contains(cp) for cp in code_points):
-            return True
-        return bool(left) and self.forbidden.covers(*_prefix_code_points(left))
+        return _breaks_rule(self.forbidden, data, pending)
 
     def state_mask(self, pending: bytes) -> np.ndarray:
         """Tokens banned while the generated text ends in the incomplete prefix `pending` (vectorised)."""
@@ -334,7 +343,7 @@ class _SuppressionTable:
         bad = complete & (self.forbidden.contains_array(code_points) | self.bad_from[:, need])
         # 2. the token breaks the prefix (one U+FFFD) and is then decoded afresh from the breaking byte
         broken = ~complete & (consumed < self.lengths)
-        bad |= broken & self.bad_from[np.arange(self.size), np.minimum(consumed, 3)]
+        bad |= broken  # a broken character would print as U+FFFD in a Korean summary
         # 3. the token is all continuation bytes and still leaves the character incomplete
         for token in np.nonzero(~complete & (consumed == self.lengths) & (self.lengths > 0))[0]:
             bad[token] = self.forbidden.covers(*_prefix_code_points(pending + self.token_bytes[token]))
@@ -393,10 +402,7 @@ def banned_bytes(data: bytes, pending: bytes = b"", scripts: Sequence[str] | Non
     become one. (A lone 0xEA, the start of many Hangul syllables, is allowed; a lone 0xE5 is not.)"""
     key = _canonical_scripts(scripts)
     forbidden = _SCRIPT_SETS.get(key) or _SCRIPT_SETS.setdefault(key, _ScriptSet(key))
-    code_points, left = decode_utf8(data, pending)
-    if any(forbidden.contains(cp) for cp in code_points):
-        return True
-    return bool(left) and forbidden.covers(*_prefix_code_points(left))
+    return _breaks_rule(forbidden, data, pending)
 
 
 _TABLES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
@@ -485,8 +491,9 @@ _LABEL = re.compile(
 def clean_summary(text: str, tokenizer=None) -> str:
     """A generated summary as one clean line: special tokens, role headers ("assistant\\n\\n",
     "<|start_header_id|>assistant<|end_header_id|>"), an empty <think> block and leading labels
-    ("요약:", "Summary:", "[요약]") removed, whitespace collapsed. Empty stays empty."""
-    text = text or ""
+    ("요약:", "Summary:", "[요약]") removed, a character left broken by a stop mid-sequence (U+FFFD)
+    dropped, whitespace collapsed. Empty stays empty."""
+    text = (text or "").replace("\ufffd", "")
     for _ in range(4):  # headers and labels can stack ("assistant\n\n요약: ...")
         before = text
         text = _THINK.sub("", text)

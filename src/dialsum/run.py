@@ -1,0 +1,128 @@
+"""`dialsum run`: train → predict dev → score dev → predict test → submission.csv + report.md.
+
+One command from a config file to a competition submission and a report a person can read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from dialsum.config import Config
+from dialsum.data import Dialogue, load_dialogues, write_predictions
+
+console = Console(stderr=True)
+
+DEV_PREDICTIONS = "dev_predictions.csv"
+DEV_SCORES = "dev_scores.json"
+DEV_PER_SAMPLE = "dev_per_sample.csv"
+SUBMISSION = "submission.csv"
+
+
+def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
+    """The organizers' format (sample_submission.csv): an unnamed index column, then fname,summary, in test order."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["", "fname", "summary"])
+        for index, (fname, summary) in enumerate(zip(ids, summaries, strict=True)):
+            writer.writerow([index, fname, summary])
+
+
+def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: Config) -> tuple[dict, list[dict]]:
+    """Competition ROUGE on morphemes, plus per-row scores for the best/worst examples of the report."""
+    from dialsum.metrics import score, score_rows
+
+    references = [d.references for d in dialogues]
+    scores = score(predictions, references, tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
+    rows = score_rows(predictions, references, tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
+    return scores, rows
+
+
+def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False) -> Path:
+    from dialsum.generate import generate_summaries, load_for_inference
+    from dialsum.metrics import print_scores
+    from dialsum.report import write_run_report
+    from dialsum.train import train
+
+    # 1. Train (the run directory holds the resolved config and the final model).
+    run_dir = train(config, config_path=config_path, output_dir=output_dir, resume=resume)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return run_dir  # generation and scoring run once, on the main process
+    model, tokenizer, config = load_for_inference(run_dir, None)
+
+    # 2. Dev: generate, score, keep per-row scores for error analysis.
+    dev_scores, examples = None, None
+    if config.data.dev:
+        dev = load_dialogues(config.data.dev)
+        labeled = [d for d in dev if d.references]
+        predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind)
+        write_predictions(run_dir / DEV_PREDICTIONS, [d.id for d in labeled], predictions)
+        if labeled:
+            dev_scores, rows = score_dialogues(predictions, labeled, config)
+            dev_scores["skipped_without_reference"] = len(dev) - len(labeled)
+            (run_dir / DEV_SCORES).write_text(json.dumps(dev_scores, indent=2, ensure_ascii=False), encoding="utf-8")
+            examples = [
+                {"id": d.id, "prediction": p, "reference": d.references[0], **row}
+                for d, p, row in zip(labeled, predictions, rows)
+            ]
+            with (run_dir / DEV_PER_SAMPLE).open("w", encoding="utf-8", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(examples[0].keys()), lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(examples)
+            print_scores(dev_scores, title=f"dev scores — {config.data.dev}")
+
+    # 3. Test: a submission in the input's order, every id kept.
+    if config.data.test:
+        test = load_dialogues(config.data.test)
+        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind)
+        write_submission(run_dir / SUBMISSION, [d.id for d in test], predictions)
+        empty = sum(1 for p in predictions if not p.strip())
+        console.print(f"submission: {run_dir / SUBMISSION} ({len(test)} rows, {empty} empty)")
+
+    # 4. Report.
+    report = write_run_report(run_dir, dev_scores, examples)
+    console.print(f"report: {report}")
+    return run_dir
+
+
+def screen(model_names: list[str], data_path: str | Path, config: Config | None = None,
+           overrides: list[str] | None = None, limit: int | None = None) -> list[dict]:
+    """Zero-shot screening: predict and score each model without training, ranked by final score.
+
+    `lead` (the first utterance, speaker tag removed) is the floor every table needs: a model below
+    it is worse than copying the first line.
+    """
+    from rich.table import Table
+
+    from dialsum.config import config_from_dict
+    from dialsum.generate import generate_summaries, lead_baseline, load_for_inference
+
+    dialogues = [d for d in load_dialogues(data_path) if d.references][:limit]
+    results = []
+    for name in model_names:
+        if name == "lead":
+            predictions = [lead_baseline(d) for d in dialogues]
+            eval_config = config or config_from_dict({"model": {"name_or_path": "lead"}}, overrides)
+        else:
+            raw = config.to_dict() if config else {}
+            raw["model"] = {**raw.get("model", {}), "name_or_path": name}
+            model_config = config_from_dict(raw, overrides)
+            model, tokenizer, eval_config = load_for_inference(name, model_config)
+            predictions = generate_summaries(model, tokenizer, dialogues, eval_config, kind=eval_config.model.kind)
+            del model
+        scores, _ = score_dialogues(predictions, dialogues, eval_config)
+        results.append({"model": name, **scores})
+    results.sort(key=lambda r: r["final_score"], reverse=True)
+    table = Table(title=f"zero-shot screening on {data_path} ({len(dialogues)} dialogues)")
+    for column in ("rank", "model", "ROUGE-1", "ROUGE-2", "ROUGE-L", "final", "foreign %"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for rank, r in enumerate(results, 1):
+        table.add_row(str(rank), r["model"], f"{r['rouge1']:.2f}", f"{r['rouge2']:.2f}", f"{r['rougeL']:.2f}",
+                      f"{r['final_score']:.2f}", f"{r['foreign_rate']:.1f}")
+    Console().print(table)
+    return results
