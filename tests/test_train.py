@@ -191,3 +191,29 @@ def test_two_processes_ddp(tiny_llama, real_dev_path, tmp_path):
     assert summary["world_size"] == 2
     assert summary["effective_batch_size"] == 2 * 1 * 2
     assert summary["steps"] == 3
+
+
+def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_path, tmp_path):
+    """Generation-based dev ROUGE at each evaluation lands in metrics.jsonl and picks the best checkpoint."""
+    config = make_config(tiny_llama, real_dev_path, max_steps=4, eval_steps=2, save_steps=2)
+    lines = real_dev_path.read_text(encoding="utf-8")
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(lines)))[:12]
+    dev = tmp_path / "dev.csv"
+    with dev.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    config.data.dev = str(dev)
+    config.evaluation.rouge_during_training = True
+    config.evaluation.rouge_subset = 4
+    config.evaluation.select_best_by = "eval_rouge_sum"
+    config.generation.max_new_tokens = 8
+    run_dir = train(config, output_dir=tmp_path / "run")
+    rouge_rows = [row for row in read_metrics(run_dir / "metrics.jsonl") if "eval_rouge_sum" in row]
+    assert [row["step"] for row in rouge_rows] == [2, 4]
+    assert all({"eval_rouge1", "eval_rouge2", "eval_rougeL"} <= row.keys() for row in rouge_rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_metric"] == "eval_rouge_sum" and summary["best_step"] in (2, 4)
