@@ -141,4 +141,6 @@ def test_seq2seq_adds_speaker_and_mask_tokens_and_labels_the_summary(tiny_bart, 
     assert tokenizer.convert_ids_to_tokens(ids[0]) == "#Person1#"
     example = encode_seq2seq(tokenizer, dev[0], config)
     assert tokenizer.decode(example["labels"], skip_special_tokens=True) == dev[0].references[0].strip()
+    # koBART's tokenizer adds no </s>: without it appended the model would never learn to stop
+    assert example["labels"][-1] == tokenizer.eos_token_id and example["input_ids"][-1] == tokenizer.eos_token_id
     assert dev[0].turns[0].utterance in tokenizer.decode(example["input_ids"])

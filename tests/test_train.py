@@ -86,11 +86,11 @@ def test_packed_batch_equals_padded_batch(tiny_llama, real_dev_path, tmp_path, a
         assert not torch.allclose(leaky[a:b], logits_alone, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch,packing", [("llama", True), ("qwen2", False), ("bart", False)])
-def test_loss_goes_down(arch, packing, request, real_dev_path, tmp_path):
+@pytest.mark.parametrize("arch,packing,batch", [("llama", True, 2), ("qwen2", False, 4), ("bart", False, 8)])
+def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
     model_path = request.getfixturevalue(f"tiny_{arch}")
-    config = make_config(model_path, real_dev_path, max_steps=24, packing=packing,
-                         per_device_train_batch_size=2 if packing else 4)
+    config = make_config(model_path, real_dev_path, max_steps=24, packing=packing, per_device_train_batch_size=batch,
+                         learning_rate=3e-3)
     run_dir = train(config, output_dir=tmp_path / "run")
     losses = train_losses(run_dir)
     assert len(losses) == 24

@@ -223,24 +223,51 @@ def add_seq2seq_special_tokens(tokenizer, dialogues: list[Dialogue]) -> list[str
     return missing
 
 
+def _with_bos_eos(tokenizer, ids: list[int]) -> list[int]:
+    """facebook/bart's tokenizer wraps text in <s> ... </s>; koBART's adds neither. Without the </s>
+    a seq2seq model never learns to stop, so make every sequence look like BART's."""
+    if tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids = [tokenizer.bos_token_id] + ids
+    if tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def _source_with_cut(tokenizer, record: Dialogue, config: Config) -> tuple[list[int], int]:
+    """Encoder input ids trimmed by turns to `training.max_length`; when not even the first turn fits,
+    the text itself is truncated (a cut dialogue summarises better than none)."""
+    max_length = config.training.max_length
+
+    def source_ids(turns):
+        text = seq2seq_source(record, config.prompt, turns)
+        return _with_bos_eos(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    turns, cut = _fit_turns(record, max_length, lambda t: len(source_ids(t)))
+    if cut < 0 or (record.turns and not turns):
+        ids = tokenizer(seq2seq_source(record, config.prompt), add_special_tokens=False)["input_ids"]
+        return _with_bos_eos(tokenizer, ids[: max_length - 2]), len(record.turns)
+    return source_ids(turns), cut
+
+
+def encode_source(tokenizer, record: Dialogue, config: Config) -> list[int]:
+    """Encoder input ids for seq2seq inference, exactly as in training."""
+    return _source_with_cut(tokenizer, record, config)[0]
+
+
 def encode_seq2seq_with_info(tokenizer, dialogue: Dialogue, config: Config):
     summary = _summary_of(dialogue)
-    labels = tokenizer(text_target=summary)["input_ids"]
+    labels = _with_bos_eos(tokenizer, tokenizer(summary, add_special_tokens=False)["input_ids"])
     if len(labels) > config.training.max_target_length:
         raise TargetTooLong(
             f"record {dialogue.id}: field 'summary' is {len(labels)} tokens > training.max_target_length="
             f"{config.training.max_target_length} (raise it or set training.skip_too_long=true)"
         )
-
-    def source_ids(turns):
-        return tokenizer(seq2seq_source(dialogue, config.prompt, turns))["input_ids"]
-
-    turns, cut = _fit_turns(dialogue, config.training.max_length, lambda t: len(source_ids(t)))
-    return {"input_ids": source_ids(turns if cut >= 0 else []), "labels": labels}, max(cut, 0)
+    source, cut = _source_with_cut(tokenizer, dialogue, config)
+    return {"input_ids": source, "labels": labels}, cut
 
 
 def encode_seq2seq(tokenizer, record: Dialogue, config: Config) -> dict[str, list[int]]:
-    """Encoder input = the formatted dialogue (trimmed by turns); labels = the whole summary."""
+    """Encoder input = the formatted dialogue (trimmed by turns); labels = the whole summary + </s>."""
     return encode_seq2seq_with_info(tokenizer, record, config)[0]
 
 
@@ -284,20 +311,3 @@ def encode_dialogues(tokenizer, dialogues: list[Dialogue], config: Config) -> tu
         stats.turns_cut += cut
         examples.append(example)
     return examples, stats
-
-
-def encode_source(tokenizer, record: Dialogue, config: Config) -> list[int]:
-    """Encoder input ids for seq2seq inference, trimmed by turns to `training.max_length` as in training.
-
-    When not even the first turn fits (training would see an empty source), the full source is
-    truncated to max_length tokens instead: a cut dialogue summarises better than none.
-    """
-    def source_ids(turns):
-        return tokenizer(seq2seq_source(record, config.prompt, turns))["input_ids"]
-
-    turns, cut = _fit_turns(record, config.training.max_length, lambda t: len(source_ids(t)))
-    if cut < 0 or (record.turns and not turns):
-        return tokenizer(
-            seq2seq_source(record, config.prompt), truncation=True, max_length=config.training.max_length
-        )["input_ids"]
-    return source_ids(turns)

@@ -475,8 +475,10 @@ def train(
     dev_dialogues: list[Dialogue] = load_dialogues(config.data.dev) if config.data.dev else []
     seq2seq = config.model.kind == "seq2seq"
     tokenizer = load_tokenizer(config.model.name_or_path, config)
-    added_pad = ensure_pad_token(tokenizer)
+    ensure_pad_token(tokenizer)
     added_tokens = add_seq2seq_special_tokens(tokenizer, train_dialogues + dev_dialogues) if seq2seq else []
+    if added_tokens:
+        console.print(f"added {len(added_tokens)} speaker/mask tokens to the vocabulary: {', '.join(added_tokens[:8])}")
     notes: list[str] = []
     if not seq2seq:
         check = check_chat_template(tokenizer, config.prompt)
@@ -493,7 +495,7 @@ def train(
 
     # 3. Model: full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation).
     model = load_model(config.model.name_or_path, config, for_training=True)
-    if added_pad or added_tokens:
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # never shrink (Qwen pads its matrix)
         model.resize_token_embeddings(len(tokenizer))
     model.config.use_cache = False
     model.config.pad_token_id = tokenizer.pad_token_id
