@@ -98,6 +98,9 @@ def test_bad_data_is_one_line_naming_file_row_field(tmp_path):
     bad.write_text("fname,dialogue,summary,topic\nd0,\"#Person1#: 안녕\",요약,인사\nd1,,요약,인사\n", encoding="utf-8")
     line = one_line_error(dialsum("inspect", "configs/demo.yaml", "--data", bad))
     assert "bad.csv" in line and "row 2" in line and "dialogue" in line
+    run_dir = tmp_path / "never-created"
+    line = one_line_error(dialsum("train", "configs/demo.yaml", "--set", f"data.train={bad}", "--output-dir", run_dir))
+    assert "row 2" in line and not run_dir.exists()  # fix the file and re-run: nothing to clean up
     cp949 = tmp_path / "excel.csv"
     cp949.write_bytes("fname,dialogue\nd0,#Person1#: 안녕하세요\n".encode("cp949"))
     line = one_line_error(dialsum("predict", "--model", "tiny:llama", "--data", cp949, "--output", tmp_path / "o.csv",

@@ -458,19 +458,16 @@ def train(
 
         run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     check_run_dir(run_dir, resume)
-    state.wait_for_everyone()
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = last_checkpoint(run_dir) if resume else None
     if resume:
+        if checkpoint is None:
+            raise RunDirError(f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/")
         config = load_config(run_dir / "config.yaml")
-    elif is_main:
-        save_config(config, run_dir / "config.yaml")
-    if is_main:
-        write_env(run_dir)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
 
-    # 2. Data: read, then encode with labels on the summary only.
+    # 2. Data: read, then encode with labels on the summary only. Bad data fails here, before
+    #    the run directory exists, so fixing the file and re-running needs no clean-up.
     train_dialogues: list[Dialogue] = load_dialogues(config.data.train)
     dev_dialogues: list[Dialogue] = load_dialogues(config.data.dev) if config.data.dev else []
     seq2seq = config.model.kind == "seq2seq"
@@ -492,6 +489,12 @@ def train(
         console.print(f"dev:   {dev_stats.describe()}")
     if not train_examples:
         raise ConfigError(f"{config.data.train}: no trainable examples after encoding ({encode_stats.describe()})")
+    state.wait_for_everyone()
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_config(config, run_dir / "config.yaml")
+        write_env(run_dir)
 
     # 3. Model: full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation).
     model = load_model(config.model.name_or_path, config, for_training=True)
@@ -514,9 +517,6 @@ def train(
     trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir, rouge_dialogues)
 
     # 5. Train (from the last checkpoint on resume), save, summarise.
-    checkpoint = last_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise RunDirError(f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/")
     if checkpoint and is_main:
         resumed_step = int(Path(checkpoint).name.split("-")[-1])
         drop_metrics_after(run_dir / METRICS_FILE, resumed_step)
