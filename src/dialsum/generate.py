@@ -44,6 +44,7 @@ from transformers import LogitsProcessor
 from dialsum.config import Config, config_from_dict, load_config
 from dialsum.data import Dialogue, load_dialogues, write_predictions
 from dialsum.encode import encode_prompt, encode_source, end_of_turn_token
+from dialsum.rundir import CONFIG_FILE, MODEL_DIR
 from dialsum.errors import ConfigError, DialsumError, RunDirError
 from dialsum.metrics import SCRIPT_RANGES, foreign_script_pattern, has_foreign_script
 
@@ -60,8 +61,6 @@ __all__ = [
     "stop_token_ids",
 ]
 
-MODEL_DIR = "model"
-CONFIG_FILE = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
 
 

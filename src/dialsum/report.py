@@ -24,17 +24,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dialsum.rundir import (
+    CONFIG_FILE, DEV_PER_SAMPLE_FILE, DEV_SCORES_FILE, ENV_FILE, METRICS_FILE, PLOTS_DIR, REPORT_FILE, SPIKES_FILE, SUMMARY_FILE,
+)
+
 console = Console(stderr=True)
 
-# File names inside a run directory (written by train.py and run.py; repeated here to keep torch out).
-CONFIG_FILE = "config.yaml"
-ENV_FILE = "env.json"
-METRICS_FILE = "metrics.jsonl"
-SPIKES_FILE = "grad_norm_spikes.jsonl"
-SUMMARY_FILE = "summary.json"
-DEV_SCORES_FILE = "dev_scores.json"
-DEV_PER_SAMPLE_FILE = "dev_per_sample.csv"
-PLOTS_DIR = "plots"
 
 MISSING = "—"
 IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
@@ -676,6 +671,6 @@ def write_run_report(
     notes = [n for n in _missing_file_notes(run) if DEV_SCORES_FILE not in n] + run.problems
     if notes:
         parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in notes]
-    path = run_dir / "report.md"
+    path = run_dir / REPORT_FILE
     path.write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")
     return path

@@ -13,13 +13,10 @@ from rich.console import Console
 
 from dialsum.config import Config
 from dialsum.data import Dialogue, load_dialogues, write_predictions
+from dialsum.rundir import DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, SUBMISSION_FILE
 
 console = Console(stderr=True)
 
-DEV_PREDICTIONS = "dev_predictions.csv"
-DEV_SCORES = "dev_scores.json"
-DEV_PER_SAMPLE = "dev_per_sample.csv"
-SUBMISSION = "submission.csv"
 
 
 def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
@@ -61,16 +58,16 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
         dev = load_dialogues(config.data.dev)
         labeled = [d for d in dev if d.references]
         predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind)
-        write_predictions(run_dir / DEV_PREDICTIONS, [d.id for d in labeled], predictions)
+        write_predictions(run_dir / DEV_PREDICTIONS_FILE, [d.id for d in labeled], predictions)
         if labeled:
             dev_scores, rows = score_dialogues(predictions, labeled, config)
             dev_scores["skipped_without_reference"] = len(dev) - len(labeled)
-            (run_dir / DEV_SCORES).write_text(json.dumps(dev_scores, indent=2, ensure_ascii=False), encoding="utf-8")
+            (run_dir / DEV_SCORES_FILE).write_text(json.dumps(dev_scores, indent=2, ensure_ascii=False), encoding="utf-8")
             examples = [
                 {"id": d.id, "prediction": p, "reference": d.references[0], **row}
                 for d, p, row in zip(labeled, predictions, rows)
             ]
-            with (run_dir / DEV_PER_SAMPLE).open("w", encoding="utf-8", newline="") as handle:
+            with (run_dir / DEV_PER_SAMPLE_FILE).open("w", encoding="utf-8", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(examples[0].keys()), lineterminator="\n")
                 writer.writeheader()
                 writer.writerows(examples)
@@ -80,9 +77,9 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     if config.data.test:
         test = load_dialogues(config.data.test)
         predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind)
-        write_submission(run_dir / SUBMISSION, [d.id for d in test], predictions)
+        write_submission(run_dir / SUBMISSION_FILE, [d.id for d in test], predictions)
         empty = sum(1 for p in predictions if not p.strip())
-        console.print(f"submission: {run_dir / SUBMISSION} ({len(test)} rows, {empty} empty)")
+        console.print(f"submission: {run_dir / SUBMISSION_FILE} ({len(test)} rows, {empty} empty)")
 
     # 4. Report.
     report = write_run_report(run_dir, dev_scores, examples)

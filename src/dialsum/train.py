@@ -32,14 +32,10 @@ from dialsum.data import Dialogue, load_dialogues
 from dialsum.encode import EncodeStats, add_seq2seq_special_tokens, check_chat_template, encode_dialogues, ensure_pad_token
 from dialsum.errors import ConfigError, RunDirError
 from dialsum.models import has_cuda, load_model, load_tokenizer, use_bf16
+from dialsum.rundir import CHECKPOINT_DIR, CONFIG_FILE, ENV_FILE, METRICS_FILE, MODEL_DIR, SPIKES_FILE, SUMMARY_FILE
 
 console = Console(stderr=True)
 
-METRICS_FILE = "metrics.jsonl"
-SPIKES_FILE = "grad_norm_spikes.jsonl"
-SUMMARY_FILE = "summary.json"
-MODEL_DIR = "model"
-CHECKPOINT_DIR = "checkpoints"
 
 
 # ---------------------------------------------------------------- run directory
@@ -55,7 +51,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     exists = run_dir.exists() and any(run_dir.iterdir())
     if exists and not resume:
         raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to start another")
-    if resume and not (run_dir / "config.yaml").is_file():
+    if resume and not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
 
 
@@ -92,7 +88,7 @@ def write_env(run_dir: Path) -> None:
         "command": sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-    (run_dir / "env.json").write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+    (run_dir / ENV_FILE).write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- monitoring
@@ -462,7 +458,7 @@ def train(
     if resume:
         if checkpoint is None:
             raise RunDirError(f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/")
-        config = load_config(run_dir / "config.yaml")
+        config = load_config(run_dir / CONFIG_FILE)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
 
@@ -493,7 +489,7 @@ def train(
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            save_config(config, run_dir / "config.yaml")
+            save_config(config, run_dir / CONFIG_FILE)
         write_env(run_dir)
 
     # 3. Model: full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation).
