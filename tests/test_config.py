@@ -71,3 +71,16 @@ def test_cli_help_lists_every_command():
     assert result.returncode == 0
     for command in ("train", "predict", "evaluate", "run", "screen", "compare", "inspect", "make-tiny-model"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
+def test_missing_tracker_is_one_clear_error(backend, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is not None:
+        pytest.skip(f"{backend} is installed here")
+    from dialsum.train import training_arguments
+
+    config = load_config(ROOT / "configs" / "demo.yaml", [f"logging.report_to=[{backend}]"])
+    with pytest.raises(ConfigError, match=rf"{backend}.*pip install 'dialsum\[{backend}\]'"):
+        training_arguments(config, tmp_path, has_dev=False, seq2seq=False)

@@ -138,3 +138,9 @@ def test_compare_two_real_runs(demo_run, tmp_path):
     assert "missing" in text  # the broken path is reported, not fatal
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table
+
+
+def test_unloadable_model_is_one_line(tmp_path):
+    line = one_line_error(dialsum("predict", "--model", tmp_path / "no-such-model", "--data", SAMPLE / "test.csv",
+                                  "--output", tmp_path / "o.csv", "--config", "configs/demo.yaml"))
+    assert "no-such-model" in line and not (tmp_path / "o.csv").exists()

@@ -46,10 +46,12 @@ def resolve_model_path(name_or_path: str | Path) -> str:
 def load_tokenizer(name_or_path: str | Path, config: Config):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_path(name_or_path), trust_remote_code=config.model.trust_remote_code, revision=config.model.revision
-    )
-    return tokenizer
+    try:
+        return AutoTokenizer.from_pretrained(
+            resolve_model_path(name_or_path), trust_remote_code=config.model.trust_remote_code, revision=config.model.revision
+        )
+    except OSError as error:  # a missing directory, an unreachable hub, a repo id that does not exist
+        raise ConfigError(f"model.name_or_path={name_or_path}: cannot load the tokenizer: {str(error).splitlines()[0]}") from None
 
 
 def quantization_config(config: Config):
