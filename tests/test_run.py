@@ -112,6 +112,7 @@ def test_inspect_shows_trained_tokens_and_padding_waste():
     result = dialsum("inspect", "configs/demo.yaml", "--n", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "padding waste" in result.stdout and "trained" in result.stdout
+    assert "[Question]" in result.stdout and "\ufffd" not in result.stdout  # Hangul decoded whole, not per byte token
 
 
 def test_screen_lead_baseline_on_real_dev():

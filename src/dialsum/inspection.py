@@ -18,9 +18,16 @@ def render_example(tokenizer, example: dict) -> Text:
     """Masked (prompt) tokens dim, trained (summary) tokens bold green."""
     text = Text()
     if "labels" in example and len(example["labels"]) == len(example["input_ids"]):
+        # decode runs of tokens, not single tokens: a byte-level token can hold half a Hangul syllable
+        runs: list[tuple[bool, list[int]]] = []
         for token_id, label in zip(example["input_ids"], example["labels"]):
-            piece = tokenizer.decode([token_id])
-            text.append(piece, style="bold green" if label != IGNORE_INDEX else "dim")
+            trained = label != IGNORE_INDEX
+            if runs and runs[-1][0] == trained:
+                runs[-1][1].append(token_id)
+            else:
+                runs.append((trained, [token_id]))
+        for trained, ids in runs:
+            text.append(tokenizer.decode(ids), style="bold green" if trained else "dim")
     else:  # seq2seq: encoder input, then the decoder target
         text.append(tokenizer.decode(example["input_ids"]), style="dim")
         text.append("\n→ ")
