@@ -182,8 +182,13 @@ def test_two_processes_ddp(tiny_llama, real_dev_path, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
+    import socket
+
+    with socket.socket() as probe:  # a free port, so parallel CI jobs do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "dialsum.cli", "train", str(path), "--output-dir", str(run_dir)],
+        [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "dialsum.cli", "train", str(path), "--output-dir", str(run_dir)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
