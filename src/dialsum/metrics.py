@@ -35,6 +35,7 @@ __all__ = [
     "print_scores",
     "score",
     "score_rows",
+    "score_with_rows",
     "tokenize_texts",
 ]
 
@@ -276,10 +277,20 @@ def score(
     `empty_predictions` (count), `pred_len`/`ref_len` (mean characters; ref_len averages each row's
     references first), `n` (rows) and `tokenizer`.
     """
+    return score_with_rows(predictions, references, tokenizer, forbidden_scripts)[0]
+
+
+def score_with_rows(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str] | str],
+    tokenizer: str = "kiwi",
+    forbidden_scripts: Iterable[str] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`score` and `score_rows` from one pass: the corpus summary and the per-row scores it averages."""
     predictions = ["" if p is None else str(p) for p in predictions]
     rows = score_rows(predictions, references, tokenizer, forbidden_scripts)
     refs = _normalise_references(predictions, references)
-    return _summarise(rows, predictions, refs, tokenizer)
+    return _summarise(rows, predictions, refs, tokenizer), rows
 
 
 def _summarise(rows: list[dict], predictions: list[str], refs: list[list[str]], tokenizer: str) -> dict[str, Any]:
@@ -373,8 +384,7 @@ def evaluate_files(
     ids = list(references)
     predictions = [predicted[f] for f in ids]
     refs = [references[f] for f in ids]
-    rows = score_rows(predictions, refs, tokenizer, forbidden_scripts)
-    summary = _summarise(rows, predictions, refs, tokenizer)
+    summary, rows = score_with_rows(predictions, refs, tokenizer, forbidden_scripts)
     summary["predictions"] = str(predictions_csv)
     summary["references"] = str(references_csv)
     per_row = [

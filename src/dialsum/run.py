@@ -30,12 +30,11 @@ def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
 
 def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: Config) -> tuple[dict, list[dict]]:
     """Competition ROUGE on morphemes, plus per-row scores for the best/worst examples of the report."""
-    from dialsum.metrics import score, score_rows
+    from dialsum.metrics import score_with_rows
 
     references = [d.references for d in dialogues]
-    scores = score(predictions, references, tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
-    rows = score_rows(predictions, references, tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
-    return scores, rows
+    return score_with_rows(predictions, references, tokenizer=config.evaluation.tokenizer,
+                           forbidden_scripts=config.generation.forbidden_scripts)
 
 
 def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False) -> Path:
