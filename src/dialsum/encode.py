@@ -147,21 +147,32 @@ def _summary_of(dialogue: Dialogue) -> str:
     return dialogue.references[0].strip()
 
 
-def _fit_turns(dialogue: Dialogue, budget: int, length_with) -> tuple[list[Turn], int]:
-    """Keep the longest leading run of turns whose prompt fits `budget` tokens (binary search)."""
+def _fit_turns(dialogue: Dialogue, budget: int, ids_with) -> tuple[list[int], int]:
+    """Encode the longest leading run of turns whose ids fit `budget` tokens (binary search).
+
+    Returns those ids and the number of turns cut; -1 (with the no-turn ids) when not even zero
+    turns fit. Each candidate is tokenized once, and the winner's ids are returned, not recomputed.
+    """
     turns = dialogue.turns
-    if length_with(turns) <= budget:
-        return turns, 0
-    low, high = 0, len(turns) - 1  # `low` turns always fit once we know 0 fits
-    if length_with([]) > budget:
-        return [], -1
+    ids = ids_with(turns)
+    if len(ids) <= budget:
+        return ids, 0
+    best = ids_with([])
+    if len(best) > budget:
+        return best, -1
+    low, high = 0, len(turns) - 1  # `low` turns always fit
     while low < high:
         middle = (low + high + 1) // 2
-        if length_with(turns[:middle]) <= budget:
-            low = middle
+        ids = ids_with(turns[:middle])
+        if len(ids) <= budget:
+            low, best = middle, ids
         else:
             high = middle - 1
-    return turns[:low], len(turns) - low
+    return best, len(turns) - low
+
+
+def _prompt_ids(tokenizer, dialogue: Dialogue, config: Config, turns: list[Turn]) -> list[int]:
+    return tokenizer(render_prompt(tokenizer, build_messages(dialogue, config.prompt, turns)), add_special_tokens=False)["input_ids"]
 
 
 def encode_causal_with_info(tokenizer, dialogue: Dialogue, config: Config, end_token: str | None = None):
@@ -169,18 +180,12 @@ def encode_causal_with_info(tokenizer, dialogue: Dialogue, config: Config, end_t
     end_token = end_token or end_of_turn_token(tokenizer)
     target = _target_ids(tokenizer, _summary_of(dialogue), end_token)
     max_length = config.training.max_length
-
-    def prompt_ids(turns):
-        return tokenizer(render_prompt(tokenizer, build_messages(dialogue, config.prompt, turns)), add_special_tokens=False)["input_ids"]
-
-    budget = max_length - len(target)
-    turns, cut = _fit_turns(dialogue, budget, lambda t: len(prompt_ids(t)))
+    prompt, cut = _fit_turns(dialogue, max_length - len(target), lambda t: _prompt_ids(tokenizer, dialogue, config, t))
     if cut < 0:
         raise TargetTooLong(
             f"record {dialogue.id}: field 'summary' is {len(target)} tokens; with the prompt it cannot fit "
             f"training.max_length={max_length} (raise max_length or set training.skip_too_long=true)"
         )
-    prompt = prompt_ids(turns)
     return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target}, cut
 
 
@@ -192,10 +197,7 @@ def encode_causal(tokenizer, record: Dialogue, config: Config) -> dict[str, list
 def encode_prompt(tokenizer, record: Dialogue, config: Config) -> list[int]:
     """The generation prompt for inference, trimmed like training so the question block always survives."""
     max_prompt = config.training.max_length - config.generation.max_new_tokens
-    def prompt_ids(turns):
-        return tokenizer(render_prompt(tokenizer, build_messages(record, config.prompt, turns)), add_special_tokens=False)["input_ids"]
-    turns, cut = _fit_turns(record, max(max_prompt, 1), lambda t: len(prompt_ids(t)))
-    return prompt_ids(turns if cut >= 0 else [])
+    return _fit_turns(record, max(max_prompt, 1), lambda t: _prompt_ids(tokenizer, record, config, t))[0]
 
 
 # ---------------------------------------------------------------- seq2seq
@@ -242,11 +244,11 @@ def _source_with_cut(tokenizer, record: Dialogue, config: Config) -> tuple[list[
         text = seq2seq_source(record, config.prompt, turns)
         return _with_bos_eos(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    turns, cut = _fit_turns(record, max_length, lambda t: len(source_ids(t)))
-    if cut < 0 or (record.turns and not turns):
+    ids, cut = _fit_turns(record, max_length, source_ids)
+    if cut < 0 or (record.turns and cut == len(record.turns)):
         ids = tokenizer(seq2seq_source(record, config.prompt), add_special_tokens=False)["input_ids"]
         return _with_bos_eos(tokenizer, ids[: max_length - 2]), len(record.turns)
-    return source_ids(turns), cut
+    return ids, cut
 
 
 def encode_source(tokenizer, record: Dialogue, config: Config) -> list[int]:
