@@ -11,17 +11,11 @@ then also waits for the longest sequence of a batch).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-DEV = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "dev.csv"
-SAMPLE = ROOT / "src" / "dialsum" / "sample_data" / "train.csv"
+from common import real_dev_or_sample
 
 
 def main() -> None:
@@ -40,7 +34,7 @@ def main() -> None:
     from dialsum.generate import generate_summaries, load_for_inference
     from dialsum.models import resolve_model_path
 
-    data = DEV if DEV.is_file() else SAMPLE
+    data = real_dev_or_sample()
     dialogues = load_dialogues(data)[: args.n]
     path = resolve_model_path(args.model)
     config = config_from_dict({"model": {"name_or_path": path}, "generation": {"max_new_tokens": args.max_new_tokens}})

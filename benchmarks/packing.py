@@ -20,11 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-DEV = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "dev.csv"
-SAMPLE = ROOT / "src" / "dialsum" / "sample_data" / "train.csv"
+from common import real_dev_or_sample
 
 
 def main() -> None:
@@ -44,7 +40,7 @@ def main() -> None:
     from dialsum.stats import length_percentiles, packed_waste, padded_waste
     from dialsum.train import read_metrics, train
 
-    data = DEV if DEV.is_file() else SAMPLE
+    data = real_dev_or_sample()
     base = {
         "model": {"name_or_path": args.model, "attn_implementation": args.attn},
         "data": {"train": str(data)},

@@ -11,23 +11,16 @@ import argparse
 import csv
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from common import real_dev_or_sample
 
-from dialsum import metrics  # noqa: E402
-
-SHARED_DEV = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "dev.csv"
-SAMPLE_DEV = ROOT / "src" / "dialsum" / "sample_data" / "dev.csv"
+from dialsum import metrics
 
 
 def load_summaries() -> tuple[Path, list[str]]:
-    path = SHARED_DEV if SHARED_DEV.is_file() else SAMPLE_DEV
-    if not path.is_file():
-        sys.exit(f"no dev data: neither {SHARED_DEV} nor {SAMPLE_DEV} exists")
+    path = real_dev_or_sample("dev.csv")
     with path.open(encoding="utf-8", newline="") as handle:
         return path, [row["summary"] for row in csv.DictReader(handle) if row["summary"].strip()]
 

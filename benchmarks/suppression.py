@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "dialogsum-ko"
-SAMPLE = ROOT / "src" / "dialsum" / "sample_data"
+from common import SAMPLE, SHARED, real_dev_or_sample
 
 
 def end_to_end(args) -> None:
@@ -35,7 +29,7 @@ def end_to_end(args) -> None:
     from dialsum.generate import generate_summaries, load_for_inference
     from dialsum.models import resolve_model_path
 
-    data = SHARED / "dev.csv" if (SHARED / "dev.csv").is_file() else SAMPLE / "train.csv"
+    data = real_dev_or_sample()
     dialogues = load_dialogues(data)[: args.n]
     path = resolve_model_path(args.model)
     config = config_from_dict({"model": {"name_or_path": path}, "generation": {
