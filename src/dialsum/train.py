@@ -314,31 +314,15 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
 
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
-
-        class DialsumSeq2SeqTrainer(RougeEvalMixin, MonitorMixin, Seq2SeqTrainer):
-            pass
-
-        trainer = DialsumSeq2SeqTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-            processing_class=tokenizer,
-        )
-    else:
-
-        class DialsumSFTTrainer(RougeEvalMixin, MonitorMixin, SFTTrainer):
-            pass
-
-        trainer = DialsumSFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+        base = Seq2SeqTrainer
+        extra = {"data_collator": DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)}
+    else:  # TRL applies LoRA itself, after adding its fused LM head
+        base = SFTTrainer
+        extra = {"peft_config": peft_config}
+    trainer_class = type(f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, base), {})
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer, **extra
+    )
     trainer._monitor_init(config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE)
     trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
     trainer.rouge_dialogues = list(rouge_dialogues or [])
