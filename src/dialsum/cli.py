@@ -63,7 +63,8 @@ def run(
 def predict(
     model: Annotated[str, typer.Option(help="Run directory, a run's model/ directory, or any HF model path.")],
     data: Annotated[Path, typer.Option(help="Dialogues to summarize (competition CSV or DCS JSON/JSONL).")],
-    output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order).")],
+    output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order); for a DCS input, a .json/.jsonl "
+                                         "of the same extension is the input written back with 'output' filled in.")],
     config: Annotated[Path | None, typer.Option(help="Config (default: the run's config.yaml).")] = None,
     set_: SetOption = None,
 ) -> None:
@@ -75,22 +76,38 @@ def predict(
 
 @app.command()
 def evaluate(
-    predictions: Annotated[Path, typer.Option(help="CSV with fname,summary.")],
-    references: Annotated[Path, typer.Option(help="CSV with fname,summary (and summary1..N).")],
-    tokenizer: Annotated[str, typer.Option(help="kiwi | mecab | whitespace")] = "kiwi",
+    predictions: Annotated[Path, typer.Option(help="CSV with fname,summary, or a DCS submission .json/.jsonl.")],
+    references: Annotated[Path, typer.Option(help="CSV with fname,summary (summary1..N), or the labelled DCS file.")],
+    scheme: Annotated[
+        str, typer.Option(help="kiwi (dialsum's scale) | dialogsum (DialogSum-Korean) | dcs (Korean_DCS)")
+    ] = "kiwi",
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Scheme kiwi only: kiwi | mecab | whitespace (default kiwi).")
+    ] = None,
+    bertscore_model: Annotated[
+        str, typer.Option(help="Scheme dcs: BERTScore model, hub id or local copy.")
+    ] = "bert-base-multilingual-cased",
+    bertscore_layers: Annotated[
+        int | None, typer.Option(help="Scheme dcs: BERTScore layer (needed for a local copy; mBERT uses 9).")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON.")] = None,
     per_sample: Annotated[Path | None, typer.Option(help="Write row-level scores as CSV.")] = None,
 ) -> None:
-    """ROUGE-1/2/L F1 on Korean morphemes over several references, plus the foreign-script rate."""
+    """Score predictions the way a competition does (--scheme), plus the foreign-script rate."""
     import csv
     import json
 
-    from dialsum.metrics import evaluate_files, print_scores
+    from dialsum.schemes import SCHEMES, evaluate_scheme_files, print_scheme_scores
 
-    if tokenizer not in ("kiwi", "mecab", "whitespace"):
+    if scheme not in SCHEMES:
+        raise DialsumError(f"--scheme {scheme}: expected one of {', '.join(SCHEMES)}")
+    if tokenizer is not None and tokenizer not in ("kiwi", "mecab", "whitespace"):
         raise DialsumError(f"--tokenizer {tokenizer}: expected kiwi, mecab or whitespace")
-    result, rows = evaluate_files(predictions, references, tokenizer=tokenizer)
-    print_scores(result, title=f"{predictions} vs {references}")
+    if tokenizer is not None and scheme != "kiwi":
+        raise DialsumError(f"--tokenizer applies to --scheme kiwi only; --scheme {scheme} fixes its analyzer (Mecab)")
+    result, rows = evaluate_scheme_files(predictions, references, scheme=scheme, tokenizer=tokenizer or "kiwi",
+                                         bertscore_model=bertscore_model, bertscore_layers=bertscore_layers)
+    print_scheme_scores(result, title=f"{predictions} vs {references}")
     if json_out:
         json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     if per_sample and rows:

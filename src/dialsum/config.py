@@ -102,6 +102,21 @@ class GenerationConfig(_Section):
 
 class EvaluationConfig(_Section):
     tokenizer: Literal["kiwi", "mecab", "whitespace"] = "kiwi"
+    scheme: Literal["kiwi", "dialogsum", "dcs"] = Field(
+        "kiwi",
+        description="How dev scores are computed, so they match a leaderboard: 'kiwi' (rouge-score on Kiwi forms, "
+        "dialsum's own scale), 'dialogsum' (DialogSum-Korean: Mecab + the rouge 1.0.1 arithmetic, ROUGE sum), "
+        "'dcs' (Korean_DCS: mean of ROUGE-1, BERTScore, BLEURT-20). 'tokenizer' applies to 'kiwi' only.",
+    )
+    bertscore_model: str = Field(
+        "bert-base-multilingual-cased",
+        description="Scheme 'dcs': the BERTScore model (hub id or local copy); loaded at scoring time.",
+    )
+    bertscore_layers: int | None = Field(
+        None, ge=1,
+        description="Scheme 'dcs': the BERTScore layer; None takes bert-score's default for a known hub id "
+        "(9 for bert-base-multilingual-cased); a local copy needs it set.",
+    )
     rouge_during_training: bool = Field(False, description="Generate and score a dev subset at each evaluation.")
     rouge_subset: int = Field(32, ge=1)
     select_best_by: Literal["eval_loss", "eval_rouge_sum"] = "eval_loss"
@@ -127,6 +142,11 @@ class Config(_Section):
     def _consistent(self) -> "Config":
         if self.evaluation.select_best_by == "eval_rouge_sum" and not self.evaluation.rouge_during_training:
             raise ValueError("evaluation.select_best_by=eval_rouge_sum needs evaluation.rouge_during_training=true")
+        if self.evaluation.scheme != "kiwi" and self.evaluation.tokenizer != "kiwi":
+            raise ValueError(
+                f"evaluation.tokenizer={self.evaluation.tokenizer} applies to evaluation.scheme=kiwi only; "
+                f"scheme {self.evaluation.scheme} fixes its own analyzer (Mecab)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

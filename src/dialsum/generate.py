@@ -792,8 +792,12 @@ def predict(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Summarise every dialogue of `data_path` into a `fname,summary` CSV at `output_path` (input ids,
-    input order; an empty generation is an empty summary). Returns {n, empty, foreign, seconds, ...}."""
+    input order; an empty generation is an empty summary), or, for a DCS input and a .json/.jsonl output,
+    into the input records with `output` filled in. Returns {n, empty, foreign, seconds, ...}."""
+    from dialsum.submission import check_output_path, is_dcs, write_dcs_submission
+
     started = time.perf_counter()
+    check_output_path(data_path, output_path)  # a DCS .json/.jsonl output needs a DCS input of that extension
     source = resolve_inference_source(model_path, config, overrides)
     config = source.config
     dialogues = load_dialogues(data_path)  # bad data fails before the model loads
@@ -805,7 +809,10 @@ def predict(
         generate_started = time.perf_counter()
         summaries = generate_summaries(model, tokenizer, dialogues, config, kind=config.model.kind, progress=progress)
     generate_seconds = time.perf_counter() - generate_started
-    write_predictions(output_path, [d.id for d in dialogues], summaries)
+    if is_dcs(output_path):  # the DCS input written back, `output` filled in
+        write_dcs_submission(data_path, output_path, summaries)
+    else:
+        write_predictions(output_path, [d.id for d in dialogues], summaries)
     scripts = config.generation.forbidden_scripts
     stats = {
         "n": len(summaries),

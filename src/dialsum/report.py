@@ -584,9 +584,16 @@ DEV_SCORE_ORDER = ["rouge1", "rouge2", "rougeL", "rouge_sum", "final_score", "fo
 def _dev_scores_section(dev_scores: dict | None) -> list[str]:
     if not dev_scores:
         return ["No dev scores (data.dev not set, or the run did not get to scoring)."]
+    # Every score says how it was computed: the scheme (which leaderboard it matches) and the analyzer.
+    scheme = dev_scores.get("scheme", "kiwi")
+    analyzer = dev_scores.get("analyzer", f"tokenizer {dev_scores.get('tokenizer', 'kiwi')}")
+    lines = [f"Scheme `{scheme}`, analyzer: {md_cell(str(analyzer))}.", ""]
+    shown = {"scheme", "analyzer", "notes"}
     keys = [k for k in DEV_SCORE_ORDER if k in dev_scores] + [k for k in dev_scores if k not in DEV_SCORE_ORDER]
-    rows = [[k, _fmt(dev_scores[k], ".2f")] for k in keys]  # ROUGE and rates are x100 (metrics.py)
-    return [md_table(["metric", "value"], rows)]
+    rows = [[k, _fmt(dev_scores[k], ".2f")] for k in keys if k not in shown]  # ROUGE and rates are x100 (metrics.py)
+    lines.append(md_table(["metric", "value"], rows))
+    lines += [""] + [f"- note: {md_cell(str(note))}" for note in dev_scores.get("notes", [])]
+    return lines
 
 
 def _read_examples(path: Path) -> list[dict] | None:

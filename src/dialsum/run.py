@@ -29,18 +29,20 @@ def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
 
 
 def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: Config) -> tuple[dict, list[dict]]:
-    """Competition ROUGE on morphemes, plus per-row scores for the best/worst examples of the report."""
-    from dialsum.metrics import score_with_rows
+    """Scores under `evaluation.scheme` (named with its analyzer), plus per-row scores for the report's examples."""
+    from dialsum.schemes import score_scheme
 
     references = [d.references for d in dialogues]
-    return score_with_rows(predictions, references, tokenizer=config.evaluation.tokenizer,
-                           forbidden_scripts=config.generation.forbidden_scripts)
+    e = config.evaluation
+    return score_scheme(predictions, references, e.scheme, e.tokenizer, config.generation.forbidden_scripts,
+                        e.bertscore_model, e.bertscore_layers)
 
 
 def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False) -> Path:
     from dialsum.generate import generate_summaries, load_for_inference
-    from dialsum.metrics import print_scores
     from dialsum.report import write_run_report
+    from dialsum.schemes import print_scheme_scores
+    from dialsum.submission import is_dcs, write_dcs_submission
     from dialsum.train import train
 
     # 1. Train (the run directory holds the resolved config and the final model).
@@ -70,15 +72,20 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
                 writer = csv.DictWriter(handle, fieldnames=list(examples[0].keys()), lineterminator="\n")
                 writer.writeheader()
                 writer.writerows(examples)
-            print_scores(dev_scores, title=f"dev scores — {config.data.dev}")
+            print_scheme_scores(dev_scores, title=f"dev scores — {config.data.dev}")
 
     # 3. Test: a submission in the input's order, every id kept.
     if config.data.test:
         test = load_dialogues(config.data.test)
         predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind)
-        write_submission(run_dir / SUBMISSION_FILE, [d.id for d in test], predictions)
+        submission = run_dir / SUBMISSION_FILE
+        if is_dcs(config.data.test):  # DCS: the test file back with `output` filled in (submission.json/.jsonl)
+            submission = submission.with_suffix(Path(config.data.test).suffix.lower())
+            write_dcs_submission(config.data.test, submission, predictions)
+        else:
+            write_submission(submission, [d.id for d in test], predictions)
         empty = sum(1 for p in predictions if not p.strip())
-        console.print(f"submission: {run_dir / SUBMISSION_FILE} ({len(test)} rows, {empty} empty)")
+        console.print(f"submission: {submission} ({len(test)} rows, {empty} empty)")
 
     # 4. Report.
     report = write_run_report(run_dir, dev_scores, examples)
@@ -113,12 +120,14 @@ def screen(model_names: list[str], data_path: str | Path, config: Config | None 
             del model
         scores, _ = score_dialogues(predictions, dialogues, eval_config)
         results.append({"model": name, **scores})
-    results.sort(key=lambda r: r["final_score"], reverse=True)
+    results.sort(key=lambda r: -1.0 if r.get(r["headline"]) is None else r[r["headline"]], reverse=True)
     table = Table(title=f"zero-shot screening on {data_path} ({len(dialogues)} dialogues)")
+    scheme = results[0]["scheme"] if results else "kiwi"
     for column in ("rank", "model", "ROUGE-1", "ROUGE-2", "ROUGE-L", "final", "foreign %"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for rank, r in enumerate(results, 1):
-        table.add_row(str(rank), r["model"], f"{r['rouge1']:.2f}", f"{r['rouge2']:.2f}", f"{r['rougeL']:.2f}",
-                      f"{r['final_score']:.2f}", f"{r['foreign_rate']:.1f}")
+        cells = ["—" if r.get(k) is None else f"{r[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "final_score")]
+        table.add_row(str(rank), r["model"], *cells, f"{r['foreign_rate']:.1f}")
+    table.caption = f"scheme {scheme}; analyzer: {results[0]['analyzer']}" if results else None
     Console().print(table)
     return results

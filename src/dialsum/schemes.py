@@ -1,0 +1,443 @@
+"""Scoring schemes: each competition's own recipe, so a printed score is comparable with its leaderboard.
+
+- `kiwi` (default): ROUGE-1/2/L F1 on Kiwi morpheme forms with rouge-score (clipped counts), mean over
+  references; dialsum's own scale, unchanged (see metrics.py).
+- `dialogsum`: DialogSum-Korean (Upstage). Mecab morphemes joined by spaces, then the arithmetic of the
+  organizers' `rouge` 1.0.1 package: text split into sentences on '.', n-grams counted as *sets*,
+  summary-level ROUGE-L (union LCS over sentences), F = 2PR/(P+R+1e-8); mean over references and rows.
+  The headline is the sum of the three F1 (×100).
+- `dcs`: Korean_DCS (NIKL). The mean of ROUGE-1 F (lowercased, every character outside [A-Za-z0-9가-힣]
+  replaced by a space, Mecab morphemes, clipped counts, mean of per-row F), BERTScore F1 with
+  bert-base-multilingual-cased and BLEURT-20, the last two against the first reference. A model that cannot
+  be loaded is named in `notes` and its metric is None; the headline is then None, never a partial mean.
+
+The analyzer changes a ROUGE sum by a factor of 3, so every result carries `scheme` and `analyzer`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from dialsum.errors import DialsumError
+from dialsum.metrics import (
+    ROUGE_TYPES,
+    _normalise_references,
+    _script_key,
+    foreign_script_chars,
+    score_rows,
+    score_with_rows,
+    tokenize_texts,
+)
+
+__all__ = [
+    "DEFAULT_BERTSCORE_MODEL",
+    "SCHEMES",
+    "Scheme",
+    "analyzer_name",
+    "dcs_clean",
+    "evaluate_scheme_files",
+    "format_scheme_table",
+    "get_scheme",
+    "print_scheme_scores",
+    "score_scheme",
+    "scheme_tokens",
+]
+
+DEFAULT_BERTSCORE_MODEL = "bert-base-multilingual-cased"
+BLEURT_UNAVAILABLE = (
+    "BLEURT-20: not computed: google-research/bleurt is not on PyPI and its PyTorch port bleurt-pytorch 0.0.1 "
+    "does not import with transformers 5; the DCS headline (mean of three) needs it"
+)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    competition: str  # which leaderboard the numbers match
+    headline: str  # the key of the result that the competition ranks by
+    metrics: tuple[str, ...]  # the per-row metrics the scheme reports
+
+
+SCHEMES: dict[str, Scheme] = {
+    "kiwi": Scheme("kiwi", "none (dialsum's own scale: rouge-score on Kiwi forms)", "final_score", ROUGE_TYPES),
+    "dialogsum": Scheme("dialogsum", "DialogSum-Korean (Upstage): sum of ROUGE-1/2/L F1", "rouge_sum", ROUGE_TYPES),
+    "dcs": Scheme("dcs", "Korean_DCS (NIKL): mean of ROUGE-1, BERTScore, BLEURT-20", "final_score",
+                  ("rouge1", "bertscore", "bleurt")),
+}
+
+
+def get_scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise DialsumError(f"unknown scoring scheme {name!r}; valid schemes: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def analyzer_name(scheme: str, tokenizer: str = "kiwi") -> str:
+    """What split the texts into tokens, with versions: part of every score table, dev_scores.json and report."""
+    if scheme == "kiwi" and tokenizer != "mecab":
+        if tokenizer == "whitespace":
+            return "whitespace split"
+        return f"Kiwi morpheme forms (kiwipiepy {_version('kiwipiepy')})"
+    mecab = (f"Mecab morphemes (python-mecab-ko {_version('python-mecab-ko')}, "
+             f"mecab-ko-dic {_version('python-mecab-ko-dic')})")
+    if scheme == "dcs":
+        return "lowercase, [^A-Za-z0-9가-힣] → space, " + mecab
+    return mecab
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens per scheme (also what MBR ensembling compares)
+# --------------------------------------------------------------------------------------------------
+
+_DCS_OUTSIDE = re.compile(r"[^A-Za-z0-9가-힣]")
+
+
+def dcs_clean(text: str) -> str:
+    """The NIKL preprocessing: lowercase, every character outside [A-Za-z0-9가-힣] becomes a space."""
+    return _DCS_OUTSIDE.sub(" ", text.lower())
+
+
+def scheme_tokens(texts: Sequence[str], scheme: str = "kiwi", tokenizer: str = "kiwi") -> list[tuple[str, ...]]:
+    """The tokens each scheme's ROUGE counts, per text: Kiwi forms (kiwi; or `tokenizer`), Mecab morphemes
+    (dialogsum; '.' stays a token here, the sentence split happens in the arithmetic), cleaned Mecab morphemes
+    (dcs)."""
+    get_scheme(scheme)
+    if scheme == "kiwi":
+        return tokenize_texts(texts, tokenizer)
+    if scheme == "dcs":
+        return tokenize_texts([dcs_clean(t) for t in texts], "mecab")
+    return tokenize_texts(texts, "mecab")
+
+
+# --------------------------------------------------------------------------------------------------
+# The `rouge` 1.0.1 arithmetic (DialogSum-Korean), written out
+# --------------------------------------------------------------------------------------------------
+
+
+def _sentences(tokens: Sequence[str]) -> list[list[str]]:
+    """Morphemes joined by spaces, split on '.', each piece whitespace-normalised, empty pieces dropped,
+    words split on ' ' (a piece that was only spaces becomes the word ''): exactly what `rouge` does."""
+    pieces = [" ".join(piece.split()) for piece in " ".join(tokens).split(".") if len(piece) > 0]
+    return [piece.split(" ") for piece in pieces]
+
+
+def _f(overlap: int, hyp: int, ref: int) -> float:
+    precision = overlap / hyp if hyp else 0.0
+    recall = overlap / ref if ref else 0.0
+    return 2.0 * ((precision * recall) / (precision + recall + 1e-8))
+
+
+def _ngram_set(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def _lcs_words(x: list[str], y: list[str]) -> list[str]:
+    """One longest common subsequence of x (reference) and y (hypothesis), with `rouge`'s tie-break:
+    walking back, step in x only when that keeps a strictly longer LCS, else step in y."""
+    n, m = len(x), len(y)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        row, above, xi = table[i], table[i - 1], x[i - 1]
+        for j in range(1, m + 1):
+            row[j] = above[j - 1] + 1 if xi == y[j - 1] else max(above[j], row[j - 1])
+    words: list[str] = []
+    i, j = n, m
+    while i > 0 and j > 0:
+        if x[i - 1] == y[j - 1]:
+            words.append(x[i - 1])
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] > table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return words
+
+
+def _rouge_101(hyp: list[list[str]], ref: list[list[str]]) -> dict[str, float]:
+    """rouge-1, rouge-2 and summary-level rouge-l F of one hypothesis/reference pair (sentences of words)."""
+    hyp_words = [w for s in hyp for w in s]
+    ref_words = [w for s in ref for w in s]
+    scores = {}
+    for key, n in (("rouge1", 1), ("rouge2", 2)):
+        h, r = _ngram_set(hyp_words, n), _ngram_set(ref_words, n)
+        scores[key] = _f(len(h & r), len(h), len(r))
+    union: set[str] = set()
+    for ref_sentence in ref:
+        for hyp_sentence in hyp:
+            union.update(_lcs_words(ref_sentence, hyp_sentence))
+    scores["rougeL"] = _f(len(union), len(set(hyp_words)), len(set(ref_words)))
+    return scores
+
+
+def _dialogsum_rows(predictions: list[str], refs: list[list[str]]) -> list[dict[str, float]]:
+    texts = list(dict.fromkeys([*predictions, *(r for row in refs for r in row)]))
+    sentences = {t: _sentences(tokens) for t, tokens in zip(texts, scheme_tokens(texts, "dialogsum"), strict=True)}
+    rows = []
+    for prediction, row_refs in zip(predictions, refs, strict=True):
+        hyp = sentences[prediction]
+        if not hyp:  # `rouge` raises on an empty hypothesis; here it scores 0 and is counted
+            rows.append({k: 0.0 for k in ROUGE_TYPES})
+            continue
+        per_ref = [_rouge_101(hyp, sentences[r]) for r in row_refs]
+        rows.append({k: 100.0 * fmean(s[k] for s in per_ref) for k in ROUGE_TYPES})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Model-based metrics (DCS)
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _bertscorer(model: str, num_layers: int | None):
+    from bert_score import BERTScorer
+    from bert_score.utils import model2layers
+
+    if num_layers is None and model not in model2layers:
+        raise DialsumError(
+            f"BERTScore model {model!r} is not one bert-score knows the layer of: set evaluation.bertscore_layers "
+            f"(bert-base-multilingual-cased uses {model2layers[DEFAULT_BERTSCORE_MODEL]})"
+        )
+    return BERTScorer(model_type=model, num_layers=num_layers)
+
+
+def bertscore_f1(predictions: list[str], references: list[str], model: str = DEFAULT_BERTSCORE_MODEL,
+                 num_layers: int | None = None) -> tuple[list[float] | None, str | None]:
+    """BERTScore F1 ×100 per row, or (None, a one-line note naming what could not be loaded)."""
+    try:
+        import bert_score  # noqa: F401
+    except ImportError:
+        return None, "BERTScore: not computed: bert-score is not installed (pip install 'dialsum[dcs]')"
+    try:
+        scorer = _bertscorer(model, num_layers)
+    except DialsumError:
+        raise
+    except (OSError, ValueError) as error:  # offline, not in the HF cache, a path without a model, a bad repo id
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"BERTScore: not computed: could not load {model!r} ({first})"
+    _, _, f1 = scorer.score(predictions, references, verbose=False)
+    return [100.0 * float(v) for v in f1], None
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def score_scheme(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str] | str],
+    scheme: str = "kiwi",
+    tokenizer: str = "kiwi",
+    forbidden_scripts: Iterable[str] | None = None,
+    bertscore_model: str = DEFAULT_BERTSCORE_MODEL,
+    bertscore_layers: int | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(corpus summary, per-row scores) under `scheme`. Every summary has `scheme`, `analyzer`, `headline`
+    (the key the competition ranks by), `n`, `foreign_rate`, `empty_predictions`, `pred_len`, `ref_len`.
+    `tokenizer` applies to the kiwi scheme only (the others fix their analyzer)."""
+    definition = get_scheme(scheme)
+    if scheme != "kiwi" and tokenizer != "kiwi":
+        raise DialsumError(f"tokenizer {tokenizer!r} applies to scheme 'kiwi' only; scheme {scheme!r} uses Mecab")
+    predictions = ["" if p is None else str(p) for p in predictions]
+    if scheme == "kiwi":
+        summary, rows = score_with_rows(predictions, references, tokenizer, forbidden_scripts)
+        summary.update(scheme="kiwi", analyzer=analyzer_name("kiwi", tokenizer), headline=definition.headline)
+        return summary, rows
+
+    refs = _normalise_references(predictions, references)
+    scripts = _script_key(forbidden_scripts)
+    notes: list[str] = []
+    if scheme == "dialogsum":
+        rows = _dialogsum_rows(predictions, refs)
+        for row in rows:
+            row["final_score"] = fmean(row[k] for k in ROUGE_TYPES)
+    else:  # dcs: ROUGE-1 is rouge-score's clipped arithmetic on the cleaned Mecab morphemes
+        cleaned_refs = [[dcs_clean(r) for r in row] for row in refs]
+        for number, row in enumerate(cleaned_refs, start=1):
+            if not any(r.strip() for r in row):
+                raise DialsumError(f"row {number}: the reference has no letter or digit left after the DCS cleaning")
+        scheme_tokens([dcs_clean(p) for p in predictions], "dcs")  # fails early, with one line, without Mecab
+        rouge = score_rows([dcs_clean(p) for p in predictions], cleaned_refs, "mecab", forbidden_scripts=[])
+        rows = [{"rouge1": r["rouge1"]} for r in rouge]
+        bert, note = bertscore_f1(predictions, [row[0] for row in refs], bertscore_model, bertscore_layers)
+        notes += [note] if note else []
+        notes.append(BLEURT_UNAVAILABLE)
+        for index, row in enumerate(rows):
+            row["bertscore"] = bert[index] if bert is not None else None
+            row["bleurt"] = None
+            parts = [row[k] for k in definition.metrics]
+            row["final_score"] = fmean(parts) if all(v is not None for v in parts) else None
+            row["score"] = row["final_score"] if row["final_score"] is not None else row["rouge1"]  # ranks examples
+    for prediction, row in zip(predictions, rows):
+        chars = foreign_script_chars(prediction, scripts)
+        row["foreign"] = bool(chars)
+        row["foreign_chars"] = "".join(sorted(chars))
+
+    n = len(rows)
+    if n == 0:
+        raise DialsumError("nothing to score: no predictions")
+    summary: dict[str, Any] = {}
+    for key in definition.metrics:
+        values = [row[key] for row in rows]
+        summary[key] = fmean(values) if all(v is not None for v in values) else None
+    if scheme == "dialogsum":
+        summary["rouge_sum"] = sum(summary[k] for k in ROUGE_TYPES)
+        summary["final_score"] = summary["rouge_sum"] / len(ROUGE_TYPES)
+    else:
+        parts = [summary[k] for k in definition.metrics]
+        summary["final_score"] = fmean(parts) if all(v is not None for v in parts) else None
+    summary["foreign_rate"] = 100.0 * sum(row["foreign"] for row in rows) / n
+    summary["empty_predictions"] = sum(1 for p in predictions if not p.strip())
+    summary["pred_len"] = fmean(len(p) for p in predictions)
+    summary["ref_len"] = fmean(fmean(len(r) for r in row) for row in refs)
+    summary["n"] = n
+    summary.update(scheme=scheme, analyzer=analyzer_name(scheme), headline=definition.headline)
+    if scheme == "dcs":
+        summary["bertscore_model"] = bertscore_model
+    if notes:
+        summary["notes"] = notes
+    return summary, rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Files and display
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_predictions(path: Path) -> dict[str, str]:
+    """fname → summary of a `fname,summary` CSV, or id → output of a DCS submission (.json/.jsonl)."""
+    from dialsum.data import read_table
+    from dialsum.submission import is_dcs, read_dcs_outputs
+
+    if is_dcs(path):
+        return read_dcs_outputs(path)
+    predicted: dict[str, str] = {}
+    for number, row in enumerate(read_table(path, required=["fname", "summary"]), start=1):
+        fname = row["fname"].strip()
+        if fname in predicted:
+            raise DialsumError(f"{path}: row {number}: duplicate fname {fname!r}")
+        predicted[fname] = row["summary"].strip()
+    return predicted
+
+
+def evaluate_scheme_files(
+    predictions_path: str | Path,
+    references_path: str | Path,
+    scheme: str = "kiwi",
+    tokenizer: str = "kiwi",
+    forbidden_scripts: Iterable[str] | None = None,
+    bertscore_model: str = DEFAULT_BERTSCORE_MODEL,
+    bertscore_layers: int | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score a predictions file against a reference file under `scheme`, joined on the ids.
+
+    A CSV pair (`fname,summary` vs the competition CSV) or a DCS pair (a submission .json/.jsonl vs the
+    labelled DCS file); a mixed pair, a missing or non-string `output`, and ids that don't match are one-line
+    errors before any scoring. Returns (summary, per-row dicts with fname, prediction, reference, scores)."""
+    from dialsum.metrics import _id_list, _reference_rows
+    from dialsum.submission import is_dcs, read_dcs_outputs
+
+    predictions_path, references_path = Path(predictions_path), Path(references_path)
+    get_scheme(scheme)
+    _script_key(forbidden_scripts)  # a bad script name fails before the slow part
+    if is_dcs(predictions_path) != is_dcs(references_path):
+        kinds = {True: "a DCS JSON/JSONL file", False: "a CSV file"}
+        raise DialsumError(
+            f"{predictions_path} is {kinds[is_dcs(predictions_path)]} but {references_path} is "
+            f"{kinds[is_dcs(references_path)]}: score a DCS submission against the labelled DCS file, "
+            "or a CSV against a CSV"
+        )
+    predicted = _read_predictions(predictions_path)
+    if is_dcs(references_path):
+        references = {id_: [output] if output else [] for id_, output in read_dcs_outputs(references_path).items()}
+    else:
+        references = _reference_rows(references_path)
+
+    missing = [f for f in references if f not in predicted]
+    extra = [f for f in predicted if f not in references]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing predictions for {_id_list(missing)}")
+        if extra:
+            parts.append(f"predictions for ids not in the references: {_id_list(extra)}")
+        raise DialsumError(f"{predictions_path} vs {references_path}: " + "; ".join(parts))
+    unlabeled = [f for f, refs in references.items() if not refs]
+    if unlabeled:
+        raise DialsumError(f"{references_path}: empty reference summary for {_id_list(unlabeled)}")
+
+    ids = list(references)
+    predictions = [predicted[f] for f in ids]
+    refs = [references[f] for f in ids]
+    summary, rows = score_scheme(
+        predictions, refs, scheme, tokenizer, forbidden_scripts, bertscore_model, bertscore_layers
+    )
+    summary["predictions"] = str(predictions_path)
+    summary["references"] = str(references_path)
+    per_row = [
+        {"fname": f, "prediction": p, "reference": r[0], **row} for f, p, r, row in zip(ids, predictions, refs, rows)
+    ]
+    return summary, per_row
+
+
+_LABELS = {"rouge1": "ROUGE-1 F1", "rouge2": "ROUGE-2 F1", "rougeL": "ROUGE-L F1", "bertscore": "BERTScore F1",
+           "bleurt": "BLEURT-20"}
+
+
+def format_scheme_table(result: dict[str, Any], title: str | None = None):
+    """A rich Table of a `score_scheme` result: the scheme's metrics, its headline in bold, the scheme and
+    the analyzer, diagnostics, and a line per metric that could not be computed."""
+    from rich.table import Table
+
+    scheme = get_scheme(result.get("scheme", "kiwi"))
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def value(key: str) -> str:
+        return "not computed" if result.get(key) is None else f"{result[key]:.2f}"
+
+    for key in scheme.metrics:
+        table.add_row(_LABELS[key], value(key))
+    rows = [("rouge_sum", "ROUGE sum"), ("final_score", "final score (mean)")] if scheme.name != "dcs" else [
+        ("final_score", "final score (mean of three)")]
+    for key, label in rows:
+        if key == scheme.headline:
+            table.add_row(f"[bold]{label}[/bold]", f"[bold]{value(key)}[/bold]")
+        else:
+            table.add_row(label, value(key))
+    table.add_section()
+    table.add_row("scheme", f"{scheme.name} — {scheme.competition}")
+    table.add_row("analyzer", str(result.get("analyzer", "")))
+    table.add_row("foreign-script predictions", f"{result.get('foreign_rate', 0.0):.1f}%")
+    if "empty_predictions" in result:
+        table.add_row("empty predictions", str(result["empty_predictions"]))
+    if "pred_len" in result:
+        table.add_row("mean length (chars) pred / ref", f"{result['pred_len']:.1f} / {result['ref_len']:.1f}")
+    table.add_row("rows", str(result.get("n", "")))
+    return table
+
+
+def print_scheme_scores(result: dict[str, Any], title: str | None = None, console=None) -> None:
+    """The table, then one line per metric that could not be computed (never a silent zero)."""
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(format_scheme_table(result, title))
+    for note in result.get("notes", []):
+        console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
