@@ -146,3 +146,28 @@ def test_dcs_round_trip_predict_submission_evaluate(tiny_llama, tmp_path):
     line = one_line_error(dialsum("predict", "--model", tiny_llama, "--data", SAMPLE / "test.csv",
                                   "--output", tmp_path / "x.json", "--config", tmp_path / "config.yaml"))
     assert "x.json: a .json submission" in line and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_run_on_dcs_files_writes_submission_json_and_names_the_scheme(tmp_path):
+    """`dialsum run` with DCS dev/test files: submission.json is the test file written back; dev_scores.json,
+    the console table and report.md name the scheme and the analyzer."""
+    pytest.importorskip("mecab", reason="python-mecab-ko is not installed: scheme dialogsum needs Mecab")
+    dev = dcs_json(tmp_path)
+    test_file = dcs_json(tmp_path, "test.json", drop_output=True)
+    run_dir = tmp_path / "run"
+    result = dialsum("run", "configs/demo.yaml", "--output-dir", run_dir, "--set", f"data.train={DCS_JSONL}",
+                     "--set", f"data.dev={dev}", "--set", f"data.test={test_file}", "--set", "evaluation.scheme=dialogsum",
+                     "--set", "training.max_steps=2", "--set", "training.eval_steps=2", "--set", "training.save_steps=2",
+                     "--set", "generation.max_new_tokens=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (run_dir / "submission.csv").exists()
+    submitted = json.loads((run_dir / "submission.json").read_text(encoding="utf-8"))
+    assert [r["id"] for r in submitted] == [f"nikluge-2024-일상 대화 요약-dev-{n:06d}" for n in range(1, 6)]
+    assert all(isinstance(r["output"], str) for r in submitted)
+    scores = json.loads((run_dir / "dev_scores.json").read_text(encoding="utf-8"))
+    assert scores["scheme"] == "dialogsum" and scores["analyzer"].startswith("Mecab morphemes")
+    assert scores["headline"] == "rouge_sum" and scores["n"] == 5
+    assert "dialogsum — DialogSum-Korean" in result.stdout + result.stderr
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "Scheme `dialogsum`, analyzer: Mecab morphemes (python-mecab-ko" in report
