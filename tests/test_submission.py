@@ -171,3 +171,22 @@ def test_run_on_dcs_files_writes_submission_json_and_names_the_scheme(tmp_path):
     assert "dialogsum — DialogSum-Korean" in result.stdout + result.stderr
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "Scheme `dialogsum`, analyzer: Mecab morphemes (python-mecab-ko" in report
+
+
+def test_dcs_preset_renders_the_baseline_prompt_in_inspect():
+    """configs/korean-dcs-bllossom-8b.yaml: LoRA on the 2024 baseline's model, '화자SD2000001:' speakers,
+    subject_keyword as the topic, DCS scoring; `dialsum inspect` shows the prompt (with the real Llama-3 tokenizer
+    from ../shared, since the 8B model's own files need the hub)."""
+    from dialsum.config import load_config
+
+    preset = ROOT / "configs" / "korean-dcs-bllossom-8b.yaml"
+    config = load_config(preset)
+    assert config.model.name_or_path == "MLP-KTLim/llama-3-Korean-Bllossom-8B"
+    assert config.lora.enabled and config.prompt.speaker_style == "prefixed" and config.evaluation.scheme == "dcs"
+    tokenizer = shared_file("models/llama-3.2-korean-bllossom-3b/tokenizer.json").parent
+    sample = shared_file("data/korean-dcs/sample.json")
+    result = dialsum("inspect", preset, "--data", sample, "--n", "1", "--set", f"model.name_or_path={tokenizer}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "example 0 — nikluge-2024-일상 대화 요약-train-000001" in result.stdout
+    assert "[Conversation]\n화자SD2000001: 저는 여행 다니는 것을 굉장히 좋아하는데요." in result.stdout
+    assert "[Question]\n위 해외여행 주제에 대한 대화를 요약해주세요." in result.stdout

@@ -44,8 +44,9 @@ class PromptConfig(_Section):
     question: str = DEFAULT_QUESTION
     conversation_header: str = "[Conversation]"
     question_header: str = "[Question]"
-    speaker_style: Literal["tag", "korean"] = Field(
-        "tag", description="'tag' keeps '#Person1#'; 'korean' renders '화자1'."
+    speaker_style: Literal["tag", "korean", "prefixed"] = Field(
+        "tag", description="'tag' keeps '#Person1#'; 'korean' renders '화자1'; 'prefixed' writes '화자' before the "
+        "source id ('화자SD2000001', the Korean_DCS 2024 baseline's prompt)."
     )
     default_topic: str = "대화"
     topic_separator: str = ", "

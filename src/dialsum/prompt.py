@@ -11,9 +11,12 @@ _PERSON_TAG = re.compile(r"#Person(\d+)#")
 
 
 def render_speaker(speaker: str, style: str) -> str:
-    """'tag' keeps the source speaker ('#Person1#'); 'korean' renders '#Person1#' as '화자1'."""
+    """'tag' keeps the source speaker ('#Person1#'); 'korean' renders '#Person1#' as '화자1'; 'prefixed' puts
+    '화자' before the source id, as the Korean_DCS 2024 baseline does ('SD2000001' → '화자SD2000001')."""
     if style == "korean":
         return _PERSON_TAG.sub(lambda m: f"화자{m.group(1)}", speaker)
+    if style == "prefixed":
+        return f"화자{speaker}"
     return speaker
 
 
