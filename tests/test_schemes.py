@@ -193,3 +193,11 @@ def test_dcs_bertscore_uses_the_first_reference_with_a_local_model(tiny_bert, me
     assert not any(n.startswith("BERTScore") for n in result["notes"])
     with pytest.raises(DialsumError, match="set evaluation.bertscore_layers"):
         score_scheme(predictions, refs, "dcs", bertscore_model=str(tiny_bert))
+
+
+def test_schemes_without_mecab_say_so_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mecab", None)  # `import mecab` now raises ImportError
+    for scheme in ("dialogsum", "dcs"):
+        with pytest.raises(DialsumError, match=rf"scheme '{scheme}' needs Mecab \(python-mecab-ko"):
+            score_scheme(["사과"], [["사과"]], scheme)
+    assert score_scheme(["사과"], [["사과"]], "kiwi")[0]["rouge1"] == 100.0  # the default needs no Mecab

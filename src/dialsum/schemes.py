@@ -111,6 +111,16 @@ def dcs_clean(text: str) -> str:
     return _DCS_OUTSIDE.sub(" ", text.lower())
 
 
+def _require_mecab(scheme: str) -> None:
+    try:
+        import mecab  # noqa: F401
+    except ImportError:
+        raise DialsumError(
+            f"scheme {scheme!r} needs Mecab (python-mecab-ko with its bundled mecab-ko-dic), which is not installed: "
+            "pip install 'dialsum[mecab]' (or use scheme 'kiwi')"
+        ) from None
+
+
 def scheme_tokens(texts: Sequence[str], scheme: str = "kiwi", tokenizer: str = "kiwi") -> list[tuple[str, ...]]:
     """The tokens each scheme's ROUGE counts, per text: Kiwi forms (kiwi; or `tokenizer`), Mecab morphemes
     (dialogsum; '.' stays a token here, the sentence split happens in the arithmetic), cleaned Mecab morphemes
@@ -118,6 +128,7 @@ def scheme_tokens(texts: Sequence[str], scheme: str = "kiwi", tokenizer: str = "
     get_scheme(scheme)
     if scheme == "kiwi":
         return tokenize_texts(texts, tokenizer)
+    _require_mecab(scheme)
     if scheme == "dcs":
         return tokenize_texts([dcs_clean(t) for t in texts], "mecab")
     return tokenize_texts(texts, "mecab")
