@@ -9,25 +9,25 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, SAMPLE, shared_file
 
-from conftest import ROOT, shared_file
 from dialsum.config import config_from_dict
 from dialsum.data import load_dialogues, write_predictions
 from dialsum.errors import ConfigError, DialsumError
 from dialsum.generate import lead_baseline
 from dialsum.metrics import score_with_rows
-from dialsum.schemes import score_scheme, scheme_tokens
+from dialsum.schemes import scheme_tokens, score_scheme
 
 
 @pytest.fixture(scope="module")
 def mecab():
-    module = pytest.importorskip("mecab", reason="python-mecab-ko is not installed: schemes dialogsum and dcs need Mecab")
+    module = pytest.importorskip("mecab", reason="python-mecab-ko is not installed: schemes dialogsum/dcs need Mecab")
     return module.MeCab()
 
 
 @pytest.fixture(scope="module")
 def rouge101():
-    return pytest.importorskip("rouge", reason="the reference package rouge==1.0.1 is not installed (pip install 'dialsum[dev]')")
+    return pytest.importorskip("rouge", reason="the reference package rouge==1.0.1 is not installed ('dialsum[dev]')")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_tokenizer_applies_to_kiwi_scheme_only():
 
 
 def test_dcs_offline_prints_rouge1_and_names_what_it_could_not_load(tmp_path, mecab):
-    refs = load_dialogues(ROOT / "src" / "dialsum" / "sample_data" / "dcs_sample.jsonl")
+    refs = load_dialogues(SAMPLE / "dcs_sample.jsonl")
     write_predictions(tmp_path / "pred.csv", [d.id for d in refs], [lead_baseline(d) for d in refs])
     write_predictions(tmp_path / "refs.csv", [d.id for d in refs], [d.references[0] for d in refs])
     result = subprocess.run(
@@ -160,16 +160,17 @@ def tiny_bert(tmp_path_factory):
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     pytest.importorskip("bert_score", reason="bert-score is not installed (pip install 'dialsum[dcs]')")
-    text = "".join(d.references[0] for d in load_dialogues(ROOT / "src" / "dialsum" / "sample_data" / "dcs_sample.jsonl"))
+    text = "".join(d.references[0] for d in load_dialogues(SAMPLE / "dcs_sample.jsonl"))
     chars = sorted({c for c in text if not c.isspace()})
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)])}
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    vocab = {t: i for i, t in enumerate(tokens)}
     backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                        sep_token="[SEP]", mask_token="[MASK]", model_max_length=256)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=256)
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=64, max_position_embeddings=256))

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SAMPLE, shared_file
+
 from dialsum.errors import DataError, DialsumError
 from dialsum.schemes import evaluate_scheme_files
 from dialsum.submission import check_output_path, read_dcs_outputs, write_dcs_submission
@@ -58,7 +58,8 @@ def test_submission_changes_only_output_and_keeps_ids_exactly(tmp_path):
     out = write_dcs_submission(source, tmp_path / "submission.json", summaries)
     before = json.loads(source.read_text(encoding="utf-8"))
     after = json.loads(out.read_text(encoding="utf-8"))
-    assert [r["id"] for r in after] == [r["id"] for r in before] == [f"nikluge-2024-일상 대화 요약-dev-{n:06d}" for n in range(1, 6)]
+    expected_ids = [f"nikluge-2024-일상 대화 요약-dev-{n:06d}" for n in range(1, 6)]
+    assert [r["id"] for r in after] == [r["id"] for r in before] == expected_ids
     assert [r["output"] for r in after] == summaries
     assert [{k: v for k, v in r.items() if k != "output"} for r in after] == before
     text = out.read_text(encoding="utf-8")
@@ -156,10 +157,10 @@ def test_run_on_dcs_files_writes_submission_json_and_names_the_scheme(tmp_path):
     dev = dcs_json(tmp_path)
     test_file = dcs_json(tmp_path, "test.json", drop_output=True)
     run_dir = tmp_path / "run"
-    result = dialsum("run", "configs/demo.yaml", "--output-dir", run_dir, "--set", f"data.train={DCS_JSONL}",
-                     "--set", f"data.dev={dev}", "--set", f"data.test={test_file}", "--set", "evaluation.scheme=dialogsum",
-                     "--set", "training.max_steps=2", "--set", "training.eval_steps=2", "--set", "training.save_steps=2",
-                     "--set", "generation.max_new_tokens=8")
+    overrides = [f"data.train={DCS_JSONL}", f"data.dev={dev}", f"data.test={test_file}", "evaluation.scheme=dialogsum",
+                 "training.max_steps=2", "training.eval_steps=2", "training.save_steps=2",
+                 "generation.max_new_tokens=8"]
+    result = dialsum("run", "configs/demo.yaml", "--output-dir", run_dir, *(a for o in overrides for a in ("--set", o)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "submission.csv").exists()
     submitted = json.loads((run_dir / "submission.json").read_text(encoding="utf-8"))
