@@ -202,3 +202,15 @@ def test_schemes_without_mecab_say_so_in_one_line(monkeypatch):
         with pytest.raises(DialsumError, match=rf"scheme '{scheme}' needs Mecab \(python-mecab-ko"):
             score_scheme(["사과"], [["사과"]], scheme)
     assert score_scheme(["사과"], [["사과"]], "kiwi")[0]["rouge1"] == 100.0  # the default needs no Mecab
+
+
+def test_screen_ranks_and_names_the_scheme_when_the_headline_is_missing(mecab):
+    # dcs offline: no headline (BLEURT-20 missing); ranking must not compare None with None, and say the scheme.
+    from dialsum.run import screen
+
+    config = config_from_dict({"model": {"name_or_path": "lead"},
+                               "evaluation": {"scheme": "dcs", "bertscore_model": str(ROOT / "no-such-model"),
+                                              "bertscore_layers": 9}})
+    results = screen(["lead", "lead"], SAMPLE / "dcs_sample.jsonl", config=config)
+    assert [r["scheme"] for r in results] == ["dcs", "dcs"] and results[0]["final_score"] is None
+    assert results[0]["rouge1"] > 0 and "Mecab" in results[0]["analyzer"]
