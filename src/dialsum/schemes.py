@@ -66,7 +66,7 @@ class Scheme:
 
 
 SCHEMES: dict[str, Scheme] = {
-    "kiwi": Scheme("kiwi", "none (dialsum's own scale: rouge-score on Kiwi forms)", "final_score", ROUGE_TYPES),
+    "kiwi": Scheme("kiwi", "none (dialsum's own scale: rouge-score arithmetic)", "final_score", ROUGE_TYPES),
     "dialogsum": Scheme("dialogsum", "DialogSum-Korean (Upstage): sum of ROUGE-1/2/L F1", "rouge_sum", ROUGE_TYPES),
     "dcs": Scheme("dcs", "Korean_DCS (NIKL): mean of ROUGE-1, BERTScore, BLEURT-20", "final_score",
                   ("rouge1", "bertscore", "bleurt")),
