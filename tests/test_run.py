@@ -122,7 +122,12 @@ def test_screen_lead_baseline_on_real_dev():
     results = screen(["lead"], shared_file("data/dialogsum-ko/dev.csv"))
     lead = results[0]
     assert lead["n"] == 499
-    assert 15 < lead["rouge1"] < 25 and 3 < lead["rouge2"] < 10 and 12 < lead["rougeL"] < 20
+    # Computed independently (rouge-score with a tokenizer of Kiwi forms, first utterance without its tag). The
+    # near variants score outside +-0.05: 2nd utterance 18.17/3.92/14.67, last 17.38/3.56/14.43, first with its
+    # tag 21.42/4.77/17.96, first two 24.36/6.44/18.70.
+    assert lead["rouge1"] == pytest.approx(18.538, abs=0.05)
+    assert lead["rouge2"] == pytest.approx(4.982, abs=0.05)
+    assert lead["rougeL"] == pytest.approx(15.435, abs=0.05)
 
 
 def test_compare_two_real_runs(demo_run, tmp_path):
