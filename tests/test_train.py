@@ -107,10 +107,16 @@ def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
 
 
 def test_grad_norm_spikes_are_logged(tiny_llama, real_dev_path, tmp_path):
-    config = make_config(tiny_llama, real_dev_path, max_steps=3, grad_norm_threshold=1e-6)
+    """Only steps above the threshold are spikes, filed under their own step. At this learning rate step 2's norm
+    jumps (observed 1.00, 7.98, 0.85), so a threshold of 3 splits the run into spike and not-spike steps."""
+    config = make_config(tiny_llama, real_dev_path, max_steps=3, learning_rate=3e-2, grad_norm_threshold=3.0)
     run_dir = train(config, output_dir=tmp_path / "run")
+    norms = {row["step"]: row["grad_norm"] for row in read_metrics(run_dir / "metrics.jsonl") if "grad_norm" in row}
+    assert sorted(norms) == [1, 2, 3]
+    assert norms[2] > 3.0 > max(norms[1], norms[3]), norms
     spikes = json.loads((run_dir / "summary.json").read_text())["grad_norm_spikes"]
-    assert [step for step, _ in spikes] == [1, 2, 3]
+    assert [step for step, _ in spikes] == [2]
+    assert spikes[0][1] == pytest.approx(norms[2], rel=1e-5)
 
 
 def test_resume_matches_uninterrupted_run(tiny_llama, real_dev_path, tmp_path):
