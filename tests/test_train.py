@@ -97,9 +97,9 @@ def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 24 and summary["tokens_per_second"] > 0
-    assert 0 < summary["real_token_fraction"] <= 1
-    if packing:
-        assert summary["real_token_fraction"] == 1.0
+    # padding-free packing has no padding; padded batches of dialogues of differing lengths do (the counter itself
+    # is tested on batches of known padding in test_token_counts.py)
+    assert summary["real_token_fraction"] == 1.0 if packing else 0 < summary["real_token_fraction"] < 1
     for name in ("config.yaml", "env.json", "metrics.jsonl", "model/config.json", "model/model.safetensors"):
         assert (run_dir / name).is_file(), name
     row = read_metrics(run_dir / "metrics.jsonl")[1]
