@@ -166,16 +166,31 @@ def test_lora_adapter_reloads_and_reproduces_logits(tiny_llama, real_dev_path, t
     assert torch.allclose(trained, reloaded, atol=1e-4)
 
 
-def test_qlora_without_cuda_is_one_clear_error(tiny_llama, real_dev_path, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+def test_qlora_without_cuda_is_one_clear_error(tiny_llama, real_dev_path, tmp_path, monkeypatch):
+    import dialsum.models
+
+    monkeypatch.setattr(dialsum.models, "has_cuda", lambda: False)  # no GPU, also on a machine that has one
     config = make_config(tiny_llama, real_dev_path)
     config.lora.enabled = True
     config.lora.load_in_4bit = True
     from dialsum.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match=r"lora\.load_in_4bit=true \(QLoRA\) needs a CUDA GPU"):
         train(config, output_dir=tmp_path / "q")
+
+
+def test_qlora_trains_adapters_on_cuda(tiny_llama, real_dev_path, tmp_path):
+    """Where a CUDA GPU and bitsandbytes are present, QLoRA trains and saves an adapter over a 4-bit base."""
+    if not torch.cuda.is_available():
+        pytest.skip("QLoRA needs a CUDA GPU; this machine has none (the error path is tested above)")
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'dialsum[qlora]')")
+    config = make_config(tiny_llama, real_dev_path, max_steps=2)
+    config.lora.enabled = True
+    config.lora.load_in_4bit = True
+    config.lora.r = 4
+    run_dir = train(config, output_dir=tmp_path / "q")
+    assert (run_dir / "model" / "adapter_config.json").is_file()
+    assert len(train_losses(run_dir)) == 2 and all(loss == loss for loss in train_losses(run_dir))  # no NaN
 
 
 def test_two_processes_ddp(tiny_llama, real_dev_path, tmp_path):
