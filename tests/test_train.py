@@ -106,6 +106,36 @@ def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
     assert {"step", "epoch", "loss", "grad_norm", "learning_rate", "tokens_per_second", "real_token_fraction"} <= row.keys()
 
 
+def test_gradient_checkpointing_matches_the_loss_without_it(tiny_llama, real_dev_path, tmp_path, monkeypatch):
+    """`gradient_checkpointing: true` (every real preset's default) recomputes activations, non-reentrant, and
+    changes no number: the same per-step losses and weights as without it, on packed batches."""
+    import transformers.modeling_utils
+
+    real_checkpoint = transformers.modeling_utils.checkpoint
+    calls = []
+
+    def recording_checkpoint(function, *args, **kwargs):  # the real torch checkpoint, with its kwargs noted
+        calls.append(kwargs.get("use_reentrant"))
+        return real_checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", recording_checkpoint)
+    runs = {}
+    for checkpointing in (False, True):
+        calls.clear()
+        config = make_config(tiny_llama, real_dev_path, max_steps=3, packing=True, per_device_train_batch_size=2,
+                             gradient_checkpointing=checkpointing)
+        runs[checkpointing] = train(config, output_dir=tmp_path / f"gc-{checkpointing}")
+        if checkpointing:
+            assert calls and set(calls) == {False}, calls  # every layer recomputed, never the reentrant variant
+        else:
+            assert calls == []
+    assert train_losses(runs[True]) == pytest.approx(train_losses(runs[False]), abs=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(runs[flag] / "model" / "model.safetensors") for flag in (False, True))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
 def test_grad_norm_spikes_are_logged(tiny_llama, real_dev_path, tmp_path):
     """Only steps above the threshold are spikes, filed under their own step. At this learning rate step 2's norm
     jumps (observed 1.00, 7.98, 0.85), so a threshold of 3 splits the run into spike and not-spike steps."""
