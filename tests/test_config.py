@@ -65,7 +65,8 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert re.match(r"error: --set training\.lr: unknown config key 'training\.lr' \(did you mean '[\w.]+'\?\)$", lines[0])
+    expected = r"error: --set training\.lr: unknown config key 'training\.lr' \(did you mean '[\w.]+'\?\)$"
+    assert re.match(expected, lines[0]), lines[0]
 
 
 def test_cli_help_lists_every_command():
