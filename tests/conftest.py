@@ -1,4 +1,5 @@
-"""Shared fixtures: real data from ../shared when present, the bundled sample otherwise; tiny offline models."""
+"""Shared fixtures: real data from ../shared (a failure under CI when absent, a skip with the reason elsewhere);
+tiny offline models."""
 
 from __future__ import annotations
 
@@ -16,18 +17,30 @@ SHARED = ROOT.parent / "shared"
 SAMPLE = ROOT / "src" / "dialsum" / "sample_data"
 
 
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def shared_file(relative: str) -> Path:
+    """A file under ../shared. Absent: a failure when `CI` is set (CI must test on the real files), elsewhere a
+    skip whose reason `-ra` prints. Never a silent stand-in: a "real data" test that ran on the sample would lie."""
     path = SHARED / relative
     if not path.is_file():
-        pytest.skip(f"../shared/{relative} not present")
+        reason = f"../shared/{relative} not present (looked in {SHARED})"
+        if running_in_ci():
+            pytest.fail(f"{reason}; CI runs with ../shared beside the project", pytrace=False)
+        pytest.skip(reason)
     return path
+
+
+def real_dev_file() -> Path:
+    """The real DialogSum-Korean dev file (499 rows) from ../shared; no fallback to the bundled sample."""
+    return shared_file("data/dialogsum-ko/dev.csv")
 
 
 @pytest.fixture(scope="session")
 def real_dev_path() -> Path:
-    """The real DialogSum-Korean dev file when ../shared is beside the project, else the bundled sample."""
-    path = SHARED / "data" / "dialogsum-ko" / "dev.csv"
-    return path if path.is_file() else SAMPLE / "train.csv"
+    return real_dev_file()
 
 
 @pytest.fixture(scope="session")

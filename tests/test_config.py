@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,24 +64,37 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "training.lr" in lines[0] and "Traceback" not in result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    expected = r"error: --set training\.lr: unknown config key 'training\.lr' \(did you mean '[\w.]+'\?\)$"
+    assert re.match(expected, lines[0]), lines[0]
 
 
 def test_cli_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "dialsum.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
-    for command in ("train", "predict", "evaluate", "run", "screen", "compare", "inspect", "make-tiny-model"):
-        assert command in result.stdout
+    # the first word of each row in the Commands box (a substring test passes for 'run' inside 'a run directory')
+    box = result.stdout.split("Commands", 1)[1]
+    listed = re.findall(r"^│ ([a-z][a-z-]*) {2,}", box, flags=re.MULTILINE)
+    assert listed == ["train", "run", "predict", "evaluate", "screen", "compare", "inspect", "make-tiny-model"]
 
 
 @pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
-def test_missing_tracker_is_one_clear_error(backend, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec(backend) is not None:
-        pytest.skip(f"{backend} is installed here")
+def test_missing_tracker_is_one_clear_error(backend, tmp_path, monkeypatch):
     from dialsum.train import training_arguments
 
+    monkeypatch.setitem(sys.modules, backend, None)  # absent, also where it is installed: the import fails
     config = load_config(ROOT / "configs" / "demo.yaml", [f"logging.report_to=[{backend}]"])
     with pytest.raises(ConfigError, match=rf"{backend}.*pip install 'dialsum\[{backend}\]'"):
         training_arguments(config, tmp_path, has_dev=False, seq2seq=False)
+
+
+@pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
+def test_installed_tracker_is_reported_to(backend, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install 'dialsum[{backend}]')")
+    from dialsum.train import training_arguments
+
+    config = load_config(ROOT / "configs" / "demo.yaml", [f"logging.report_to=[{backend}]"])
+    assert training_arguments(config, tmp_path, has_dev=False, seq2seq=False).report_to == [backend]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared_file as conftest_shared_file
 from dialsum.data import SAMPLE_DIR, DataError, Dialogue, Turn, load_dialogues, read_table, write_predictions
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -15,10 +16,8 @@ DATA = SHARED / "data"
 
 
 def shared_file(relative: str) -> Path:
-    path = DATA / relative
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    return path
+    """A file under ../shared/data: a failure under CI when absent, a skip elsewhere (conftest.shared_file)."""
+    return conftest_shared_file(f"data/{relative}")
 
 
 def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import shared_file
 from dialsum.config import config_from_dict, save_config
 from dialsum.data import Dialogue, Turn, load_dialogues
 from dialsum.errors import ConfigError, DialsumError
@@ -38,6 +39,14 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def llama(tiny_llama):
     model, tokenizer, _ = load_for_inference(tiny_llama, make_config(tiny_llama))
     return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tiny_llama):
+    """The tiny Llama's tokenizer alone, for the tests that need no model (they stay out of `slow`)."""
+    from dialsum.models import load_tokenizer
+
+    return load_tokenizer(tiny_llama, make_config(tiny_llama))
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +91,8 @@ def test_byte_rules():
     assert not banned_bytes(han, scripts=["Cyrillic"])
 
 
-def test_vocabulary_masks_agree_with_the_byte_rule(llama):
-    _, tokenizer = llama
+def test_vocabulary_masks_agree_with_the_byte_rule(llama_tokenizer):
+    tokenizer = llama_tokenizer
     table = suppression_table(tokenizer)
     byte_token = {byte: tokenizer.convert_tokens_to_ids(char) for byte, char in _gpt2_byte_chars().items()}
     assert table.static_bad[byte_token[0xE5]] and table.static_bad[byte_token[0xD0]]
@@ -130,6 +139,7 @@ def attacked_llama(llama):
     handle.remove()
 
 
+@pytest.mark.slow
 def test_suppression_never_emits_a_forbidden_character(attacked_llama):
     model, tokenizer = attacked_llama
     record = Dialogue("d", [Turn("#Person1#", "안녕하세요."), Turn("#Person2#", "네, 반갑습니다.")], topic="인사")
@@ -152,6 +162,7 @@ def test_suppression_never_emits_a_forbidden_character(attacked_llama):
         assert [foreign_script_chars(s) for s in outputs if has_foreign_script(s)] == []
 
 
+@pytest.mark.slow
 def test_static_mask_alone_leaks_through_byte_fragments(attacked_llama):
     """Why the per-step byte check exists: banning whole foreign tokens is not enough."""
     model, tokenizer = attacked_llama
@@ -171,8 +182,8 @@ def test_static_mask_alone_leaks_through_byte_fragments(attacked_llama):
         assert any(has_foreign_script(t) for t in texts) == expect_leaks
 
 
-def test_special_stop_tokens_are_never_banned(llama):
-    _, tokenizer = llama
+def test_special_stop_tokens_are_never_banned(llama_tokenizer):
+    tokenizer = llama_tokenizer
     processor = ForeignScriptSuppressor(tokenizer, prompt_length=1, keep_token_ids=[3])
     han_lead = tokenizer.convert_tokens_to_ids(_gpt2_byte_chars()[0xE4])
     input_ids = torch.tensor([[0, han_lead]])
@@ -185,6 +196,7 @@ def test_special_stop_tokens_are_never_banned(llama):
 # ---------------------------------------------------------------- batching
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "bart"])
 def test_batched_equals_one_by_one_in_input_order(arch, sample_dialogues):
     from dialsum.tiny import tiny_model_cached
@@ -194,12 +206,37 @@ def test_batched_equals_one_by_one_in_input_order(arch, sample_dialogues):
     config = make_config(path, max_new_tokens=12, no_repeat_ngram_size=1, batch_size=4)
     model, tokenizer, config = load_for_inference(path, config)
     records = sample_dialogues[:7]
-    batched = generate_summaries(model, tokenizer, records, config, progress=False)
-    config.generation.batch_size = 1
-    single = [generate_summaries(model, tokenizer, [r], config, progress=False)[0] for r in records]
+    hooks = _copy_encoder_words(model, tokenizer) if arch == "bart" else []
+    try:
+        batched = generate_summaries(model, tokenizer, records, config, progress=False)
+        config.generation.batch_size = 1
+        single = [generate_summaries(model, tokenizer, [r], config, progress=False)[0] for r in records]
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert batched == single and all(batched)
-    if arch != "bart":  # (random BART barely attends to its encoder: the same text for every input)
-        assert len(set(batched)) == len(records)  # distinct per dialogue, so order is really checked
+    assert len(set(batched)) == len(records)  # distinct per dialogue, so order is really checked
+
+
+def _copy_encoder_words(model, tokenizer) -> list:
+    """Random BART barely attends to its encoder (the same text for every input). These hooks make each row's
+    decoder favour the non-special tokens of its own encoder input, so each dialogue gets its own summary and a
+    row that lands at the wrong position shows."""
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    state = {}
+
+    def on_encoder(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        bonus = torch.zeros(ids.shape[0], model.get_output_embeddings().out_features)
+        bonus.scatter_(1, ids, 20.0)
+        bonus[:, special] = 0.0
+        state["bonus"] = bonus
+
+    def on_lm_head(module, args, output):
+        return output + state["bonus"][:, None, :].to(output.dtype)
+
+    return [model.get_encoder().register_forward_hook(on_encoder, with_kwargs=True),
+            model.get_output_embeddings().register_forward_hook(on_lm_head)]
 
 
 # ---------------------------------------------------------------- predict
@@ -212,6 +249,7 @@ def _run_dir(tmp_path: Path, model_path: Path, **generation) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_predict_on_sample_keeps_ids_in_order(tiny_llama, tmp_path):
     run = _run_dir(tmp_path, tiny_llama, max_new_tokens=8, no_repeat_ngram_size=1)
     out = tmp_path / "pred.csv"
@@ -222,6 +260,7 @@ def test_predict_on_sample_keeps_ids_in_order(tiny_llama, tmp_path):
     assert stats["n"] == len(rows) and stats["foreign"] == 0 and stats["empty"] == sum(not r["summary"] for r in rows)
 
 
+@pytest.mark.slow
 def test_empty_generations_stay_rows_and_are_counted(tiny_llama, tmp_path):
     run = _run_dir(tmp_path, tiny_llama, max_new_tokens=1)
     # the model's own generation config forces EOS as the last (here: the only) new token
@@ -233,9 +272,9 @@ def test_empty_generations_stay_rows_and_are_counted(tiny_llama, tmp_path):
     assert all(r["summary"] == "" for r in rows)
 
 
+@pytest.mark.slow
 def test_predict_on_real_test_file(tiny_llama, tmp_path):
-    if not SHARED_TEST.is_file():
-        pytest.skip("../shared/data/dialogsum-ko/test.csv not present")
+    shared_file("data/dialogsum-ko/test.csv")  # absent: a failure under CI, a skip elsewhere
     out = tmp_path / "pred.csv"
     stats = predict(tiny_llama, SHARED_TEST, out, config=make_config(tiny_llama), progress=False,
                     overrides=["generation.max_new_tokens=4", "generation.batch_size=32"])
@@ -243,6 +282,7 @@ def test_predict_on_real_test_file(tiny_llama, tmp_path):
     assert ids == [d.id for d in load_dialogues(SHARED_TEST)] and len(ids) == stats["n"] == 499
 
 
+@pytest.mark.slow
 def test_lora_adapter_run_is_merged_for_inference(tiny_llama, tmp_path, sample_dialogues):
     from peft import LoraConfig, get_peft_model
 
@@ -269,16 +309,30 @@ def test_lora_adapter_run_is_merged_for_inference(tiny_llama, tmp_path, sample_d
     assert generate_summaries(model, loaded_tokenizer, sample_dialogues[:2], loaded_config, progress=False)[0]
 
 
-def test_plain_path_needs_a_config_and_vllm_errors_are_clear(tiny_llama, tiny_bart, tmp_path):
+def test_plain_path_needs_a_config_and_vllm_errors_are_clear(tiny_llama, tiny_bart, tmp_path, monkeypatch):
+    import sys
+
     with pytest.raises(ConfigError, match="pass a config"):
         predict(tiny_llama, SAMPLE_TEST, tmp_path / "p.csv")
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        with pytest.raises(DialsumError, match=r"pip install 'dialsum\[vllm\]'"):
-            predict(tiny_llama, SAMPLE_TEST, tmp_path / "p.csv", config=make_config(tiny_llama, backend="vllm"))
     with pytest.raises(DialsumError, match="decoder-only"):
         predict(tiny_bart, SAMPLE_TEST, tmp_path / "p.csv", config=make_config(tiny_bart, backend="vllm"))
+    monkeypatch.setitem(sys.modules, "vllm", None)  # absent, also where vLLM is installed: the import fails
+    with pytest.raises(DialsumError, match=r"pip install 'dialsum\[vllm\]'"):
+        predict(tiny_llama, SAMPLE_TEST, tmp_path / "p.csv", config=make_config(tiny_llama, backend="vllm"))
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.slow
+def test_vllm_backend_predicts_in_input_order(tiny_llama, tmp_path):
+    """Where vLLM and a GPU are present, the vLLM backend writes one row per dialogue, in input order."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'dialsum[vllm]')")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM is installed but there is no CUDA GPU")
+    out = tmp_path / "pred.csv"
+    stats = predict(tiny_llama, SAMPLE_TEST, out, config=make_config(tiny_llama, backend="vllm", max_new_tokens=8),
+                    progress=False)
+    assert [r["fname"] for r in read_rows(out)] == [d.id for d in load_dialogues(SAMPLE_TEST)]
+    assert stats["n"] == len(read_rows(out)) and stats["foreign"] == 0
 
 
 # ---------------------------------------------------------------- post-processing
@@ -297,8 +351,8 @@ def test_plain_path_needs_a_config_and_vllm_errors_are_clear(tiny_llama, tiny_ba
         ("요약하면 둘은 친구다.", "요약하면 둘은 친구다."),  # a sentence starting with 요약 is content, not a label
     ],
 )
-def test_clean_summary(raw, expected, llama):
-    assert clean_summary(raw, llama[1]) == expected
+def test_clean_summary(raw, expected, llama_tokenizer):
+    assert clean_summary(raw, llama_tokenizer) == expected
 
 
 def test_lead_baseline_drops_only_the_leading_tag():

@@ -9,6 +9,7 @@ from statistics import fmean
 
 import pytest
 
+from conftest import shared_file
 from dialsum.errors import DialsumError
 from dialsum.metrics import (
     SCRIPT_RANGES,
@@ -19,6 +20,7 @@ from dialsum.metrics import (
     has_foreign_script,
     score,
     score_rows,
+    tokenize_texts,
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -27,8 +29,7 @@ EN_TEST = SHARED / "data" / "dialogsum-en" / "test.csv"
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
+    shared_file(str(path.relative_to(SHARED)))  # absent: a failure under CI, a skip elsewhere
     with path.open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -66,13 +67,20 @@ def test_identical_predictions_score_100(kiwi, ko_dev):
     assert result["pred_len"] == result["ref_len"] > 0
 
 
-def test_hangul_only_partial_overlap_is_between_0_and_100(kiwi, ko_dev):
-    reference = ko_dev[0]["summary"]
-    prediction = "두 사람은 저녁 식사 메뉴에 대해 이야기한다."  # Hangul only; shares some morphemes
+def test_hangul_partial_overlap_hand_computed(kiwi):
+    prediction = "두 사람은 저녁 식사 메뉴에 대해 이야기한다."
+    reference = "두 사람은 점심 메뉴를 정한다."
+    pred = [t.form for t in kiwi.tokenize(prediction)]
+    ref = [t.form for t in kiwi.tokenize(reference)]
+    assert pred == ["두", "사람", "은", "저녁", "식사", "메뉴", "에", "대하", "어", "이야기", "하", "ᆫ다", "."]
+    assert ref == ["두", "사람", "은", "점심", "메뉴", "를", "정하", "ᆫ다", "."]
+    # unigrams: 6 shared (두 사람 은 메뉴 ᆫ다 .) of 13 and 9 -> F1 = 2*6/(13+9); the LCS is the same 6 tokens
+    # bigrams: 3 shared (두-사람, 사람-은, ᆫ다-.) of 12 and 8 -> F1 = 2*3/(12+8)
     result = score([prediction], [reference])
-    assert 0 < result["rouge1"] < 100
-    assert 0 < result["rougeL"] < 100
-    assert 0 < result["final_score"] < 100
+    assert result["rouge1"] == pytest.approx(100 * 12 / 22)
+    assert result["rouge2"] == pytest.approx(100 * 6 / 20)
+    assert result["rougeL"] == pytest.approx(100 * 12 / 22)
+    assert result["final_score"] == pytest.approx(100 * (12 / 22 + 6 / 20 + 12 / 22) / 3)
 
 
 def test_rouge_score_default_tokenizer_drops_hangul():
@@ -133,12 +141,32 @@ def test_empty_predictions_score_zero_and_are_counted(kiwi):
     assert result["rouge1"] == pytest.approx(100 / 3)
 
 
-def test_unknown_tokenizer_and_missing_mecab():
+def test_unknown_tokenizer_and_missing_mecab(monkeypatch):
+    import sys
+
+    import dialsum.metrics
+
     with pytest.raises(DialsumError, match="kiwi, mecab, whitespace"):
         score(["a"], ["a"], tokenizer="spacy")
-    if importlib.util.find_spec("mecab") is None:
+    # python-mecab-ko absent (simulated where it is installed): one clear error naming the extra
+    monkeypatch.setitem(sys.modules, "mecab", None)
+    dialsum.metrics._get_mecab.cache_clear()
+    try:
         with pytest.raises(DialsumError, match=r"dialsum\[mecab\]"):
-            score(["a"], ["a"], tokenizer="mecab")
+            score(["아직 분석하지 않은 문장"], ["아직 분석하지 않은 문장"], tokenizer="mecab")
+    finally:
+        dialsum.metrics._get_mecab.cache_clear()
+
+
+def test_mecab_morphemes_hand_computed():
+    if importlib.util.find_spec("mecab") is None:
+        pytest.skip("python-mecab-ko is not installed (pip install 'dialsum[mecab]')")
+    prediction, reference = "철수가 학교에 갔다", "철수는 학교로 갔다"
+    assert tokenize_texts([prediction, reference], "mecab") == [
+        ("철수", "가", "학교", "에", "갔", "다"), ("철수", "는", "학교", "로", "갔", "다")]
+    # unigrams 4 of 6 and 6 (철수 학교 갔 다), bigrams 1 of 5 and 5 (갔-다), LCS 4
+    result = score([prediction], [reference], tokenizer="mecab")
+    assert (result["rouge1"], result["rouge2"], result["rougeL"]) == pytest.approx((100 * 4 / 6, 100 / 5, 100 * 4 / 6))
 
 
 # ---------------------------------------------------------------- foreign scripts
