@@ -18,7 +18,7 @@ from dialsum.generate import (
     ForeignScriptSuppressor, banned_bytes, clean_summary, decode_utf8, generate_summaries, lead_baseline,
     load_for_inference, predict, suppression_table,
 )
-from dialsum.metrics import foreign_script_chars, has_foreign_script
+from dialsum.scripts import foreign_script_chars, has_foreign_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TEST = ROOT / "src" / "dialsum" / "sample_data" / "test.csv"

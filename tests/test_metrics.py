@@ -12,16 +12,14 @@ import pytest
 from conftest import shared_file
 from dialsum.errors import DialsumError
 from dialsum.metrics import (
-    SCRIPT_RANGES,
     evaluate_files,
-    foreign_script_chars,
     format_table,
     get_kiwi,
-    has_foreign_script,
     score,
     score_rows,
     tokenize_texts,
 )
+from dialsum.scripts import SCRIPT_RANGES, foreign_script_chars, has_foreign_script
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 KO_DEV = SHARED / "data" / "dialogsum-ko" / "dev.csv"

@@ -183,13 +183,36 @@ def parse_turns(text: str) -> tuple[str, list[Turn]]:
     return "\n".join(preamble), parsed
 
 
+def reference_columns(header: Iterable[str]) -> list[str]:
+    """The reference-summary columns of a competition CSV: `summary`, then `summary1`, `summary2`, ...
+    in numeric order (DialogSum's hidden test set has three references per dialogue)."""
+    header = list(header)
+    numbered = sorted((int(m.group(1)), name) for name in header if (m := _EXTRA_REFERENCE.match(name)))
+    return (["summary"] if "summary" in header else []) + [name for _, name in numbered]
+
+
+def load_references(path: str | Path) -> dict[str, list[str]]:
+    """fname → reference summaries, from a competition CSV (only `fname` and the reference columns are
+    needed) or a DCS JSON/JSONL; for scoring a predictions file against it."""
+    path = Path(path)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return {d.id: list(d.references) for d in load_dialogues(path)}
+    table = read_table(path, required=["fname"])
+    columns = reference_columns(table[0])
+    if not columns:
+        raise DataError(f"{path}: no reference column (expected 'summary' or 'summary1', 'summary2', ...); is this a test file?")
+    references: dict[str, list[str]] = {}
+    for number, row in enumerate(table, start=1):
+        fname = row["fname"].strip()
+        if fname in references:
+            raise DataError(f"{path}: row {number}: duplicate fname {fname!r}")
+        references[fname] = [row[c].strip() for c in columns if row[c].strip()]
+    return references
+
+
 def _load_csv(path: Path) -> list[Dialogue]:
     rows, lines = _read_table(path, ["fname", "dialogue"])
-    # Further references: summary1, summary2, ... in numeric order (DialogSum's test set has three).
-    extra = sorted(
-        (int(m.group(1)), name) for name in rows[0] if (m := _EXTRA_REFERENCE.match(name))
-    )
-    reference_columns = (["summary"] if "summary" in rows[0] else []) + [name for _, name in extra]
+    columns = reference_columns(rows[0])
 
     dialogues: list[Dialogue] = []
     first_row: dict[str, int] = {}
@@ -209,7 +232,7 @@ def _load_csv(path: Path) -> list[Dialogue]:
         if not preamble and not any(turn.utterance for turn in turns):
             raise DataError(f"{where}: field 'dialogue' has speaker tags but no text")
 
-        references = [row[name].strip() for name in reference_columns if row[name].strip()]
+        references = [row[name].strip() for name in columns if row[name].strip()]
         topic = row.get("topic", "").strip() or None
         dialogues.append(Dialogue(id=id_, turns=turns, topic=topic, references=references, preamble=preamble))
     return dialogues

@@ -46,7 +46,7 @@ from dialsum.data import Dialogue, load_dialogues, write_predictions
 from dialsum.encode import encode_prompt, encode_source, end_of_turn_token
 from dialsum.rundir import CONFIG_FILE, MODEL_DIR
 from dialsum.errors import ConfigError, DialsumError, RunDirError
-from dialsum.metrics import SCRIPT_RANGES, foreign_script_pattern, has_foreign_script
+from dialsum.scripts import SCRIPT_RANGES, foreign_script_pattern, has_foreign_script
 
 __all__ = [
     "ForeignScriptSuppressor",
@@ -426,7 +426,7 @@ class ForeignScriptSuppressor(LogitsProcessor):
 
     Args:
         tokenizer: the model's tokenizer (byte-level BPE handled byte by byte; see the module docstring).
-        scripts: script names from `dialsum.metrics.SCRIPT_RANGES` (default: the config defaults).
+        scripts: script names from `dialsum.scripts.SCRIPT_RANGES` (default: the config defaults).
         prompt_length: input length before generation (with left padding, the padded width); tokens
             before it are the prompt and never constrain anything. None: taken from the first call,
             so use one instance per `generate()` call.

@@ -5,33 +5,29 @@ the mean over its references; the final score is the mean of the three metrics. 
 `rouge-score` package for the n-gram and LCS arithmetic but never its default tokenizer: that one
 keeps only `[a-z0-9]` and so turns every Korean text into an empty token list (ROUGE 0).
 
-Also here: foreign-script detection (Han, kana, Cyrillic, ...) shared by the scorer and the
-generation module's logits processor, and `evaluate_files` for scoring a predictions CSV.
+Also here: the foreign-script rate of predictions (the script table itself lives in `scripts.py`,
+shared with generation-time suppression), `evaluate_files` for scoring a predictions CSV, and the
+score table. The competition recipes (`dialogsum`, `dcs`) build on this in `schemes.py`.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from dialsum.config import DEFAULT_FORBIDDEN_SCRIPTS
 from dialsum.errors import DialsumError
+from dialsum.scripts import foreign_script_chars, script_key
 
 __all__ = [
     "ROUGE_TYPES",
-    "SCRIPT_RANGES",
     "TOKENIZERS",
     "clear_token_cache",
     "evaluate_files",
-    "foreign_script_chars",
-    "foreign_script_pattern",
     "format_table",
     "get_kiwi",
-    "has_foreign_script",
     "print_scores",
     "score",
     "score_rows",
@@ -41,90 +37,6 @@ __all__ = [
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 TOKENIZERS = ("kiwi", "mecab", "whitespace")
-
-# --------------------------------------------------------------------------------------------------
-# Foreign scripts
-# --------------------------------------------------------------------------------------------------
-
-# Inclusive code-point ranges per script. Latin, digits, punctuation and Hangul (syllables, jamo,
-# compatibility jamo) appear in none of them, so "Mr. Smith $5" or "#Person1#" is never foreign.
-# Punctuation-only code points inside these blocks (katakana middle dot U+30FB, the double hyphen
-# U+30A0, the baht sign U+0E3F) are left out on purpose.
-SCRIPT_RANGES: dict[str, list[tuple[int, int]]] = {
-    "Han": [
-        (0x2E80, 0x2EFF),  # CJK radicals supplement
-        (0x2F00, 0x2FDF),  # Kangxi radicals
-        (0x3005, 0x3007),  # 々 〆 〇
-        (0x3021, 0x3029),  # Hangzhou numerals
-        (0x3038, 0x303B),
-        (0x3400, 0x4DBF),  # CJK unified ideographs extension A
-        (0x4E00, 0x9FFF),  # CJK unified ideographs
-        (0xF900, 0xFAFF),  # CJK compatibility ideographs
-        (0x20000, 0x2FA1F),  # extensions B-F, compatibility supplement
-        (0x30000, 0x323AF),  # extensions G-H
-    ],
-    "Hiragana": [(0x3041, 0x309F), (0x1B001, 0x1B11F)],
-    "Katakana": [
-        (0x30A1, 0x30FA),
-        (0x30FC, 0x30FF),  # ー ヽ ヾ ヿ
-        (0x31F0, 0x31FF),  # phonetic extensions
-        (0xFF66, 0xFF9F),  # halfwidth katakana
-        (0x1B000, 0x1B000),
-    ],
-    "Cyrillic": [(0x0400, 0x052F), (0x1C80, 0x1C8F), (0x2DE0, 0x2DFF), (0xA640, 0xA69F)],
-    "Thai": [(0x0E01, 0x0E3A), (0x0E40, 0x0E5B)],
-    "Arabic": [(0x0600, 0x06FF), (0x0750, 0x077F), (0x0870, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)],
-    "Hebrew": [(0x0591, 0x05F4), (0xFB1D, 0xFB4F)],
-    "Greek": [(0x0370, 0x03FF), (0x1F00, 0x1FFF)],
-    "Devanagari": [(0x0900, 0x097F), (0xA8E0, 0xA8FF)],
-}
-_SCRIPT_NAMES = {name.lower(): name for name in SCRIPT_RANGES}
-
-
-def _script_key(scripts: Iterable[str] | None) -> tuple[str, ...]:
-    """Canonical, hashable script names (case-insensitive input); an unknown name is a user error."""
-    names = DEFAULT_FORBIDDEN_SCRIPTS if scripts is None else ([scripts] if isinstance(scripts, str) else scripts)
-    canonical = []
-    for name in names:
-        found = _SCRIPT_NAMES.get(str(name).strip().lower())
-        if found is None:
-            raise DialsumError(f"unknown script {name!r}; valid scripts: {', '.join(SCRIPT_RANGES)}")
-        if found not in canonical:
-            canonical.append(found)
-    return tuple(canonical)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(scripts: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not scripts:
-        return None
-    parts = [
-        re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
-        for name in scripts
-        for lo, hi in SCRIPT_RANGES[name]
-    ]
-    return re.compile("[" + "".join(parts) + "]")
-
-
-def foreign_script_pattern(scripts: Iterable[str] | None = None) -> re.Pattern[str] | None:
-    """A compiled character class matching any character of `scripts` (None: the defaults; empty: None).
-
-    Cached per script set, so callers scanning a whole vocabulary can call it freely.
-    """
-    return _compiled(_script_key(scripts))
-
-
-def has_foreign_script(text: str, scripts: Iterable[str] | None = None) -> bool:
-    """True when `text` has at least one character of a forbidden script (default: DEFAULT_FORBIDDEN_SCRIPTS)."""
-    pattern = _compiled(_script_key(scripts))
-    return pattern is not None and pattern.search(text) is not None
-
-
-def foreign_script_chars(text: str, scripts: Iterable[str] | None = None) -> set[str]:
-    """The distinct forbidden-script characters in `text` (for reports: *which* leaked, not just whether)."""
-    pattern = _compiled(_script_key(scripts))
-    return set(pattern.findall(text)) if pattern is not None else set()
-
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizers
@@ -153,8 +65,9 @@ def _get_mecab():
     return MeCab()
 
 
-# Tokens already computed in this process, per (tokenizer, text). `dialsum run` scores the same
-# texts twice (summary and per-row); the second pass then costs no morphological analysis.
+# Tokens already computed in this process, per (tokenizer, text). The same references are scored
+# again and again (dev ROUGE at every evaluation during training, several runs or schemes over one
+# dev set); each text then costs one morphological analysis per process.
 _TOKEN_CACHE: dict[tuple[str, str], tuple[str, ...]] = {}
 _TOKEN_CACHE_LIMIT = 200_000
 
@@ -240,7 +153,7 @@ def score_rows(
 
     predictions = ["" if p is None else str(p) for p in predictions]
     refs = _normalise_references(predictions, references)
-    scripts = _script_key(forbidden_scripts)
+    scripts = script_key(forbidden_scripts)
 
     texts = list(dict.fromkeys([*predictions, *(r for row in refs for r in row)]))
     tokens = dict(zip(texts, tokenize_texts(texts, tokenizer), strict=True))
@@ -313,33 +226,10 @@ def _summarise(rows: list[dict], predictions: list[str], refs: list[list[str]], 
 # Files
 # --------------------------------------------------------------------------------------------------
 
-_EXTRA_REFERENCE = re.compile(r"^summary(\d+)$")
-
-
 def _id_list(ids: Iterable[str], limit: int = 5) -> str:
     ids = list(ids)
     shown = ", ".join(ids[:limit])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else f" ({len(ids)})")
-
-
-def _reference_rows(path: Path) -> dict[str, list[str]]:
-    """fname → reference summaries, from a competition CSV (`summary`, `summary1..N`) or a DCS JSON/JSONL."""
-    from dialsum.data import load_dialogues, read_table
-
-    if path.suffix.lower() in (".json", ".jsonl"):
-        return {d.id: list(d.references) for d in load_dialogues(path)}
-    table = read_table(path, required=["fname"])
-    numbered = sorted((int(m.group(1)), name) for name in table[0] if (m := _EXTRA_REFERENCE.match(name)))
-    columns = (["summary"] if "summary" in table[0] else []) + [name for _, name in numbered]
-    if not columns:
-        raise DialsumError(f"{path}: no reference column (expected 'summary' or 'summary1', 'summary2', ...); is this a test file?")
-    references: dict[str, list[str]] = {}
-    for number, row in enumerate(table, start=1):
-        fname = row["fname"].strip()
-        if fname in references:
-            raise DialsumError(f"{path}: row {number}: duplicate fname {fname!r}")
-        references[fname] = [row[c].strip() for c in columns if row[c].strip()]
-    return references
 
 
 def evaluate_files(
@@ -355,18 +245,18 @@ def evaluate_files(
     Returns (summary as from `score`, plus the two paths; per-row dicts in reference order with
     fname, prediction, reference (the first) and the `score_rows` fields).
     """
-    from dialsum.data import read_table
+    from dialsum.data import load_references, read_table
 
     predictions_csv, references_csv = Path(predictions_csv), Path(references_csv)
     _check_tokenizer(tokenizer)
-    _script_key(forbidden_scripts)  # fail on a bad script name before the slow part
+    script_key(forbidden_scripts)  # fail on a bad script name before the slow part
     predicted: dict[str, str] = {}
     for number, row in enumerate(read_table(predictions_csv, required=["fname", "summary"]), start=1):
         fname = row["fname"].strip()
         if fname in predicted:
             raise DialsumError(f"{predictions_csv}: row {number}: duplicate fname {fname!r}")
         predicted[fname] = row["summary"].strip()
-    references = _reference_rows(references_csv)
+    references = load_references(references_csv)
 
     missing = [f for f in references if f not in predicted]
     extra = [f for f in predicted if f not in references]

@@ -29,12 +29,11 @@ from dialsum.errors import DialsumError
 from dialsum.metrics import (
     ROUGE_TYPES,
     _normalise_references,
-    _script_key,
-    foreign_script_chars,
     score_rows,
     score_with_rows,
     tokenize_texts,
 )
+from dialsum.scripts import foreign_script_chars, script_key
 
 __all__ = [
     "DEFAULT_BERTSCORE_MODEL",
@@ -271,7 +270,7 @@ def score_scheme(
         return summary, rows
 
     refs = _normalise_references(predictions, references)
-    scripts = _script_key(forbidden_scripts)
+    scripts = script_key(forbidden_scripts)
     notes: list[str] = []
     if scheme == "dialogsum":
         rows = _dialogsum_rows(predictions, refs)
@@ -360,12 +359,13 @@ def evaluate_scheme_files(
     A CSV pair (`fname,summary` vs the competition CSV) or a DCS pair (a submission .json/.jsonl vs the
     labelled DCS file); a mixed pair, a missing or non-string `output`, and ids that don't match are one-line
     errors before any scoring. Returns (summary, per-row dicts with fname, prediction, reference, scores)."""
-    from dialsum.metrics import _id_list, _reference_rows
+    from dialsum.data import load_references
+    from dialsum.metrics import _id_list
     from dialsum.submission import is_dcs, read_dcs_outputs
 
     predictions_path, references_path = Path(predictions_path), Path(references_path)
     get_scheme(scheme)
-    _script_key(forbidden_scripts)  # a bad script name fails before the slow part
+    script_key(forbidden_scripts)  # a bad script name fails before the slow part
     if is_dcs(predictions_path) != is_dcs(references_path):
         kinds = {True: "a DCS JSON/JSONL file", False: "a CSV file"}
         raise DialsumError(
@@ -377,7 +377,7 @@ def evaluate_scheme_files(
     if is_dcs(references_path):
         references = {id_: [output] if output else [] for id_, output in read_dcs_outputs(references_path).items()}
     else:
-        references = _reference_rows(references_path)
+        references = load_references(references_path)
 
     missing = [f for f in references if f not in predicted]
     extra = [f for f in predicted if f not in references]
