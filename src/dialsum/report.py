@@ -19,13 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from dialsum.rundir import (
-    CONFIG_FILE, DEV_PER_SAMPLE_FILE, DEV_SCORES_FILE, ENV_FILE, METRICS_FILE, PLOTS_DIR, REPORT_FILE, SPIKES_FILE, SUMMARY_FILE,
+    CONFIG_FILE,
+    DEV_PER_SAMPLE_FILE,
+    DEV_SCORES_FILE,
+    METRICS_FILE,
+    PLOTS_DIR,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    RunData,
+    load_run,
 )
 
 console = Console(stderr=True)
@@ -35,114 +42,6 @@ MISSING = "—"
 IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
 CELL_WIDTH = 60  # long settings (prompts) are cut in tables; compare.json keeps them whole
 SCORE_KEYS = ("rouge_sum", "final_score", "score")  # per-example ranking score, first present wins (score_rows: final_score)
-
-
-# ---------------------------------------------------------------- loading a run
-
-
-@dataclass
-class RunData:
-    """What one run directory holds, each part empty when its file is missing or unreadable."""
-
-    path: Path
-    name: str
-    config: dict[str, Any] = field(default_factory=dict)  # flattened: "training.learning_rate" -> 2e-05
-    summary: dict[str, Any] = field(default_factory=dict)
-    dev_scores: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict)
-    metrics: list[dict] = field(default_factory=list)
-    spikes: list[dict] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # file names that do not exist
-    problems: list[str] = field(default_factory=list)  # files that exist but could not be (fully) read
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested config sections to dotted keys; lists stay values (target_modules is one setting)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _read_json(run: RunData, name: str) -> dict:
-    path = run.path / name
-    if not path.is_file():
-        run.missing.append(name)
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
-        run.problems.append(f"{run.path}: {name} is not readable JSON ({str(error).splitlines()[0]})")
-        return {}
-    if not isinstance(data, dict):
-        run.problems.append(f"{run.path}: {name} is not a JSON object")
-        return {}
-    return data
-
-
-def _read_jsonl(run: RunData, name: str) -> list[dict]:
-    """Rows of a JSON-lines file; a bad line (a run killed mid-write) is skipped and noted, not fatal."""
-    path = run.path / name
-    if not path.is_file():
-        run.missing.append(name)
-        return []
-    rows, bad = [], []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as error:
-        run.problems.append(f"{run.path}: {name} is not readable ({error})")
-        return []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad.append(number)
-    if bad:
-        shown = ", ".join(map(str, bad[:5])) + (", …" if len(bad) > 5 else "")
-        run.problems.append(f"{run.path}: {name}: skipped {len(bad)} unreadable line(s) (line {shown})")
-    return rows
-
-
-def _read_config(run: RunData) -> dict:
-    # Plain YAML rather than load_config: a run from an older schema must still compare.
-    path = run.path / CONFIG_FILE
-    if not path.is_file():
-        run.missing.append(CONFIG_FILE)
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
-        run.problems.append(f"{run.path}: {CONFIG_FILE} is not readable YAML ({str(error).splitlines()[0]})")
-        return {}
-    if not isinstance(data, dict):
-        run.problems.append(f"{run.path}: {CONFIG_FILE} is not a mapping of sections")
-        return {}
-    return flatten(data)
-
-
-def load_run(path: str | Path, name: str | None = None) -> RunData:
-    """Read every file of a run directory that exists; never raises for missing or corrupt files."""
-    path = Path(path)
-    run = RunData(path=path, name=name or path.resolve().name)
-    if not path.is_dir():
-        run.problems.append(f"{path}: not a directory")
-        return run
-    run.config = _read_config(run)
-    run.summary = _read_json(run, SUMMARY_FILE)
-    run.dev_scores = _read_json(run, DEV_SCORES_FILE)
-    run.env = _read_json(run, ENV_FILE)
-    run.metrics = _read_jsonl(run, METRICS_FILE)
-    run.spikes = _read_jsonl(run, SPIKES_FILE)
-    return run
 
 
 def _missing_file_notes(run: RunData) -> list[str]:
