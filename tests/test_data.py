@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED
 from conftest import shared_file as conftest_shared_file
 from dialsum.data import SAMPLE_DIR, DataError, Dialogue, Turn, load_dialogues, read_table, write_predictions
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
 
 

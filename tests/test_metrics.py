@@ -9,7 +9,7 @@ from statistics import fmean
 
 import pytest
 
-from conftest import shared_file
+from conftest import SHARED, shared_file
 from dialsum.errors import DialsumError
 from dialsum.metrics import (
     evaluate_files,
@@ -21,7 +21,6 @@ from dialsum.metrics import (
 )
 from dialsum.scripts import SCRIPT_RANGES, foreign_script_chars, has_foreign_script
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 KO_DEV = SHARED / "data" / "dialogsum-ko" / "dev.csv"
 EN_TEST = SHARED / "data" / "dialogsum-en" / "test.csv"
 
