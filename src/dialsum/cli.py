@@ -157,6 +157,33 @@ def inspect(
     inspect_data(_config(config, set_), data_path=data, n=n)
 
 
+@app.command("config-keys")
+def config_keys(
+    section: Annotated[str | None, typer.Argument(help="Only this section (model, data, prompt, training, ...).")] = None,
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table (the README's config reference).")] = False,
+) -> None:
+    """Every config key with its type, default and what it does."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dialsum.config import config_fields, config_reference_markdown
+
+    rows = [row for row in config_fields() if section is None or row["key"].split(".")[0] == section]
+    if not rows:
+        sections = sorted({row["key"].split(".")[0] for row in config_fields()})
+        raise DialsumError(f"config-keys {section}: no such section; sections: {', '.join(sections)}")
+    if markdown:
+        typer.echo(config_reference_markdown(), nl=False)
+        return
+    table = Table(show_header=True, header_style="bold", show_lines=False)
+    table.add_column("key", no_wrap=True)
+    for column in ("type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["key"], row["type"], row["default"], row["description"])
+    Console().print(table)
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     arch: Annotated[str, typer.Option(help="llama | qwen2 | qwen3 | bart")],

@@ -7,6 +7,7 @@ effective batch 64, warmup 0.1, non-reentrant gradient checkpointing).
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,9 @@ from dialsum.errors import ConfigError
 
 DEFAULT_SYSTEM_PROMPT = "당신은 유능한 AI 어시스턴트입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
 DEFAULT_QUESTION = "위 {topic} 주제에 대한 대화를 요약해주세요."
-DEFAULT_FORBIDDEN_SCRIPTS = ["Han", "Hiragana", "Katakana", "Cyrillic", "Thai", "Arabic", "Hebrew", "Greek", "Devanagari"]
+DEFAULT_FORBIDDEN_SCRIPTS = [
+    "Han", "Hiragana", "Katakana", "Cyrillic", "Thai", "Arabic", "Hebrew", "Greek", "Devanagari",
+]
 
 
 class _Section(BaseModel):
@@ -26,83 +29,114 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name_or_path: str = Field(description="HF hub id or local directory of the base model.")
-    kind: Literal["causal", "seq2seq"] = "causal"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    trust_remote_code: bool = False
-    revision: str | None = None
+    kind: Literal["causal", "seq2seq"] = Field(
+        "causal", description="'causal': decoder-only (Llama, Qwen) trained with TRL's SFTTrainer; 'seq2seq': "
+        "encoder-decoder (koBART) trained with Seq2SeqTrainer.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel. Packed samples stay isolated on all three (see README, Packing).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Dtype the weights load in; 'auto' follows the training precision policy (see README).")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with a hub model. Off unless you trust the repository.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit to load; None takes the default branch.")
 
 
 class DataConfig(_Section):
-    train: str | None = None
-    dev: str | None = None
-    test: str | None = None
+    train: str | None = Field(None, description="Training file: competition CSV or Korean_DCS JSON/JSONL.")
+    dev: str | None = Field(
+        None, description="Dev file with reference summaries: eval loss, checkpoint selection and dev scores.")
+    test: str | None = Field(
+        None, description="File to predict for the submission (`dialsum run`); needs no summaries.")
 
 
 class PromptConfig(_Section):
-    system: str = DEFAULT_SYSTEM_PROMPT
-    question: str = DEFAULT_QUESTION
-    conversation_header: str = "[Conversation]"
-    question_header: str = "[Question]"
+    system: str = Field(
+        DEFAULT_SYSTEM_PROMPT, description="System message of the chat prompt (decoder-only models).")
+    question: str = Field(
+        DEFAULT_QUESTION,
+        description="The request after the conversation; {topic} is replaced by the dialogue's topic.")
+    conversation_header: str = Field(
+        "[Conversation]", description="Line that opens the conversation block of the prompt.")
+    question_header: str = Field(
+        "[Question]", description="Line that opens the question block of the prompt.")
     speaker_style: Literal["tag", "korean", "prefixed"] = Field(
         "tag", description="'tag' keeps '#Person1#'; 'korean' renders '화자1'; 'prefixed' writes '화자' before the "
         "source id ('화자SD2000001', the Korean_DCS 2024 baseline's prompt)."
     )
-    default_topic: str = "대화"
+    default_topic: str = Field(
+        "대화", description="Topic written into the question when a dialogue has none (or topics are off).")
     topic_separator: str = ", "
 
 
 class TrainingConfig(_Section):
-    learning_rate: float = Field(2e-5, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (AdamW), reached after warmup.")
     lr_scheduler_type: str = "cosine"
-    weight_decay: float = Field(0.1, ge=0)
-    per_device_train_batch_size: int = Field(8, ge=1)
-    per_device_eval_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(8, ge=1)
-    num_train_epochs: float = Field(3.0, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    per_device_train_batch_size: int = Field(
+        8, ge=1, description="Examples per micro-batch on each process (see packing for what a packed batch counts).")
+    per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per batch for dev loss.")
+    gradient_accumulation_steps: int = Field(
+        8, ge=1, description="Micro-batches per optimizer step; effective batch = this x per-device batch x processes.")
+    num_train_epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_length: int = Field(1024, ge=16)
+    max_length: int = Field(
+        1024, ge=16, description="Token budget of prompt + summary (decoder-only) or of the source (seq2seq); a longer "
+        "dialogue loses turns from its end, never its summary.")
     max_target_length: int = Field(256, ge=4, description="seq2seq only: summary token budget.")
-    packing: bool = True
-    gradient_checkpointing: bool = True
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 42
+    packing: bool = Field(
+        True, description="Pack several examples into each row of max_length, isolated from each other (decoder-only).")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass (non-reentrant): less memory, ~30% more compute.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(42, description="Seed for weights init of new layers, data order, dropout and sampling.")
     skip_too_long: bool = Field(False, description="Skip (and count) examples whose summary alone exceeds max_length.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None evaluates once per epoch.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None checkpoints once per epoch.")
-    save_total_limit: int | None = Field(2, ge=1)
+    save_total_limit: int | None = Field(
+        2, ge=1, description="Checkpoints kept on disk (the best one is always kept); None keeps all.")
     bf16: Literal["auto", "true", "false"] = "auto"
-    grad_norm_threshold: float = Field(1.5, gt=0)
-    dataloader_num_workers: int = Field(0, ge=0)
+    grad_norm_threshold: float = Field(
+        1.5, gt=0,
+        description="A step whose grad norm (before clipping) exceeds this is a spike: grad_norm_spikes.jsonl.")
+    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for the training data loader.")
 
 
 class LoraConfig(_Section):
-    enabled: bool = False
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    load_in_4bit: bool = False
+    enabled: bool = Field(False, description="Train LoRA adapters on a frozen base instead of every weight.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the LM head.")
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: load the frozen base in 4-bit NF4 (needs CUDA and bitsandbytes); needs enabled.")
 
 
 class GenerationConfig(_Section):
-    backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = Field(8, ge=1)
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="'hf': transformers generate with full suppression; 'vllm': faster on CUDA, static ban only.")
+    batch_size: int = Field(8, ge=1, description="Dialogues generated together (sorted by length).")
     max_new_tokens: int = Field(128, ge=1)
-    num_beams: int = Field(1, ge=1)
-    do_sample: bool = False
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    no_repeat_ngram_size: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0)
-    length_penalty: float = 1.0
-    suppress_foreign_scripts: bool = True
-    forbidden_scripts: list[str] = Field(default_factory=lambda: list(DEFAULT_FORBIDDEN_SCRIPTS))
+    num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy (or sampling with do_sample).")
+    do_sample: bool = Field(False, description="Sample instead of greedy/beam search; off means deterministic output.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, description="Forbid repeating any n-gram of this size (0: off).")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on tokens already generated (1.0: none).")
+    length_penalty: float = Field(
+        1.0, description="Beam search only: exponent on length in beam scores; < 1 favours shorter summaries.")
+    suppress_foreign_scripts: bool = Field(
+        True, description="Make characters of forbidden_scripts impossible to generate (byte fragments included).")
+    forbidden_scripts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FORBIDDEN_SCRIPTS),
+        description="Scripts that never belong in a Korean summary (names from dialsum.scripts.SCRIPT_RANGES).")
 
 
 class EvaluationConfig(_Section):
-    tokenizer: Literal["kiwi", "mecab", "whitespace"] = "kiwi"
+    tokenizer: Literal["kiwi", "mecab", "whitespace"] = Field(
+        "kiwi", description="Morpheme analyzer for scheme 'kiwi' (whitespace: for English data only).")
     scheme: Literal["kiwi", "dialogsum", "dcs"] = Field(
         "kiwi",
         description="How dev scores are computed, so they match a leaderboard: 'kiwi' (rouge-score on Kiwi forms, "
@@ -119,25 +153,32 @@ class EvaluationConfig(_Section):
         "(9 for bert-base-multilingual-cased); a local copy needs it set.",
     )
     rouge_during_training: bool = Field(False, description="Generate and score a dev subset at each evaluation.")
-    rouge_subset: int = Field(32, ge=1)
-    select_best_by: Literal["eval_loss", "eval_rouge_sum"] = "eval_loss"
+    rouge_subset: int = Field(32, ge=1,
+        description="Dev dialogues generated at each evaluation when rouge_during_training.")
+    select_best_by: Literal["eval_loss", "eval_rouge_sum"] = Field(
+        "eval_loss",
+        description="Metric that picks the final model among evaluated checkpoints (loss: lower is better; "
+        "rouge sum: higher, needs rouge_during_training).")
 
 
 class LoggingConfig(_Section):
-    steps: int = Field(10, ge=1)
-    report_to: list[Literal["wandb", "tensorboard"]] = Field(default_factory=list)
-    output_root: str = "runs"
+    steps: int = Field(10, ge=1, description="Log loss, grad norm, LR and throughput every N optimizer steps.")
+    report_to: list[Literal["wandb", "tensorboard"]] = Field(
+        default_factory=list, description="Experiment trackers besides metrics.jsonl (each needs its package).")
+    output_root: str = Field("runs", description="Where new run directories are created (runs/<config>-<time>).")
 
 
 class Config(_Section):
-    model: ModelConfig
-    data: DataConfig = Field(default_factory=DataConfig)
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    model: ModelConfig = Field(description="Which model to fine-tune and how to load it.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Train, dev and test files.")
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="How a dialogue becomes a prompt.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimizer, schedule, batching.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA / QLoRA adapters.")
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig,
+        description="Decoding settings; a checkpoint's own defaults never override them.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How dev scores are computed.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="What is logged and where runs go.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -154,15 +195,51 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def _valid_keys(model_cls: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    keys = []
+def _type_name(annotation: Any) -> str:
+    """A field's type as a user reads it: `int | None`, `'auto' | 'true' | 'false'`, `list[str]`."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(value) for value in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(arg) for arg in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def config_fields(model_cls: type[BaseModel] = Config, prefix: str = "") -> list[dict[str, str]]:
+    """Every settable key in schema order with its type, default and description: the one source of
+    `dialsum config-keys`, the README's config reference and the unknown-key suggestions."""
+    rows = []
     for name, field in model_cls.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.extend(_valid_keys(annotation, f"{prefix}{name}."))
+            rows.extend(config_fields(annotation, f"{prefix}{name}."))
+            continue
+        if field.is_required():
+            default = "(required)"
         else:
-            keys.append(f"{prefix}{name}")
-    return keys
+            default = json.dumps(field.get_default(call_default_factory=True), ensure_ascii=False)
+        rows.append({"key": f"{prefix}{name}", "type": _type_name(annotation), "default": default,
+                     "description": field.description or ""})
+    return rows
+
+
+def config_reference_markdown() -> str:
+    """The config reference as a Markdown table (README's "Config reference" is this, checked by a test)."""
+    lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+    for row in config_fields():
+        cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["description"]]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _valid_keys() -> list[str]:
+    return [row["key"] for row in config_fields()]
 
 
 def _unknown_key_error(key: str, source: str) -> ConfigError:
