@@ -43,7 +43,7 @@ def train(
     """Fine-tune a model (SFT with leak-free packing, LoRA/QLoRA, or seq2seq) into a run directory."""
     from dialsum.train import train as run_training
 
-    run_training(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume)
+    run_training(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or [])
 
 
 @app.command()
@@ -56,7 +56,7 @@ def run(
     """End to end: train, predict and score dev, predict test, write submission.csv and report.md."""
     from dialsum.run import run as run_all
 
-    run_all(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume)
+    run_all(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or [])
 
 
 @app.command()

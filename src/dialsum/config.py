@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dialsum.errors import ConfigError
 
 DEFAULT_SYSTEM_PROMPT = "당신은 유능한 AI 어시스턴트입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
 DEFAULT_QUESTION = "위 {topic} 주제에 대한 대화를 요약해주세요."
+# transformers' SchedulerType values that work without extra lr_scheduler_kwargs (which dialsum does not expose)
+LR_SCHEDULERS = [
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+]
 DEFAULT_FORBIDDEN_SCRIPTS = ["Han", "Hiragana", "Katakana", "Cyrillic", "Thai", "Arabic", "Hebrew", "Greek", "Devanagari"]
 
 
@@ -48,19 +52,24 @@ class PromptConfig(_Section):
         "tag", description="'tag' keeps '#Person1#'; 'korean' renders '화자1'."
     )
     default_topic: str = "대화"
-    topic_separator: str = ", "
 
 
 class TrainingConfig(_Section):
     learning_rate: float = Field(2e-5, gt=0)
-    lr_scheduler_type: str = "cosine"
+    lr_scheduler_type: str = Field(
+        "cosine",
+        description=f"Learning-rate schedule after warmup, one of transformers' schedulers: {', '.join(LR_SCHEDULERS)}.",
+    )
     weight_decay: float = Field(0.1, ge=0)
     per_device_train_batch_size: int = Field(8, ge=1)
     per_device_eval_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(8, ge=1)
     num_train_epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_ratio: float = Field(
+        0.1, ge=0, le=1,
+        description="Fraction of all optimizer steps spent warming the learning rate up linearly (1.0: all of them).",
+    )
     max_length: int = Field(1024, ge=16)
     max_target_length: int = Field(256, ge=4, description="seq2seq only: summary token budget.")
     packing: bool = True
@@ -71,9 +80,28 @@ class TrainingConfig(_Section):
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None evaluates once per epoch.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None checkpoints once per epoch.")
     save_total_limit: int | None = Field(2, ge=1)
-    bf16: Literal["auto", "true", "false"] = "auto"
+    bf16: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="bf16 autocast for the forward/backward pass (weights stay fp32 for full fine-tuning); "
+        "'auto' uses it on GPUs that support it. YAML true/false are accepted.",
+    )
     grad_norm_threshold: float = Field(1.5, gt=0)
     dataloader_num_workers: int = Field(0, ge=0)
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bool_to_text(cls, value: Any) -> Any:
+        """YAML and --set turn `true` into a boolean; the field's values are the words."""
+        return str(value).lower() if isinstance(value, bool) else value
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in LR_SCHEDULERS:
+            close = difflib.get_close_matches(value, LR_SCHEDULERS, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown scheduler; {hint}expected one of {', '.join(LR_SCHEDULERS)}")
+        return value
 
 
 class LoraConfig(_Section):
@@ -127,6 +155,15 @@ class Config(_Section):
     def _consistent(self) -> "Config":
         if self.evaluation.select_best_by == "eval_rouge_sum" and not self.evaluation.rouge_during_training:
             raise ValueError("evaluation.select_best_by=eval_rouge_sum needs evaluation.rouge_during_training=true")
+        t = self.training
+        if self.data.dev and t.save_steps is not None and t.save_steps != t.eval_steps:
+            # The best checkpoint must exist on disk: the Trainer can only reload a checkpoint saved at an evaluation.
+            every = f"every {t.eval_steps} steps" if t.eval_steps else "once per epoch (training.eval_steps unset)"
+            raise ValueError(
+                f"training.save_steps={t.save_steps} but dev is evaluated {every}: the best checkpoint is selected at "
+                "an evaluation and must be saved there; set training.save_steps equal to training.eval_steps or leave "
+                "it unset"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
