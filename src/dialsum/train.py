@@ -135,7 +135,7 @@ def precision_record(trainer) -> dict:
     }
 
 
-def write_env(run_dir: Path, precision: dict | None = None) -> None:
+def write_env(run_dir: Path, precision: dict | None = None, distributed: str | None = None) -> None:
     import peft
     import transformers
     import trl
@@ -148,6 +148,7 @@ def write_env(run_dir: Path, precision: dict | None = None) -> None:
         "peft": peft.__version__,
         "device": torch.cuda.get_device_name(0) if has_cuda() else f"cpu ({os.cpu_count()} cores)",
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "distributed": distributed,
         "git_commit": _git_commit(),
         "command": sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
@@ -288,10 +289,21 @@ class RougeEvalMixin:
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config, kind=config.model.kind, progress=False)
-        scores = score(predictions, [d.references for d in self.rouge_dialogues], tokenizer=config.evaluation.tokenizer,
-                       forbidden_scripts=config.generation.forbidden_scripts)
-        rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+        # Under DDP every process holds the same weights: the main process generates and scores, and every process
+        # receives its scores (each needs them to select the best checkpoint). Sharded weights (FSDP, ZeRO-3) need
+        # every process in each forward pass, so there all of them generate the same subset.
+        once = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        rouge = None
+        if not once or self.accelerator.is_main_process:
+            predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config,
+                                             kind=config.model.kind, progress=False)
+            scores = score(predictions, [d.references for d in self.rouge_dialogues],
+                           tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
+            rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+        if once:
+            from accelerate.utils import broadcast_object_list
+
+            rouge = broadcast_object_list([rouge])[0]
         self.log(rouge)  # while the model is in eval mode, so TRL files these under eval
         model.train(was_training)
         metrics.update(rouge)
@@ -570,7 +582,10 @@ def save_final_model(trainer, model_dir: Path) -> None:
     if trainer.is_fsdp_enabled:
         plugin = trainer.accelerator.state.fsdp_plugin
         if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            plugin.state_dict_config = plugin.optim_state_dict_config = None  # rebuilt for the full type
             plugin.set_state_dict_type("FULL_STATE_DICT")
+            if trainer.is_world_process_zero():
+                console.print("FSDP: gathering a full state dict for model/ (checkpoints stay sharded)")
     trainer.save_model(str(model_dir))
 
 
@@ -676,7 +691,7 @@ def train(
         if resume:
             append_resume(run_dir, int(Path(checkpoint).name.split("-")[-1]), overrides)
         else:
-            write_env(run_dir, precision_record(trainer))
+            write_env(run_dir, precision_record(trainer), str(trainer.accelerator.distributed_type.value))
     state.wait_for_everyone()
 
     # 5. Train (from the last checkpoint on resume), save, summarise.
