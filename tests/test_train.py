@@ -348,17 +348,17 @@ def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, rea
     first = json.loads((run_dir / "env.json").read_text())
     with pytest.raises(ConfigError, match=r"--set training\.learning_rate: cannot change on --resume"):
         train(config, output_dir=run_dir, resume=True, overrides=["training.learning_rate=1"])
-    train(config, output_dir=run_dir, resume=True, overrides=["training.max_steps=3", "logging.steps=2"])
+    train(config, output_dir=run_dir, resume=True, overrides=["training.max_steps=4", "logging.steps=2"])
     steps = [row["step"] for row in read_metrics(run_dir / "metrics.jsonl") if "loss" in row]
-    assert steps == [1, 2, 3]
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
+    assert steps == [1, 2, 4]  # logging.steps=2 from the resume on
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 4
     from dialsum.config import load_config
 
     saved = load_config(run_dir / "config.yaml")
-    assert (saved.training.max_steps, saved.logging.steps) == (3, 2)
+    assert (saved.training.max_steps, saved.logging.steps) == (4, 2)
     env = json.loads((run_dir / "env.json").read_text())
     assert env["started"] == first["started"] and env["command"] == first["command"]
-    assert [(r["step"], r["overrides"]) for r in env["resumes"]] == [(2, ["training.max_steps=3", "logging.steps=2"])]
+    assert [(r["step"], r["overrides"]) for r in env["resumes"]] == [(2, ["training.max_steps=4", "logging.steps=2"])]
 
 
 def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama, real_dev_path, tmp_path):

@@ -325,6 +325,18 @@ def metrics_callback(path: Path):
     return MetricsFile()
 
 
+def configured_steps_callback():
+    """On resume transformers restores logging/eval/save steps from the checkpoint's trainer state (and only logs a
+    warning); the run's config, with the --set overrides of this resume, wins."""
+    from transformers import TrainerCallback
+
+    class ConfiguredSteps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            state.compute_steps(args, state.max_steps)
+
+    return ConfiguredSteps()
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -684,6 +696,7 @@ def train(
     if config.evaluation.rouge_during_training and dev_dialogues:
         rouge_dialogues = [d for d in dev_dialogues if d.references][: config.evaluation.rouge_subset]
     trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir, rouge_dialogues)
+    trainer.add_callback(configured_steps_callback())
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume or overrides:
