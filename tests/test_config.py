@@ -204,3 +204,28 @@ def test_qlora_settings_follow_the_gpu(monkeypatch, bf16_gpu, expected):
     peft_config = lora_config(config)
     assert (peft_config.r, peft_config.lora_alpha, set(peft_config.target_modules)) == (16, 32, {"q_proj", "v_proj"})
     assert peft_config.task_type == "CAUSAL_LM"
+
+
+@pytest.mark.parametrize("launcher,bf16,ok", [("no", "true", True), ("bf16", "true", True), ("bf16", "false", False),
+                                              ("fp16", "true", False)])
+def test_accelerate_mixed_precision_must_agree_with_the_config(monkeypatch, launcher, bf16, ok):
+    """transformers lets ACCELERATE_MIXED_PRECISION (set by `accelerate launch`) win over training.bf16."""
+    from dialsum.train import check_launcher_precision
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    config = load_config(ROOT / "configs" / "demo.yaml", [f"training.bf16={bf16}"])
+    if ok:
+        check_launcher_precision(config)
+    else:
+        with pytest.raises(ConfigError, match=rf"mixed_precision={launcher} but training\.bf16={bf16}"):
+            check_launcher_precision(config)
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"])
+def test_accelerate_configs_leave_precision_to_dialsum(name):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "accelerate" / name).read_text(encoding="utf-8"))
+    assert raw["mixed_precision"] == "no"
+    if name == "fsdp.yaml":  # sharded checkpoints; train.save_final_model gathers model/
+        assert raw["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"

@@ -279,7 +279,7 @@ def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_p
 
 
 def test_lora_under_bf16_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, real_dev_path, tmp_path):
-    config = make_config(tiny_llama, real_dev_path, max_steps=2, bf16=True)
+    config = make_config(tiny_llama, real_dev_path, max_steps=1, bf16=True, per_device_train_batch_size=1, max_length=256)
     config.lora.enabled = True
     config.lora.r = 4
     run_dir = train(config, output_dir=tmp_path / "run")
@@ -418,6 +418,7 @@ def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_pat
     assert all(torch.equal(final[k], chosen[k]) for k in chosen)
     env = json.loads((run_dir / "env.json").read_text())
     assert env["world_size"] == 2 and env["distributed"] == "MULTI_CPU"
+    assert env["precision"]["compute"] == "float32"  # training.bf16=auto on a CPU; the launcher does not override it
     from dialsum.generate import load_for_inference
 
     model, _, _ = load_for_inference(run_dir, None)

@@ -578,6 +578,19 @@ def print_summary(summary: RunSummary, packing: bool) -> None:
 # ---------------------------------------------------------------- the workflow
 
 
+def check_launcher_precision(config: Config) -> None:
+    """`accelerate launch` exports its config's mixed_precision, which transformers lets win over TrainingArguments:
+    a launcher that disagrees with training.bf16 would silently change the compute dtype."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    mine = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype(config), "no")
+    if launcher != "no" and launcher != mine:
+        raise ConfigError(
+            f"the accelerate config sets mixed_precision={launcher} but training.bf16={config.training.bf16} means "
+            f"{mine} on this machine; set mixed_precision: 'no' in the accelerate config (dialsum's training.bf16 "
+            "decides) or make the two agree"
+        )
+
+
 def _flatten(raw: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in raw.items():
@@ -645,6 +658,7 @@ def train(
             console.print(f"resume: applying {', '.join(overrides)}")
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
+    check_launcher_precision(config)
     warning = precision_warning(config)
     if warning and is_main:
         console.print(f"[yellow]warning:[/] {warning}")
