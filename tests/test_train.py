@@ -215,8 +215,9 @@ def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_
     """Two evaluations, the second worse by eval_rouge_sum: model/ is the first checkpoint, and summary.json names
     the step, the metric and its value. The scorer is scripted (a random tiny model scores ~0 at every step, so
     real scores would tie); generation, the Trainer's selection and the reload are the real ones."""
-    import dialsum.metrics
     from safetensors.torch import load_file
+
+    import dialsum.metrics
 
     scripted = iter([30.0, 10.0])
 
@@ -239,8 +240,8 @@ def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["best_step"], summary["best_metric"], summary["best_metric_value"]) == (2, "eval_rouge_sum", 30.0)
     assert "highest eval_rouge_sum" in summary["best_checkpoint_rule"]
-    eval_loss_at_2 = next(r["eval_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 2 and "eval_loss" in r)
-    assert summary["best_eval_loss"] == eval_loss_at_2
+    eval_rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_loss" in r]
+    assert summary["best_eval_loss"] == next(r["eval_loss"] for r in eval_rows if r["step"] == 2)
     final = load_file(run_dir / "model" / "model.safetensors")
     first = load_file(run_dir / "checkpoints" / "checkpoint-2" / "model.safetensors")
     last = load_file(run_dir / "checkpoints" / "checkpoint-4" / "model.safetensors")
@@ -275,11 +276,13 @@ def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_p
     summary = json.loads((run_dir / "summary.json").read_text())
     env = json.loads((run_dir / "env.json").read_text())
     for record in (summary["precision"], env["precision"]):
-        assert (record["trainable_weights"], record["compute"], record["optimizer_state"]) == (["float32"], "bfloat16", ["float32"])
+        dtypes = (record["trainable_weights"], record["compute"], record["optimizer_state"])
+        assert dtypes == (["float32"], "bfloat16", ["float32"])
 
 
 def test_lora_under_bf16_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, real_dev_path, tmp_path):
-    config = make_config(tiny_llama, real_dev_path, max_steps=1, bf16=True, per_device_train_batch_size=1, max_length=256)
+    config = make_config(tiny_llama, real_dev_path, max_steps=1, bf16=True, per_device_train_batch_size=1,
+                         max_length=256)
     config.lora.enabled = True
     config.lora.r = 4
     run_dir = train(config, output_dir=tmp_path / "run")
@@ -439,7 +442,8 @@ def test_fsdp_final_save_gathers_a_full_state_dict(tmp_path):
     trainer = SimpleNamespace(
         is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)),
         is_world_process_zero=lambda: True,
-        save_model=lambda path: seen.append((path, str(plugin.state_dict_type), type(plugin.state_dict_config).__name__)),
+        save_model=lambda path: seen.append(
+            (path, str(plugin.state_dict_type), type(plugin.state_dict_config).__name__)),
     )
     save_final_model(trainer, tmp_path / "model")
     assert seen == [(str(tmp_path / "model"), "StateDictType.FULL_STATE_DICT", "FullStateDictConfig")]

@@ -58,7 +58,8 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(2e-5, gt=0)
     lr_scheduler_type: str = Field(
         "cosine",
-        description=f"Learning-rate schedule after warmup, one of transformers' schedulers: {', '.join(LR_SCHEDULERS)}.",
+        description="Learning-rate schedule after warmup, one of transformers' schedulers: "
+        f"{', '.join(LR_SCHEDULERS)}.",
     )
     weight_decay: float = Field(0.1, ge=0)
     per_device_train_batch_size: int = Field(8, ge=1)

@@ -80,7 +80,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
     if exists and not resume:
         if failed_start(run_dir):
             return True
-        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to start another")
+        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to "
+                          "start another")
     return False
 
 
