@@ -281,8 +281,7 @@ def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_p
 
 
 def test_lora_under_bf16_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, real_dev_path, tmp_path):
-    config = make_config(tiny_llama, real_dev_path, max_steps=1, bf16=True, per_device_train_batch_size=1,
-                         max_length=256)
+    config = make_config(tiny_llama, real_dev_path, max_steps=1, bf16=True, per_device_train_batch_size=1)
     config.lora.enabled = True
     config.lora.r = 4
     run_dir = train(config, output_dir=tmp_path / "run")
