@@ -350,6 +350,8 @@ def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, rea
     first = json.loads((run_dir / "env.json").read_text())
     with pytest.raises(ConfigError, match=r"--set training\.learning_rate: cannot change on --resume"):
         train(config, output_dir=run_dir, resume=True, overrides=["training.learning_rate=1"])
+    with pytest.raises(RunDirError, match="already finished at step 2"):  # transformers would train a step 3
+        train(config, output_dir=run_dir, resume=True)
     train(config, output_dir=run_dir, resume=True, overrides=["training.max_steps=4", "logging.steps=2"])
     steps = [row["step"] for row in read_metrics(run_dir / "metrics.jsonl") if "loss" in row]
     assert steps == [1, 2, 4]  # logging.steps=2 from the resume on

@@ -592,6 +592,19 @@ def check_launcher_precision(config: Config) -> None:
         )
 
 
+def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) -> None:
+    """Resuming a checkpoint that already reached the run's length would silently train one step more
+    (transformers does); refuse and say how to extend the run instead."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    step, planned = state.get("global_step", 0), state.get("max_steps", 0)
+    t = config.training
+    length_changed = any(o.partition("=")[0].strip() in ("training.max_steps", "training.num_train_epochs")
+                         for o in overrides)
+    if (t.max_steps > 0 and step >= t.max_steps) or (not length_changed and planned and step >= planned):
+        raise RunDirError(f"{checkpoint}: the run already finished at step {step}; to train further, raise "
+                          "training.max_steps or training.num_train_epochs with --set on --resume")
+
+
 def _flatten(raw: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in raw.items():
@@ -657,6 +670,7 @@ def train(
                           f"{', '.join(ignored)} (not applied: pass safe keys with --set)")
         if overrides and is_main:
             console.print(f"resume: applying {', '.join(overrides)}")
+        check_not_finished(checkpoint, config, overrides)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
     check_launcher_precision(config)
