@@ -517,7 +517,8 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
     rule = None
     if best_step is not None:
         direction = "highest" if trainer.args.greater_is_better else "lowest"
-        rule = f"model/ holds the checkpoint of the evaluation with the {direction} {metric} (saved at every evaluation)"
+        rule = (f"model/ holds the checkpoint of the evaluation with the {direction} {metric} "
+                "(saved at each evaluation)")
     spikes = [[r["step"], r["grad_norm"]] for r in read_metrics(run_dir / SPIKES_FILE)]
     return RunSummary(
         run_dir=str(run_dir),
