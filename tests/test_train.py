@@ -249,27 +249,253 @@ def test_two_processes_ddp(tiny_llama, real_dev_path, tmp_path):
     assert summary["steps"] == 3
 
 
-def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_path, tmp_path):
-    """Generation-based dev ROUGE at each evaluation lands in metrics.jsonl and picks the best checkpoint."""
-    config = make_config(tiny_llama, real_dev_path, max_steps=4, eval_steps=2, save_steps=2)
-    lines = real_dev_path.read_text(encoding="utf-8")
+def small_dev(real_dev_path, tmp_path, n=12) -> Path:
     import csv
     import io
 
-    rows = list(csv.DictReader(io.StringIO(lines)))[:12]
+    rows = list(csv.DictReader(io.StringIO(real_dev_path.read_text(encoding="utf-8"))))[:n]
     dev = tmp_path / "dev.csv"
     with dev.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
-    config.data.dev = str(dev)
+    return dev
+
+
+def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_path, tmp_path, monkeypatch):
+    """Two evaluations, the second worse by eval_rouge_sum: model/ is the first checkpoint, and summary.json names
+    the step, the metric and its value. The scorer is scripted (a random tiny model scores ~0 at every step, so
+    real scores would tie); generation, the Trainer's selection and the reload are the real ones."""
+    from safetensors.torch import load_file
+
+    import dialsum.metrics
+
+    scripted = iter([30.0, 10.0])
+
+    def score(predictions, references, **kwargs):
+        assert len(predictions) == 4
+        value = next(scripted)
+        return {"rouge1": value / 2, "rouge2": value / 4, "rougeL": value / 4, "rouge_sum": value}
+
+    monkeypatch.setattr(dialsum.metrics, "score", score)
+    config = make_config(tiny_llama, real_dev_path, max_steps=4, eval_steps=2, save_steps=2)
+    config.data.dev = str(small_dev(real_dev_path, tmp_path))
     config.evaluation.rouge_during_training = True
     config.evaluation.rouge_subset = 4
     config.evaluation.select_best_by = "eval_rouge_sum"
     config.generation.max_new_tokens = 8
     run_dir = train(config, output_dir=tmp_path / "run")
     rouge_rows = [row for row in read_metrics(run_dir / "metrics.jsonl") if "eval_rouge_sum" in row]
-    assert [row["step"] for row in rouge_rows] == [2, 4]
+    assert [(row["step"], row["eval_rouge_sum"]) for row in rouge_rows] == [(2, 30.0), (4, 10.0)]
     assert all({"eval_rouge1", "eval_rouge2", "eval_rougeL"} <= row.keys() for row in rouge_rows)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["best_metric"] == "eval_rouge_sum" and summary["best_step"] in (2, 4)
+    assert (summary["best_step"], summary["best_metric"], summary["best_metric_value"]) == (2, "eval_rouge_sum", 30.0)
+    assert "highest eval_rouge_sum" in summary["best_checkpoint_rule"]
+    eval_rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_loss" in r]
+    assert summary["best_eval_loss"] == next(r["eval_loss"] for r in eval_rows if r["step"] == 2)
+    final = load_file(run_dir / "model" / "model.safetensors")
+    first = load_file(run_dir / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    last = load_file(run_dir / "checkpoints" / "checkpoint-4" / "model.safetensors")
+    assert all(torch.equal(final[k], first[k]) for k in first)
+    assert not all(torch.equal(final[k], last[k]) for k in last)
+
+
+def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_path, tmp_path):
+    """The preset (model.dtype auto) with training.bf16=true: fp32 master weights under bf16 autocast, so 10 steps at
+    lr 2e-5 change (nearly) every weight, norms included; bf16 weights would change ~25% and no norm weight."""
+    from safetensors.torch import load_file
+
+    from dialsum.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "llama-3.2-korean-3b.yaml", [
+        f"model.name_or_path={tiny_llama}", f"data.train={real_dev_path}", "data.dev=null", "data.test=null",
+        "training.bf16=true", "training.max_steps=10", "training.per_device_train_batch_size=2",
+        "training.gradient_accumulation_steps=1", "training.gradient_checkpointing=false", "training.warmup_ratio=0",
+        "training.max_length=512", "training.save_steps=100", "logging.steps=5",
+    ])
+    assert config.model.dtype == "auto" and config.training.learning_rate == 2e-5 and not config.lora.enabled
+    run_dir = train(config, output_dir=tmp_path / "run")
+    before = load_file(tiny_llama / "model.safetensors")
+    after = load_file(run_dir / "model" / "model.safetensors")
+    changed = sum(int((before[k] != after[k]).sum()) for k in after)
+    assert changed / sum(after[k].numel() for k in after) >= 0.99
+    norms = [k for k in after if "norm" in k]
+    assert len(norms) == 5
+    for k in norms:  # every norm tensor moved; an element whose Adam steps cancel exactly may stay (1 of 64 seen)
+        assert float((before[k] != after[k]).float().mean()) >= 0.95, k
+    summary = json.loads((run_dir / "summary.json").read_text())
+    env = json.loads((run_dir / "env.json").read_text())
+    for record in (summary["precision"], env["precision"]):
+        dtypes = (record["trainable_weights"], record["compute"], record["optimizer_state"])
+        assert dtypes == (["float32"], "bfloat16", ["float32"])
+
+
+def test_lora_under_bf16_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, real_dev_path, tmp_path):
+    config = make_config(tiny_llama, real_dev_path, max_steps=1, bf16=True, per_device_train_batch_size=1)
+    config.lora.enabled = True
+    config.lora.r = 4
+    run_dir = train(config, output_dir=tmp_path / "run")
+    precision = json.loads((run_dir / "summary.json").read_text())["precision"]
+    assert (precision["frozen_weights"], precision["trainable_weights"], precision["compute"]) == (
+        ["bfloat16"], ["float32"], "bfloat16")
+    assert precision["optimizer_state"] == ["float32"]
+
+
+def test_failed_start_leaves_no_dead_end(tiny_llama, real_dev_path, tmp_path, capsys):
+    """A bad model id, QLoRA without CUDA, and a crash in the first step (out of memory) each fail; the same command,
+    fixed, then succeeds in the same --output-dir without anyone cleaning up."""
+    import shutil
+
+    from dialsum.errors import ConfigError
+    from dialsum.train import MonitorMixin
+
+    run_dir = tmp_path / "run"
+    good = make_config(tiny_llama, real_dev_path, max_steps=1)
+
+    no_weights = tmp_path / "no-weights"  # config and tokenizer load, the weights are missing
+    no_weights.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_llama / name).is_file():
+            shutil.copy(tiny_llama / name, no_weights / name)
+    bad_model = make_config(no_weights, real_dev_path, max_steps=1)
+    with pytest.raises(ConfigError, match="cannot load"):
+        train(bad_model, output_dir=run_dir)
+    assert not run_dir.exists()
+
+    if not torch.cuda.is_available():
+        qlora = make_config(tiny_llama, real_dev_path, max_steps=1)
+        qlora.lora.enabled = True
+        qlora.lora.load_in_4bit = True
+        with pytest.raises(ConfigError, match="CUDA"):
+            train(qlora, output_dir=run_dir)
+        assert not run_dir.exists()
+
+    def out_of_memory(self, model, inputs, num_items_in_batch=None):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    original = MonitorMixin.training_step
+    MonitorMixin.training_step = out_of_memory
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            train(good, output_dir=run_dir)
+    finally:
+        MonitorMixin.training_step = original
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "model").exists()
+    with pytest.raises(RunDirError, match="run the same command without --resume"):
+        train(good, output_dir=run_dir, resume=True)
+    capsys.readouterr()
+    train(good, output_dir=run_dir)
+    assert "starting afresh" in capsys.readouterr().err
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    # A finished run is never reused.
+    with pytest.raises(RunDirError, match="already exists"):
+        train(good, output_dir=run_dir)
+
+
+def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, real_dev_path, tmp_path):
+    from dialsum.errors import ConfigError
+
+    config = make_config(tiny_llama, real_dev_path, max_steps=2, save_steps=2)
+    run_dir = train(config, output_dir=tmp_path / "run")
+    first = json.loads((run_dir / "env.json").read_text())
+    with pytest.raises(ConfigError, match=r"--set training\.learning_rate: cannot change on --resume"):
+        train(config, output_dir=run_dir, resume=True, overrides=["training.learning_rate=1"])
+    with pytest.raises(RunDirError, match="already finished at step 2"):  # transformers would train a step 3
+        train(config, output_dir=run_dir, resume=True)
+    train(config, output_dir=run_dir, resume=True, overrides=["training.max_steps=4", "logging.steps=2"])
+    steps = [row["step"] for row in read_metrics(run_dir / "metrics.jsonl") if "loss" in row]
+    assert steps == [1, 2, 4]  # logging.steps=2 from the resume on
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 4
+    from dialsum.config import load_config
+
+    saved = load_config(run_dir / "config.yaml")
+    assert (saved.training.max_steps, saved.logging.steps) == (4, 2)
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["started"] == first["started"] and env["command"] == first["command"]
+    assert [(r["step"], r["overrides"]) for r in env["resumes"]] == [(2, ["training.max_steps=4", "logging.steps=2"])]
+
+
+def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama, real_dev_path, tmp_path):
+    config = make_config(tiny_llama, real_dev_path, warmup_ratio=1.0, lr_scheduler_type="linear", learning_rate=1e-3)
+    tokenizer, examples = encoded(config, 8)
+    model = load_model(config.model.name_or_path, config)
+    trainer = build_trainer(config, model, tokenizer, examples, [], tmp_path / "run")
+    trainer.create_optimizer()
+    scheduler = trainer.create_scheduler(num_training_steps=10)
+    rates = []
+    for _ in range(10):
+        rates.append(scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1e-3 * k / 10 for k in range(10)])
+
+
+def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_path):
+    """`accelerate launch --config_file configs/accelerate/ddp.yaml` with 2 CPU processes (gloo): dev ROUGE is logged
+    once per evaluation, the best checkpoint is selected on every process, and model/ loads for predict."""
+    import socket
+
+    import yaml
+
+    config = make_config(tiny_llama, real_dev_path, max_steps=4, per_device_train_batch_size=2, eval_steps=2,
+                         save_steps=2)
+    config.data.dev = str(small_dev(real_dev_path, tmp_path))
+    config.evaluation.rouge_during_training = True
+    config.evaluation.rouge_subset = 4
+    config.evaluation.select_best_by = "eval_rouge_sum"
+    config.generation.max_new_tokens = 8
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict(), allow_unicode=True))
+    run_dir = tmp_path / "run"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    accelerate = Path(sys.executable).parent / "accelerate"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(root / "configs" / "accelerate" / "ddp.yaml"),
+         "--num_processes", "2", "--main_process_port", str(port),
+         "-m", "dialsum.cli", "train", str(path), "--output-dir", str(run_dir)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows if "eval_rouge_sum" in row] == [2, 4]
+    assert [row["step"] for row in rows if "eval_loss" in row] == [2, 4]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 4
+    assert summary["best_metric"] == "eval_rouge_sum"
+    from safetensors.torch import load_file
+
+    final = load_file(run_dir / "model" / "model.safetensors")  # the checkpoint summary.json names, whichever it is
+    chosen = load_file(run_dir / "checkpoints" / f"checkpoint-{summary['best_step']}" / "model.safetensors")
+    assert all(torch.equal(final[k], chosen[k]) for k in chosen)
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["world_size"] == 2 and env["distributed"] == "MULTI_CPU"
+    assert env["precision"]["compute"] == "float32"  # training.bf16=auto on a CPU; the launcher does not override it
+    from dialsum.generate import load_for_inference
+
+    model, _, _ = load_for_inference(run_dir, None)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_fsdp_final_save_gathers_a_full_state_dict(tmp_path):
+    """FSDP cannot run on this CPU-only machine (accelerate enables it on accelerators only), so this checks the
+    switch on accelerate's real plugin: checkpoints stay SHARDED_STATE_DICT, the final save_model sees FULL."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from dialsum.train import save_final_model
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+    seen = []
+    trainer = SimpleNamespace(
+        is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)),
+        is_world_process_zero=lambda: True,
+        save_model=lambda path: seen.append(
+            (path, str(plugin.state_dict_type), type(plugin.state_dict_config).__name__)),
+    )
+    save_final_model(trainer, tmp_path / "model")
+    assert seen == [(str(tmp_path / "model"), "StateDictType.FULL_STATE_DICT", "FullStateDictConfig")]

@@ -43,7 +43,7 @@ def train(
     """Fine-tune a model (SFT with leak-free packing, LoRA/QLoRA, or seq2seq) into a run directory."""
     from dialsum.train import train as run_training
 
-    run_training(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume)
+    run_training(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or [])
 
 
 @app.command()
@@ -56,7 +56,7 @@ def run(
     """End to end: train, predict and score dev, predict test, write submission.csv and report.md."""
     from dialsum.run import run as run_all
 
-    run_all(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume)
+    run_all(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or [])
 
 
 @app.command()
@@ -173,7 +173,7 @@ def config_keys(
         sections = sorted({row["key"].split(".")[0] for row in config_fields()})
         raise DialsumError(f"config-keys {section}: no such section; sections: {', '.join(sections)}")
     if markdown:
-        typer.echo(config_reference_markdown(), nl=False)
+        typer.echo(config_reference_markdown(rows), nl=False)
         return
     table = Table(show_header=True, header_style="bold", show_lines=False)
     table.add_column("key", no_wrap=True)

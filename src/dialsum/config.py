@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dialsum.errors import ConfigError
 
 DEFAULT_SYSTEM_PROMPT = "당신은 유능한 AI 어시스턴트입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
 DEFAULT_QUESTION = "위 {topic} 주제에 대한 대화를 요약해주세요."
+# transformers' SchedulerType values that work without extra lr_scheduler_kwargs (which dialsum does not expose)
+LR_SCHEDULERS = [
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+]
 DEFAULT_FORBIDDEN_SCRIPTS = [
     "Han", "Hiragana", "Katakana", "Cyrillic", "Thai", "Arabic", "Hebrew", "Greek", "Devanagari",
 ]
@@ -65,12 +69,15 @@ class PromptConfig(_Section):
     )
     default_topic: str = Field(
         "대화", description="Topic written into the question when a dialogue has none (or topics are off).")
-    topic_separator: str = ", "
 
 
 class TrainingConfig(_Section):
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (AdamW), reached after warmup.")
-    lr_scheduler_type: str = "cosine"
+    lr_scheduler_type: str = Field(
+        "cosine",
+        description="Learning-rate schedule after warmup, one of transformers' schedulers: "
+        f"{', '.join(LR_SCHEDULERS)}.",
+    )
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
     per_device_train_batch_size: int = Field(
         8, ge=1, description="Examples per micro-batch on each process (see packing for what a packed batch counts).")
@@ -79,7 +86,10 @@ class TrainingConfig(_Section):
         8, ge=1, description="Micro-batches per optimizer step; effective batch = this x per-device batch x processes.")
     num_train_epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_ratio: float = Field(
+        0.1, ge=0, le=1,
+        description="Fraction of all optimizer steps spent warming the learning rate up linearly (1.0: all of them).",
+    )
     max_length: int = Field(
         1024, ge=16, description="Token budget of prompt + summary (decoder-only) or of the source (seq2seq); a longer "
         "dialogue loses turns from its end, never its summary.")
@@ -95,11 +105,30 @@ class TrainingConfig(_Section):
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None checkpoints once per epoch.")
     save_total_limit: int | None = Field(
         2, ge=1, description="Checkpoints kept on disk (the best one is always kept); None keeps all.")
-    bf16: Literal["auto", "true", "false"] = "auto"
+    bf16: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="bf16 autocast for the forward/backward pass (weights stay fp32 for full fine-tuning); "
+        "'auto' uses it on GPUs that support it. YAML true/false are accepted.",
+    )
     grad_norm_threshold: float = Field(
         1.5, gt=0,
         description="A step whose grad norm (before clipping) exceeds this is a spike: grad_norm_spikes.jsonl.")
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for the training data loader.")
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bool_to_text(cls, value: Any) -> Any:
+        """YAML and --set turn `true` into a boolean; the field's values are the words."""
+        return str(value).lower() if isinstance(value, bool) else value
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in LR_SCHEDULERS:
+            close = difflib.get_close_matches(value, LR_SCHEDULERS, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown scheduler; {hint}expected one of {', '.join(LR_SCHEDULERS)}")
+        return value
 
 
 class LoraConfig(_Section):
@@ -117,7 +146,7 @@ class GenerationConfig(_Section):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="'hf': transformers generate with full suppression; 'vllm': faster on CUDA, static ban only.")
     batch_size: int = Field(8, ge=1, description="Dialogues generated together (sorted by length).")
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int = Field(128, ge=1, description="Token limit per generated summary.")
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy (or sampling with do_sample).")
     do_sample: bool = Field(False, description="Sample instead of greedy/beam search; off means deterministic output.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
@@ -189,6 +218,15 @@ class Config(_Section):
                 f"evaluation.tokenizer={self.evaluation.tokenizer} applies to evaluation.scheme=kiwi only; "
                 f"scheme {self.evaluation.scheme} fixes its own analyzer (Mecab)"
             )
+        t = self.training
+        if self.data.dev and t.save_steps is not None and t.save_steps != t.eval_steps:
+            # The best checkpoint must exist on disk: the Trainer can only reload a checkpoint saved at an evaluation.
+            every = f"every {t.eval_steps} steps" if t.eval_steps else "once per epoch (training.eval_steps unset)"
+            raise ValueError(
+                f"training.save_steps={t.save_steps} but dev is evaluated {every}: the best checkpoint is selected at "
+                "an evaluation and must be saved there; set training.save_steps equal to training.eval_steps or leave "
+                "it unset"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,10 +267,10 @@ def config_fields(model_cls: type[BaseModel] = Config, prefix: str = "") -> list
     return rows
 
 
-def config_reference_markdown() -> str:
+def config_reference_markdown(rows: list[dict[str, str]] | None = None) -> str:
     """The config reference as a Markdown table (README's "Config reference" is this, checked by a test)."""
     lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
-    for row in config_fields():
+    for row in config_fields() if rows is None else rows:
         cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["description"]]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -21,10 +21,49 @@ def use_bf16(config: Config) -> bool:
 
 
 def torch_dtype(config: Config) -> torch.dtype:
-    """bf16 where the GPU supports it, fp32 on the CPU (CPU bf16 matmuls are slow and lossy)."""
+    """Inference weights: bf16 where the GPU supports it, fp32 on the CPU (CPU bf16 matmuls are slow and lossy)."""
     if config.model.dtype != "auto":
         return getattr(torch, config.model.dtype)
     return torch.bfloat16 if use_bf16(config) else torch.float32
+
+
+# The precision policy, in one sentence (README and summary.json repeat it):
+PRECISION_POLICY = (
+    "full fine-tuning keeps fp32 master weights and fp32 AdamW state and computes under bf16 autocast where "
+    "supported; LoRA trains fp32 adapters (bf16 under QLoRA, as TRL does) on a frozen bf16, fp32 or 4-bit base"
+)
+
+
+def compute_dtype(config: Config) -> torch.dtype:
+    """The autocast dtype of training: bf16 where asked for or supported; under QLoRA on a GPU without bf16, fp16
+    (4-bit matmuls need a half-precision compute dtype); otherwise fp32 (no autocast)."""
+    if use_bf16(config):
+        return torch.bfloat16
+    if config.lora.enabled and config.lora.load_in_4bit and has_cuda() and config.training.bf16 == "auto":
+        return torch.float16
+    return torch.float32
+
+
+def training_weight_dtype(config: Config) -> torch.dtype:
+    """The dtype the weights load in for training. Full fine-tuning: fp32 master weights, because AdamW updates of
+    bf16 weights round away (at lr 2e-5 most updates are below bf16's resolution). LoRA: the frozen base may be half
+    precision, since only the adapters are updated."""
+    if config.model.dtype != "auto":
+        return getattr(torch, config.model.dtype)
+    if config.lora.enabled:
+        return compute_dtype(config)
+    return torch.float32
+
+
+def precision_warning(config: Config) -> str | None:
+    """The one line a user gets who asks for half-precision weights with full fine-tuning."""
+    if config.lora.enabled or config.model.dtype not in ("bfloat16", "float16"):
+        return None
+    return (
+        f"model.dtype={config.model.dtype} with full fine-tuning: AdamW updates the {config.model.dtype} weights "
+        "directly and updates smaller than their resolution round away (at lr 2e-5 most weights stop changing); "
+        "use model.dtype=auto for fp32 master weights with bf16 autocast"
+    )
 
 
 TINY_PREFIX = "tiny:"
@@ -54,6 +93,25 @@ def load_tokenizer(name_or_path: str | Path, config: Config):
         raise ConfigError(f"model.name_or_path={name_or_path}: cannot load the tokenizer: {str(error).splitlines()[0]}") from None
 
 
+def qlora_settings(config: Config) -> dict:
+    """QLoRA's BitsAndBytesConfig arguments: NF4 with double quantization, computing in the training compute dtype
+    (bf16 on GPUs that support it, fp16 otherwise). Plain data, so it is testable without CUDA or bitsandbytes."""
+    return dict(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(config),
+    )
+
+
+def kbit_training_settings(config: Config) -> dict:
+    """Arguments of peft's prepare_model_for_kbit_training: checkpointing as the config says, non-reentrant."""
+    return dict(
+        use_gradient_checkpointing=config.training.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
 def quantization_config(config: Config):
     """QLoRA: 4-bit NF4 base weights through bitsandbytes, which needs a CUDA GPU."""
     if not config.lora.load_in_4bit:
@@ -68,12 +126,7 @@ def quantization_config(config: Config):
         raise ConfigError("lora.load_in_4bit=true needs bitsandbytes: pip install 'dialsum[qlora]'") from None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
+    return BitsAndBytesConfig(**qlora_settings(config))
 
 
 def load_model(name_or_path: str | Path, config: Config, for_training: bool = False):
@@ -82,7 +135,7 @@ def load_model(name_or_path: str | Path, config: Config, for_training: bool = Fa
 
     auto_class = AutoModelForCausalLM if config.model.kind == "causal" else AutoModelForSeq2SeqLM
     kwargs = dict(
-        dtype=torch_dtype(config),
+        dtype=training_weight_dtype(config) if for_training else torch_dtype(config),
         trust_remote_code=config.model.trust_remote_code,
         revision=config.model.revision,
         use_safetensors=True,

@@ -38,7 +38,8 @@ def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: C
                         e.bertscore_model, e.bertscore_layers)
 
 
-def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False) -> Path:
+def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False,
+        overrides: list[str] | None = None) -> Path:
     from dialsum.generate import generate_summaries, load_for_inference
     from dialsum.report import write_run_report
     from dialsum.schemes import print_scheme_scores
@@ -46,7 +47,7 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     from dialsum.train import train
 
     # 1. Train (the run directory holds the resolved config and the final model).
-    run_dir = train(config, config_path=config_path, output_dir=output_dir, resume=resume)
+    run_dir = train(config, config_path=config_path, output_dir=output_dir, resume=resume, overrides=overrides)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:

@@ -14,6 +14,7 @@ other. `PackingGuard` below refuses any batch that would break this.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -27,11 +28,19 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dialsum.config import Config, load_config, save_config
+from dialsum.config import Config, config_from_dict, load_config, save_config
 from dialsum.data import Dialogue, load_dialogues
 from dialsum.encode import EncodeStats, add_seq2seq_special_tokens, check_chat_template, encode_dialogues, ensure_pad_token
 from dialsum.errors import ConfigError, RunDirError
-from dialsum.models import has_cuda, load_model, load_tokenizer, use_bf16
+from dialsum.models import (
+    PRECISION_POLICY,
+    compute_dtype,
+    has_cuda,
+    kbit_training_settings,
+    load_model,
+    load_tokenizer,
+    precision_warning,
+)
 from dialsum.rundir import CHECKPOINT_DIR, CONFIG_FILE, ENV_FILE, METRICS_FILE, MODEL_DIR, SPIKES_FILE, SUMMARY_FILE
 
 console = Console(stderr=True)
@@ -46,13 +55,49 @@ def default_run_dir(config: Config, config_path: str | Path | None) -> Path:
     return Path(config.logging.output_root) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A run directory is never overwritten: resume it, or choose another."""
+# What a start writes before its first checkpoint: a directory holding only these is a failed start, safe to reuse.
+STARTUP_FILES = (CONFIG_FILE, ENV_FILE, METRICS_FILE, SPIKES_FILE)
+
+
+def failed_start(run_dir: Path) -> bool:
+    """True when `run_dir` holds what a start writes and nothing more: no checkpoint, no model, no other file."""
+    if not run_dir.is_dir():
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name == CHECKPOINT_DIR and entry.is_dir() and not any(entry.glob("checkpoint-*")):
+            continue
+        if entry.name not in STARTUP_FILES:
+            return False
+    return True
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> bool:
+    """A run directory is never overwritten: resume it, or choose another. A directory left by a start that failed
+    before its first checkpoint (no checkpoint, no model) is reused; returns True when that is the case."""
     exists = run_dir.exists() and any(run_dir.iterdir())
-    if exists and not resume:
-        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to start another")
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
+    if exists and not resume:
+        if failed_start(run_dir):
+            return True
+        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to "
+                          "start another")
+    return False
+
+
+def clear_failed_start(run_dir: Path) -> list[str]:
+    """Remove what a failed start left (see `failed_start`); returns the names removed, to be reported."""
+    removed = []
+    for name in STARTUP_FILES:
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(name)
+    if (run_dir / CHECKPOINT_DIR).is_dir():
+        import shutil
+
+        shutil.rmtree(run_dir / CHECKPOINT_DIR)
+        removed.append(CHECKPOINT_DIR + "/")
+    return removed
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
@@ -71,7 +116,27 @@ def _git_commit() -> str | None:
         return None
 
 
-def write_env(run_dir: Path) -> None:
+def precision_record(trainer) -> dict:
+    """The dtypes training actually uses, read off the model, the accelerator and the optimizer."""
+    def names(dtypes) -> list[str]:
+        return sorted({str(d).removeprefix("torch.") for d in dtypes})
+
+    params = list(trainer.model.parameters())
+    state = trainer.optimizer.state.values() if trainer.optimizer is not None else []
+    optimizer_state = names(v.dtype for s in state for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    trainable = names(p.dtype for p in params if p.requires_grad)
+    return {
+        "trainable_weights": trainable,
+        "frozen_weights": names(p.dtype for p in params if not p.requires_grad),
+        "compute": {"bf16": "bfloat16", "fp16": "float16"}.get(str(trainer.accelerator.mixed_precision), "float32"),
+        # torch's AdamW keeps its moments in the parameter's dtype; measured once the optimizer holds state
+        "optimizer_state": optimizer_state or trainable,
+        "optimizer": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        "policy": PRECISION_POLICY,
+    }
+
+
+def write_env(run_dir: Path, precision: dict | None = None, distributed: str | None = None) -> None:
     import peft
     import transformers
     import trl
@@ -84,11 +149,47 @@ def write_env(run_dir: Path) -> None:
         "peft": peft.__version__,
         "device": torch.cuda.get_device_name(0) if has_cuda() else f"cpu ({os.cpu_count()} cores)",
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "distributed": distributed,
         "git_commit": _git_commit(),
         "command": sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
+        "precision": precision,
+        "resumes": [],
     }
     (run_dir / ENV_FILE).write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def append_resume(run_dir: Path, step: int, overrides: list[str]) -> None:
+    """env.json keeps the first start and appends one entry per resume: command, time, step, overrides."""
+    path = run_dir / ENV_FILE
+    env = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    env.setdefault("resumes", []).append({
+        "command": sys.argv,
+        "time": datetime.now().isoformat(timespec="seconds"),
+        "step": step,
+        "overrides": overrides,
+    })
+    path.write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# Config keys a resume may change: they do not alter the model, the data or the optimizer's state.
+RESUME_SAFE_KEYS = (
+    "training.num_train_epochs", "training.max_steps", "training.save_total_limit", "training.dataloader_num_workers",
+    "training.per_device_eval_batch_size", "training.grad_norm_threshold", "logging.", "generation.", "data.test",
+    "evaluation.tokenizer",
+)
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The run's saved config with the --set overrides that are safe on resume; any other key is an error."""
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if not any(key == safe or (safe.endswith(".") and key.startswith(safe)) for safe in RESUME_SAFE_KEYS):
+            raise ConfigError(
+                f"--set {key}: cannot change on --resume (the run continues with its saved value); keys that can: "
+                + ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_SAFE_KEYS)
+            )
+    return load_config(run_dir / CONFIG_FILE, overrides)
 
 
 # ---------------------------------------------------------------- monitoring
@@ -160,6 +261,17 @@ class MonitorMixin:
             self._window_start = time.perf_counter()  # evaluation time is not training time
 
 
+class WarmupRatioMixin:
+    """`training.warmup_ratio` as a ratio for every value in [0, 1]: transformers reads a `warmup_steps` >= 1 as a
+    step count, so a ratio of 1.0 would become a one-step warmup."""
+
+    warmup_ratio: float = 0.0
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        self.args.warmup_steps = math.ceil(num_training_steps * self.warmup_ratio)
+        return super().create_scheduler(num_training_steps, optimizer)
+
+
 class RougeEvalMixin:
     """At each evaluation, generate summaries for a dev subset and log `eval_rouge1/2/L/sum`,
     so checkpoints can be selected by what the competition scores, not by loss."""
@@ -178,10 +290,21 @@ class RougeEvalMixin:
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config, kind=config.model.kind, progress=False)
-        scores = score(predictions, [d.references for d in self.rouge_dialogues], tokenizer=config.evaluation.tokenizer,
-                       forbidden_scripts=config.generation.forbidden_scripts)
-        rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+        # Under DDP every process holds the same weights: the main process generates and scores, and every process
+        # receives its scores (each needs them to select the best checkpoint). Sharded weights (FSDP, ZeRO-3) need
+        # every process in each forward pass, so there all of them generate the same subset.
+        once = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        rouge = None
+        if not once or self.accelerator.is_main_process:
+            predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config,
+                                             kind=config.model.kind, progress=False)
+            scores = score(predictions, [d.references for d in self.rouge_dialogues],
+                           tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
+            rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+        if once:
+            from accelerate.utils import broadcast_object_list
+
+            rouge = broadcast_object_list([rouge])[0]
         self.log(rouge)  # while the model is in eval mode, so TRL files these under eval
         model.train(was_training)
         metrics.update(rouge)
@@ -201,6 +324,18 @@ def metrics_callback(path: Path):
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     return MetricsFile()
+
+
+def configured_steps_callback():
+    """On resume transformers restores logging/eval/save steps from the checkpoint's trainer state (and only logs a
+    warning); the run's config, with the --set overrides of this resume, wins."""
+    from transformers import TrainerCallback
+
+    class ConfiguredSteps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            state.compute_steps(args, state.max_steps)
+
+    return ConfiguredSteps()
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -228,7 +363,11 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
         except ImportError:
             raise ConfigError(f"logging.report_to includes {backend}, which is not installed: pip install 'dialsum[{backend}]'") from None
     evaluate_by_steps = has_dev and t.eval_steps is not None
+    if has_dev and t.save_steps is not None and t.save_steps != t.eval_steps:
+        raise ConfigError(f"training.save_steps={t.save_steps} differs from training.eval_steps={t.eval_steps}: the "
+                          "best checkpoint must be saved at an evaluation; set them equal or leave save_steps unset")
     save_steps = t.save_steps or t.eval_steps
+    compute = compute_dtype(config)
     select_best_by = config.evaluation.select_best_by
     common = dict(
         output_dir=str(run_dir / CHECKPOINT_DIR),
@@ -240,7 +379,7 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        warmup_steps=0,  # set from training.warmup_ratio once the step count is known (WarmupRatioMixin)
         max_grad_norm=t.max_grad_norm,
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
@@ -251,12 +390,13 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
         save_strategy="steps" if save_steps else "epoch",
         save_steps=save_steps,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=has_dev and (save_steps == t.eval_steps),
+        load_best_model_at_end=has_dev,  # save and eval steps agree (checked above): the best checkpoint is on disk
         metric_for_best_model=select_best_by if has_dev else None,
         greater_is_better=select_best_by != "eval_loss",
         seed=t.seed,
         data_seed=t.seed,
-        bf16=use_bf16(config),
+        bf16=compute == torch.bfloat16,  # autocast; the weights keep the dtype they loaded in (models.py)
+        fp16=compute == torch.float16,
         report_to=list(config.logging.report_to) or "none",
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=not has_cuda(),
@@ -319,10 +459,11 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
     else:  # TRL applies LoRA itself, after adding its fused LM head
         base = SFTTrainer
         extra = {"peft_config": peft_config}
-    trainer_class = type(f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, base), {})
+    trainer_class = type(f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, WarmupRatioMixin, base), {})
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer, **extra
     )
+    trainer.warmup_ratio = config.training.warmup_ratio
     trainer._monitor_init(config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE)
     trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
     trainer.rouge_dialogues = list(rouge_dialogues or [])
@@ -347,6 +488,8 @@ class RunSummary:
     best_eval_loss: float | None = None
     best_step: int | None = None
     best_metric: str | None = None
+    best_metric_value: float | None = None
+    best_checkpoint_rule: str | None = None
     effective_batch_size: int = 0
     world_size: int = 1
     grad_norm_threshold: float = 1.5
@@ -356,6 +499,7 @@ class RunSummary:
     dev_examples: int = 0
     encode: dict = field(default_factory=dict)
     template_notes: list[str] = field(default_factory=list)
+    precision: dict = field(default_factory=dict)
 
 
 def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats, n_dev: int, notes: list[str]) -> RunSummary:
@@ -366,7 +510,15 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
     real = sum(r.get("real_tokens", 0) for r in train_rows)
     processed = sum(r.get("processed_tokens", 0) for r in train_rows)
     seconds = sum(r.get("train_seconds", 0.0) for r in train_rows)
-    best = min(eval_rows, key=lambda r: r["eval_loss"]) if eval_rows else None
+    # The step the Trainer selected (and reloaded into model/), by the metric it selected with.
+    best_step = trainer.state.best_global_step if eval_rows and trainer.args.load_best_model_at_end else None
+    best = next((r for r in eval_rows if r["step"] == best_step), None)
+    metric = trainer.args.metric_for_best_model
+    rule = None
+    if best_step is not None:
+        direction = "highest" if trainer.args.greater_is_better else "lowest"
+        rule = (f"model/ holds the checkpoint of the evaluation with the {direction} {metric} "
+                "(saved at each evaluation)")
     spikes = [[r["step"], r["grad_norm"]] for r in read_metrics(run_dir / SPIKES_FILE)]
     return RunSummary(
         run_dir=str(run_dir),
@@ -379,8 +531,10 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
         final_train_loss=train_rows[-1]["loss"] if train_rows else None,
         final_eval_loss=eval_rows[-1]["eval_loss"] if eval_rows else None,
         best_eval_loss=best["eval_loss"] if best else None,
-        best_step=(int(trainer.state.best_global_step) if getattr(trainer.state, "best_global_step", None) else (best["step"] if best else None)),
-        best_metric=trainer.args.metric_for_best_model,
+        best_step=best_step,
+        best_metric=metric if best_step is not None else None,
+        best_metric_value=trainer.state.best_metric if best_step is not None else None,
+        best_checkpoint_rule=rule,
         effective_batch_size=trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
         world_size=trainer.args.world_size,
         grad_norm_threshold=config.training.grad_norm_threshold,
@@ -390,6 +544,7 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
         dev_examples=n_dev,
         encode=asdict(encode_stats),
         template_notes=notes,
+        precision=precision_record(trainer),
     )
 
 
@@ -404,7 +559,15 @@ def print_summary(summary: RunSummary, packing: bool) -> None:
     table.add_row("tokens/s (real)", fmt(summary.tokens_per_second, ".1f"))
     table.add_row("real-token fraction", fmt(summary.real_token_fraction, ".3f"))
     table.add_row("final train loss", fmt(summary.final_train_loss))
-    table.add_row("final / best eval loss", f"{fmt(summary.final_eval_loss)} / {fmt(summary.best_eval_loss)} (step {summary.best_step or '—'})")
+    table.add_row("final eval loss", fmt(summary.final_eval_loss))
+    if summary.best_step is not None:
+        table.add_row("model/ = best checkpoint",
+                      f"step {summary.best_step}, {summary.best_metric} {fmt(summary.best_metric_value)}")
+    p = summary.precision
+    if p:
+        frozen = "/".join(p["frozen_weights"]) or "—"
+        table.add_row("precision", f"weights {'/'.join(p['trainable_weights'])} (frozen {frozen}), "
+                      f"compute {p['compute']}, optimizer state {'/'.join(p['optimizer_state'])}")
     spikes = summary.grad_norm_spikes
     table.add_row(
         f"grad-norm > {summary.grad_norm_threshold}",
@@ -417,14 +580,70 @@ def print_summary(summary: RunSummary, packing: bool) -> None:
 # ---------------------------------------------------------------- the workflow
 
 
+def check_launcher_precision(config: Config) -> None:
+    """`accelerate launch` exports its config's mixed_precision, which transformers lets win over TrainingArguments:
+    a launcher that disagrees with training.bf16 would silently change the compute dtype."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    mine = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype(config), "no")
+    if launcher != "no" and launcher != mine:
+        raise ConfigError(
+            f"the accelerate config sets mixed_precision={launcher} but training.bf16={config.training.bf16} means "
+            f"{mine} on this machine; set mixed_precision: 'no' in the accelerate config (dialsum's training.bf16 "
+            "decides) or make the two agree"
+        )
+
+
+def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) -> None:
+    """Resuming a checkpoint that already reached the run's length would silently train one step more
+    (transformers does); refuse and say how to extend the run instead."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    step, planned = state.get("global_step", 0), state.get("max_steps", 0)
+    t = config.training
+    length_changed = any(o.partition("=")[0].strip() in ("training.max_steps", "training.num_train_epochs")
+                         for o in overrides)
+    if (t.max_steps > 0 and step >= t.max_steps) or (not length_changed and planned and step >= planned):
+        raise RunDirError(f"{checkpoint}: the run already finished at step {step}; to train further, raise "
+                          "training.max_steps or training.num_train_epochs with --set on --resume")
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def save_final_model(trainer, model_dir: Path) -> None:
+    """Full weights in model/ whatever the distribution: under FSDP with SHARDED_STATE_DICT (fast checkpoints),
+    `save_model` writes no weights, so the final save gathers a full state dict."""
+    if trainer.is_fsdp_enabled:
+        plugin = trainer.accelerator.state.fsdp_plugin
+        if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            plugin.state_dict_config = plugin.optim_state_dict_config = None  # rebuilt for the full type
+            plugin.set_state_dict_type("FULL_STATE_DICT")
+            if trainer.is_world_process_zero():
+                console.print("FSDP: gathering a full state dict for model/ (checkpoints stay sharded)")
+    trainer.save_model(str(model_dir))
+
+
 def train(
     config: Config,
     config_path: str | Path | None = None,
     output_dir: str | Path | None = None,
     resume: bool = False,
+    overrides: list[str] | None = None,
 ) -> Path:
-    """Train per `config`; returns the run directory (config.yaml, env.json, metrics.jsonl, model/, summary.json)."""
+    """Train per `config`; returns the run directory (config.yaml, env.json, metrics.jsonl, model/, summary.json).
+
+    On resume the run's saved config.yaml is the truth; `overrides` (the --set list) are applied to it when their
+    keys are safe to change mid-run (RESUME_SAFE_KEYS), and any other key is an error."""
     from accelerate import PartialState
+
+    # 0. Re-validate: fields assigned after loading (tests, notebooks) skip the cross-field rules.
+    config = config_from_dict(config.to_dict(), source="config")
 
     # 1. Run directory: never overwrite; on resume the saved, resolved config is the truth.
     #    Every process checks before any process writes, so all of them stop together.
@@ -437,14 +656,28 @@ def train(
         from accelerate.utils import broadcast_object_list
 
         run_dir = Path(broadcast_object_list([str(run_dir)])[0])
-    check_run_dir(run_dir, resume)
+    reuse = check_run_dir(run_dir, resume)
     checkpoint = last_checkpoint(run_dir) if resume else None
+    overrides = list(overrides or [])
     if resume:
         if checkpoint is None:
-            raise RunDirError(f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/")
-        config = load_config(run_dir / CONFIG_FILE)
+            raise RunDirError(f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/; "
+                              "run the same command without --resume to start afresh in it")
+        given = config
+        config = resume_config(run_dir, overrides)
+        ignored = sorted(k for k, v in _flatten(given.to_dict()).items() if _flatten(config.to_dict()).get(k) != v)
+        if ignored and is_main:
+            console.print(f"[yellow]resume:[/] the run's {CONFIG_FILE} is used; the given config differs at "
+                          f"{', '.join(ignored)} (not applied: pass safe keys with --set)")
+        if overrides and is_main:
+            console.print(f"resume: applying {', '.join(overrides)}")
+        check_not_finished(checkpoint, config, overrides)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
+    check_launcher_precision(config)
+    warning = precision_warning(config)
+    if warning and is_main:
+        console.print(f"[yellow]warning:[/] {warning}")
 
     # 2. Data: read, then encode with labels on the summary only. Bad data fails here, before
     #    the run directory exists, so fixing the file and re-running needs no clean-up.
@@ -469,14 +702,9 @@ def train(
         console.print(f"dev:   {dev_stats.describe()}")
     if not train_examples:
         raise ConfigError(f"{config.data.train}: no trainable examples after encoding ({encode_stats.describe()})")
-    state.wait_for_everyone()
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            save_config(config, run_dir / CONFIG_FILE)
-        write_env(run_dir)
 
     # 3. Model: full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation).
+    #    It loads before the run directory is written, so a bad model id or a missing GPU leaves nothing behind.
     model = load_model(config.model.name_or_path, config, for_training=True)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # never shrink (Qwen pads its matrix)
         model.resize_token_embeddings(len(tokenizer))
@@ -485,16 +713,29 @@ def train(
     if config.lora.enabled and config.lora.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.training.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
+        model = prepare_model_for_kbit_training(model, **kbit_training_settings(config))
 
-    # 4. Trainer.
+    # 4. Trainer, then the run directory: a failed start before here writes nothing; one after it (out of memory
+    #    in the first steps) leaves a directory without checkpoint or model, which the next start reuses.
+    state.wait_for_everyone()
+    if reuse and is_main:
+        removed = clear_failed_start(run_dir)
+        console.print(f"[yellow]{run_dir}:[/] holds no checkpoint and no model (an earlier start failed); "
+                      f"starting afresh in it, replacing {', '.join(removed) or 'nothing'}")
     rouge_dialogues = []
     if config.evaluation.rouge_during_training and dev_dialogues:
         rouge_dialogues = [d for d in dev_dialogues if d.references][: config.evaluation.rouge_subset]
     trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir, rouge_dialogues)
+    trainer.add_callback(configured_steps_callback())
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume or overrides:
+            save_config(config, run_dir / CONFIG_FILE)
+        if resume:
+            append_resume(run_dir, int(Path(checkpoint).name.split("-")[-1]), overrides)
+        else:
+            write_env(run_dir, precision_record(trainer), str(trainer.accelerator.distributed_type.value))
+    state.wait_for_everyone()
 
     # 5. Train (from the last checkpoint on resume), save, summarise.
     if checkpoint and is_main:
@@ -502,7 +743,7 @@ def train(
         drop_metrics_after(run_dir / METRICS_FILE, resumed_step)
         drop_metrics_after(run_dir / SPIKES_FILE, resumed_step)
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(str(run_dir / MODEL_DIR))
+    save_final_model(trainer, run_dir / MODEL_DIR)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run_dir / MODEL_DIR))
         summary = summarise(trainer, run_dir, config, encode_stats, len(dev_examples), notes)
