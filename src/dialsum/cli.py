@@ -97,12 +97,13 @@ def evaluate(
     import csv
     import json
 
+    from dialsum.metrics import TOKENIZERS
     from dialsum.schemes import SCHEMES, evaluate_scheme_files, print_scheme_scores
 
     if scheme not in SCHEMES:
         raise DialsumError(f"--scheme {scheme}: expected one of {', '.join(SCHEMES)}")
-    if tokenizer is not None and tokenizer not in ("kiwi", "mecab", "whitespace"):
-        raise DialsumError(f"--tokenizer {tokenizer}: expected kiwi, mecab or whitespace")
+    if tokenizer is not None and tokenizer not in TOKENIZERS:
+        raise DialsumError(f"--tokenizer {tokenizer}: expected one of {', '.join(TOKENIZERS)}")
     if tokenizer is not None and scheme != "kiwi":
         raise DialsumError(f"--tokenizer applies to --scheme kiwi only; --scheme {scheme} fixes its analyzer (Mecab)")
     result, rows = evaluate_scheme_files(predictions, references, scheme=scheme, tokenizer=tokenizer or "kiwi",

@@ -22,6 +22,7 @@ DEFAULT_QUESTION = "위 {topic} 주제에 대한 대화를 요약해주세요."
 LR_SCHEDULERS = [
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
 ]
+ScorerTokenizer = Literal["kiwi", "mecab", "whitespace"]  # morpheme analyzers of the 'kiwi' scheme (metrics.py)
 DEFAULT_FORBIDDEN_SCRIPTS = [
     "Han", "Hiragana", "Katakana", "Cyrillic", "Thai", "Arabic", "Hebrew", "Greek", "Devanagari",
 ]
@@ -164,7 +165,7 @@ class GenerationConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    tokenizer: Literal["kiwi", "mecab", "whitespace"] = Field(
+    tokenizer: ScorerTokenizer = Field(
         "kiwi", description="Morpheme analyzer for scheme 'kiwi' (whitespace: for English data only).")
     scheme: Literal["kiwi", "dialogsum", "dcs"] = Field(
         "kiwi",

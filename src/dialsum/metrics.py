@@ -16,8 +16,9 @@ import functools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from statistics import fmean
-from typing import Any
+from typing import Any, get_args
 
+from dialsum.config import ScorerTokenizer
 from dialsum.errors import DialsumError
 from dialsum.scripts import foreign_script_chars, script_key
 
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-TOKENIZERS = ("kiwi", "mecab", "whitespace")
+TOKENIZERS: tuple[str, ...] = get_args(ScorerTokenizer)
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizers
