@@ -64,6 +64,13 @@ class TrainingConfig(_Section):
     max_length: int = Field(1024, ge=16)
     max_target_length: int = Field(256, ge=4, description="seq2seq only: summary token budget.")
     packing: bool = True
+    packing_batch_unit: Literal["examples", "rows"] = Field(
+        "examples",
+        description="With packing, what per_device_train_batch_size counts. 'examples' keeps the recipe: each "
+        "micro-batch holds that many examples on average (packed into fewer rows), so an optimizer step sees the "
+        "configured effective batch of examples. 'rows' counts packed rows of max_length (~2-3 examples each on "
+        "the dialogue data): more examples per step and proportionally fewer optimizer steps.",
+    )
     gradient_checkpointing: bool = True
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 42
