@@ -165,6 +165,7 @@ class EpochPlan:
     optimizer_steps: int
     examples_per_step: float
     max_rows_per_micro_batch: int
+    max_tokens_per_micro_batch: int  # positions of the largest micro-batch: what activation memory must hold
     processed_tokens: int  # positions the model computes, padding included
     attention_pairs: int  # query-key pairs the attention kernel computes (see plan_epoch)
 
@@ -196,21 +197,24 @@ def plan_epoch(lengths: list[int], max_length: int, per_device_batch: int, accum
         order = list(lengths)
         rng.shuffle(order)
         batches = [[[n] for n in order[i : i + per_device_batch]] for i in range(0, len(order), per_device_batch)]
-    processed = pairs = 0
+    processed = pairs = biggest = 0
     for batch in batches:
         if packing and layout == "flat":
-            processed += sum(map(sum, batch))
+            positions = sum(map(sum, batch))
             pairs += sum(n * (n + 1) // 2 for row in batch for n in row)
         else:
             width = max(sum(row) for row in batch)
-            processed += width * len(batch)
+            positions = width * len(batch)
             pairs += len(batch) * width * width
+        processed += positions
+        biggest = max(biggest, positions)
     micro = math.ceil(len(batches) / world_size)
     steps = max(1, micro // accumulation + int(micro % accumulation > 0))
     return EpochPlan(
         examples=len(lengths), real_tokens=sum(lengths), packing=packing, unit=unit if packing else "examples",
         layout=layout if packing else "padded", rows=len(order), micro_batches=micro, optimizer_steps=steps,
         examples_per_step=len(lengths) / steps, max_rows_per_micro_batch=max((len(b) for b in batches), default=0),
+        max_tokens_per_micro_batch=biggest,
         processed_tokens=processed, attention_pairs=pairs,
     )
 
