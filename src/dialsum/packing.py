@@ -179,7 +179,8 @@ def plan_epoch(lengths: list[int], max_length: int, per_device_batch: int, accum
     """Simulate one epoch: TRL's best-fit-decreasing packing (`stats.pack_lengths`), dialsum's micro-batching, the
     layout's padding. `attention_pairs` counts what the kernel computes: a dense kernel (sdpa/eager with a
     mask, padded or packed rows) computes every query-key pair of each B × L × L block, masked-out ones included;
-    a varlen kernel (flash, flat layout) computes the causal triangle of each example, n(n+1)/2."""
+    a varlen kernel (flash, flat layout) computes the causal triangle of each example, n(n+1)/2; 'flat-dense' is
+    the flattened row on a dense kernel (TRL's layout on sdpa): one (B·L)² block per micro-batch."""
     from dialsum.stats import pack_lengths
 
     lengths = [min(n, max_length) for n in lengths]
@@ -202,6 +203,9 @@ def plan_epoch(lengths: list[int], max_length: int, per_device_batch: int, accum
         if packing and layout == "flat":
             positions = sum(map(sum, batch))
             pairs += sum(n * (n + 1) // 2 for row in batch for n in row)
+        elif packing and layout == "flat-dense":  # TRL's flattened row on sdpa/eager: one (B·L)² mask
+            positions = sum(map(sum, batch))
+            pairs += positions * positions
         else:
             width = max(sum(row) for row in batch)
             positions = width * len(batch)
