@@ -148,6 +148,17 @@ class ExampleBudgetBatchSampler(Sampler[list[int]]):
         return min(len(self.examples_per_row), max(1, round(total / self.examples_per_batch))) if total else 0
 
 
+def example_budget_note(examples_per_row: list[int], examples_per_batch: int) -> str | None:
+    """A warning when micro-batches cannot hold ~`examples_per_batch` examples (rows hold more than that)."""
+    total, batches = sum(examples_per_row), len(ExampleBudgetBatchSampler(examples_per_row, examples_per_batch, 0))
+    mean = total / batches if batches else 0.0
+    if batches and abs(mean / examples_per_batch - 1) > 0.1:
+        return (f"packing: a packed row holds {total / len(examples_per_row):.1f} examples on average, so a micro-batch "
+                f"holds {mean:.1f} examples, not training.per_device_train_batch_size={examples_per_batch}; lower "
+                "training.max_length or raise the batch size to keep the recipe's effective batch")
+    return None
+
+
 # ---------------------------------------------------------------- what one epoch looks like, without a model
 
 

@@ -39,6 +39,7 @@ from dialsum.packing import (
     REAL_TOKENS_KEY,
     PackedBatchCollator,
     PackedBatchesMixin,
+    example_budget_note,
     packing_layout,
     pop_batch_meta,
 )
@@ -345,6 +346,10 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
         trainer.data_collator = PackedBatchCollator(tokenizer.pad_token_id, layout)
         if config.training.packing_batch_unit == "examples":
             trainer.examples_per_micro_batch = config.training.per_device_train_batch_size
+            note = example_budget_note([len(s) for s in trainer.train_dataset["seq_lengths"]],
+                                       config.training.per_device_train_batch_size)
+            if note:
+                console.print(f"[yellow]{note}[/]")
     trainer._monitor_init(config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE)
     trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
     trainer.rouge_dialogues = list(rouge_dialogues or [])
