@@ -79,7 +79,8 @@ def test_plan_command_runs_offline(tmp_path):
     for layout in (padded, rows, flat):  # packing keeps the recipe: 8 x 8 examples per optimizer step
         assert layout["examples_per_step"] == pytest.approx(64, rel=0.1)
         assert layout["optimizer_steps_per_epoch"] == pytest.approx(12_457 / 64, rel=0.1)
-    assert padded["padding_waste"] > 0.3 and rows["padding_waste"] < 0.05 and flat["padding_waste"] == 0
+    # rows of similar length share a micro-batch (padded to its longest row): ~1 % waste, 2.7 % without grouping
+    assert padded["padding_waste"] > 0.3 and rows["padding_waste"] < 0.015 and flat["padding_waste"] == 0
     assert rows["flops_per_real_token"] <= 0.8 * padded["flops_per_real_token"]
     assert flat["flops_per_real_token"] <= 0.7 * padded["flops_per_real_token"]
     assert plan["memory_gb"]["full"]["weights"] == pytest.approx(2 * 3_212_749_824 / 1e9)

@@ -192,6 +192,31 @@ def test_resume_matches_uninterrupted_run(tiny_llama, real_dev_path, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_packed_resume_mid_epoch_matches_uninterrupted_run(tiny_llama, real_dev_path, tmp_path):
+    """Packed micro-batches are reshuffled per epoch (seed + epoch) and skipped on resume like any batches: a run
+    resumed in the middle of its second epoch logs the losses of the uninterrupted run."""
+    import csv
+    import io
+    import shutil
+
+    rows = list(csv.DictReader(io.StringIO(real_dev_path.read_text(encoding="utf-8"))))[:24]
+    small = tmp_path / "train.csv"
+    with small.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = make_config(tiny_llama, small, packing=True, per_device_train_batch_size=4, max_length=1024,
+                         max_steps=10, save_steps=4, save_total_limit=None)
+    full = train(config, output_dir=tmp_path / "full")
+    per_epoch = json.loads((full / "summary.json").read_text())["optimizer_steps_per_epoch"]
+    assert per_epoch == 6  # 24 examples, 4 per micro-batch, packed or not
+    cut = train(config, output_dir=tmp_path / "cut")
+    for name in ("checkpoints/checkpoint-10", "model"):
+        shutil.rmtree(cut / name, ignore_errors=True)
+    train(config, output_dir=cut, resume=True)  # from checkpoint-8: two micro-batches into epoch 2
+    assert train_losses(cut) == pytest.approx(train_losses(full), abs=1e-4)
+
+
 def test_lora_adapter_reloads_and_reproduces_logits(tiny_llama, real_dev_path, tmp_path):
     from peft import PeftModel
 

@@ -123,11 +123,34 @@ def example_budget_batches(examples_per_row: list[int], examples_per_batch: int,
     return [order[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-class ExampleBudgetBatchSampler(Sampler[list[int]]):
-    """Shuffles packed rows each epoch (seed + epoch) and yields micro-batches of ~`examples_per_batch` examples."""
+GROUP_WINDOW = 16  # micro-batches' worth of shuffled rows that are sorted by length together
 
-    def __init__(self, examples_per_row: list[int], examples_per_batch: int, seed: int):
+
+def epoch_batches(examples_per_row: list[int], row_lengths: list[int] | None, examples_per_batch: int,
+                  rng: random.Random) -> list[list[int]]:
+    """One epoch of micro-batches: rows shuffled; within windows of `GROUP_WINDOW` micro-batches, sorted by length
+    so that the rows of a micro-batch are about as long as each other (the rows layout pads them to the longest);
+    cut by the example budget; the micro-batches shuffled again."""
+    order = list(range(len(examples_per_row)))
+    rng.shuffle(order)
+    if row_lengths is not None and order:
+        rows_per_batch = max(1, round(len(order) * examples_per_batch / max(1, sum(examples_per_row))))
+        window = GROUP_WINDOW * rows_per_batch
+        order = [i for start in range(0, len(order), window)
+                 for i in sorted(order[start : start + window], key=lambda i: -row_lengths[i])]
+    batches = example_budget_batches(examples_per_row, examples_per_batch, order)
+    rng.shuffle(batches)
+    return batches
+
+
+class ExampleBudgetBatchSampler(Sampler[list[int]]):
+    """Shuffles packed rows each epoch (seed + epoch) and yields micro-batches of ~`examples_per_batch` examples,
+    grouping rows of similar length when `row_lengths` is given (`epoch_batches`)."""
+
+    def __init__(self, examples_per_row: list[int], examples_per_batch: int, seed: int,
+                 row_lengths: list[int] | None = None):
         self.examples_per_row = list(examples_per_row)
+        self.row_lengths = row_lengths
         self.examples_per_batch = examples_per_batch
         self.seed = seed
         self.epoch = 0
@@ -136,9 +159,8 @@ class ExampleBudgetBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        order = list(range(len(self.examples_per_row)))
-        random.Random(self.seed + self.epoch).shuffle(order)
-        return example_budget_batches(self.examples_per_row, self.examples_per_batch, order)
+        rng = random.Random(self.seed + self.epoch)
+        return epoch_batches(self.examples_per_row, self.row_lengths, self.examples_per_batch, rng)
 
     def __iter__(self):
         yield from self.batches()
@@ -153,7 +175,8 @@ def example_budget_note(examples_per_row: list[int], examples_per_batch: int) ->
     total, batches = sum(examples_per_row), len(ExampleBudgetBatchSampler(examples_per_row, examples_per_batch, 0))
     mean = total / batches if batches else 0.0
     if batches and abs(mean / examples_per_batch - 1) > 0.1:
-        return (f"packing: a packed row holds {total / len(examples_per_row):.1f} examples on average, so a micro-batch "
+        return (f"packing: a packed row holds {total / len(examples_per_row):.1f} examples on average, so a "
+                f"micro-batch "
                 f"holds {mean:.1f} examples, not training.per_device_train_batch_size={examples_per_batch}; lower "
                 "training.max_length or raise the batch size to keep the recipe's effective batch")
     return None
@@ -198,16 +221,18 @@ def plan_epoch(lengths: list[int], max_length: int, per_device_batch: int, accum
     rng = random.Random(seed)
     if packing:
         rows = pack_lengths(lengths, max_length)
-        order = list(range(len(rows)))
-        rng.shuffle(order)
         if unit == "examples":
-            batches = example_budget_batches([len(r) for r in rows], per_device_batch, order)
-        else:
+            batches = epoch_batches([len(r) for r in rows], [sum(r) for r in rows], per_device_batch, rng)
+        else:  # the Trainer's own sampler: shuffled rows, per_device_batch at a time
+            order = list(range(len(rows)))
+            rng.shuffle(order)
             batches = [order[i : i + per_device_batch] for i in range(0, len(order), per_device_batch)]
         batches = [[rows[i] for i in batch] for batch in batches]
+        n_rows = len(rows)
     else:
         order = list(lengths)
         rng.shuffle(order)
+        n_rows = len(order)
         batches = [[[n] for n in order[i : i + per_device_batch]] for i in range(0, len(order), per_device_batch)]
     processed = pairs = biggest = 0
     for batch in batches:
@@ -227,7 +252,7 @@ def plan_epoch(lengths: list[int], max_length: int, per_device_batch: int, accum
     steps = max(1, micro // accumulation + int(micro % accumulation > 0))
     return EpochPlan(
         examples=len(lengths), real_tokens=sum(lengths), packing=packing, unit=unit if packing else "examples",
-        layout=layout if packing else "padded", rows=len(order), micro_batches=micro, optimizer_steps=steps,
+        layout=layout if packing else "padded", rows=n_rows, micro_batches=micro, optimizer_steps=steps,
         examples_per_step=len(lengths) / steps, max_rows_per_micro_batch=max((len(b) for b in batches), default=0),
         max_tokens_per_micro_batch=biggest,
         processed_tokens=processed, attention_pairs=pairs,
@@ -254,8 +279,9 @@ class PackedBatchesMixin:
             from transformers.trainer_utils import seed_worker
 
             dataset = self._remove_unused_columns(self.train_dataset, description="Training")
-            sampler = ExampleBudgetBatchSampler([len(s) for s in dataset["seq_lengths"]], self.examples_per_micro_batch,
-                                                seed=self.args.seed)
+            seq_lengths = dataset["seq_lengths"]
+            sampler = ExampleBudgetBatchSampler([len(s) for s in seq_lengths], self.examples_per_micro_batch,
+                                                seed=self.args.seed, row_lengths=[sum(s) for s in seq_lengths])
             loader = self.accelerator.prepare(DataLoader(
                 dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                 num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
