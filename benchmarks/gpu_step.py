@@ -1,7 +1,9 @@
 """One training step of a real-size architecture on a GPU: tokens/s and model FLOPs utilisation (MFU).
 
 Llama-3.2-3B's config (random weights, no download), bf16, packed batch (position_ids restart, no
-attention mask, as dialsum trains), AdamW, gradient checkpointing optional.
+attention mask, as dialsum trains: rows of --max-length on sdpa/eager, one flattened row on flash-attention),
+AdamW, gradient checkpointing optional. Also prints `dialsum plan`'s memory estimate for the same batch next to
+the measured peak, and their ratio.
 
     python benchmarks/gpu_step.py [--tokens 16384] [--max-length 1024] [--steps 10] [--attn sdpa|flash_attention_2] [--peak-tflops 989]
 
@@ -61,8 +63,16 @@ def main() -> int:
         n = min(int(torch.randint(args.max_length // 4, args.max_length, (1,), generator=generator)), args.tokens - total)
         lengths.append(n)
         total += n
-    position_ids = torch.cat([torch.arange(n) for n in lengths])[None].cuda()
-    input_ids = torch.randint(0, config.vocab_size, (1, total), generator=generator).cuda()
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    input_ids = torch.randint(0, config.vocab_size, (1, total), generator=generator)
+    rows = 1
+    if not args.attn.startswith("flash"):  # dialsum's layout on dense kernels: rows of max_length, tail padded
+        rows = -(-total // args.max_length)
+        tail = rows * args.max_length - total
+        position_ids = torch.cat([position_ids, torch.arange(tail)[None]], dim=1).view(rows, args.max_length)
+        padding = torch.zeros(1, tail, dtype=input_ids.dtype)
+        input_ids = torch.cat([input_ids, padding], dim=1).view(rows, args.max_length)
+    position_ids, input_ids = position_ids.cuda(), input_ids.cuda()
     labels = input_ids.clone()
     starts = torch.tensor([0] + lengths).cumsum(0).to(torch.int32).cuda()
     extra = {}
@@ -91,6 +101,24 @@ def main() -> int:
           f"checkpointing={args.checkpointing}; {len(lengths)} samples, {total} tokens/step")
     print(f"step time (median of {args.steps}): {seconds * 1000:.0f} ms; tokens/s: {tokens_per_second:,.0f}; MFU: {mfu:.1%}; "
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+    # dialsum plan's estimate for the same batch. This script computes the loss from full logits (no fused LM head):
+    # add bf16 logits, their fp32 copy for the loss and its gradient (10 bytes per position and vocab entry).
+    from dialsum.config import config_from_dict
+    from dialsum.plan import Architecture, memory_estimate
+
+    arch = Architecture.from_config(config.to_dict())
+    plan_config = config_from_dict({"model": {"name_or_path": "gpu_step", "attn_implementation": args.attn}})
+    parts = memory_estimate(arch, plan_config, "full", tokens=input_ids.numel(), row_length=args.max_length)
+    activations = parts["activations_checkpointed" if args.checkpointing else "activations"]
+    estimate = parts["weights"] + parts["gradients"] + parts["optimizer"] + activations
+    estimate += input_ids.numel() * config.vocab_size * 10
+    measured = torch.cuda.max_memory_allocated()
+    print(f"memory: estimate {estimate / 1e9:.1f} GB (weights {parts['weights'] / 1e9:.1f}, gradients "
+          f"{parts['gradients'] / 1e9:.1f}, optimizer {parts['optimizer'] / 1e9:.1f}, "
+          f"activations {activations / 1e9:.1f}, "
+          f"logits {input_ids.numel() * config.vocab_size * 10 / 1e9:.1f}); measured peak {measured / 1e9:.1f} GB; "
+          f"measured / estimate = {measured / estimate:.2f}")
     return 0
 
 

@@ -75,7 +75,7 @@ def test_cli_help_lists_every_command():
     # the first word of each row in the Commands box (a substring test passes for 'run' inside 'a run directory')
     box = result.stdout.split("Commands", 1)[1]
     listed = re.findall(r"^│ ([a-z][a-z-]*) {2,}", box, flags=re.MULTILINE)
-    assert listed == ["train", "run", "predict", "evaluate", "screen", "compare", "inspect", "config-keys", "make-tiny-model"]
+    assert listed == ["train", "plan", "run", "predict", "evaluate", "screen", "compare", "inspect", "config-keys", "make-tiny-model"]
 
 
 @pytest.mark.parametrize("backend", ["wandb", "tensorboard"])

@@ -47,7 +47,8 @@ def write_run(root: Path, name: str, *, learning_rate=2e-5, packing=True, spikes
         "run_dir": str(run_dir), "model_kind": "causal", "steps": 20, "epochs": 1.0, "train_seconds": 100.0,
         "tokens_per_second": 900.0 if packing else 630.0, "real_token_fraction": 1.0 if packing else 0.7,
         "final_train_loss": 1.23, "final_eval_loss": 1.5, "best_eval_loss": 1.5, "best_step": 20, "best_metric": "eval_loss",
-        "effective_batch_size": 64, "world_size": 1, "grad_norm_threshold": 1.5,
+        "effective_batch_size": 64, "world_size": 1, "grad_norm_threshold": 1.5, "effective_batch_unit": "examples",
+        "examples_per_optimizer_step": 66.5 if packing else 64.0, "optimizer_steps_per_epoch": 20,
         "grad_norm_spikes": [list(s) for s in spikes], "grad_norm_max": max([2.0] + [g for _, g in spikes]),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -127,6 +128,8 @@ def test_compare_shows_metrics_per_run(three_runs, tmp_path):
     assert table_row(results, "real-token fraction") == ["**1.000**", "**1.000**", "0.700"]
     assert table_row(results, "train time (s)") == ["100.0"] * 3
     assert table_row(results, "best step") == ["20"] * 3
+    assert table_row(results, "examples / optimizer step") == ["66.5", "66.5", "64.0"]  # a packed and a padded run, fairly
+    assert table_row(results, "optimizer steps / epoch") == ["20"] * 3
 
 
 def test_compare_plots_are_real_pngs(three_runs, tmp_path):
@@ -226,7 +229,9 @@ def test_run_report_has_examples_scores_spikes_and_plots(tmp_path):
     assert table_row(text, "model") == ["tiny/llama"]
     assert table_row(text, "LoRA") == ["off (full fine-tuning)"]
     assert table_row(text, "packing") == ["true"]
-    assert table_row(text, "effective batch")[0].startswith("64")
+    assert table_row(text, "effective batch")[0].startswith("64 examples (")
+    assert table_row(text, "examples / optimizer step (mean)") == ["66.5"]
+    assert table_row(text, "optimizer steps / epoch") == ["20"]
     assert table_row(text, "length of training") == ["max_steps 20"]
     assert table_row(text, "rouge1") == ["56.12"]
     assert table_row(text, "real-token fraction") == ["1.000"]

@@ -50,40 +50,94 @@ def train_losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_batch_equals_padded_batch(tiny_llama, real_dev_path, tmp_path, attn):
-    """The loss of a packed batch equals the loss of the same examples padded, and a sample's logits
-    inside a pack equal its logits alone: packed samples never attend to each other."""
+    """Packed rows stay batch rows on sdpa/eager (B x L, no attention mask, position_ids restarting, a shorter row
+    padded with a segment of its own). The packed loss equals the padded loss of the same examples, and a sample's
+    logits inside a row equal its logits alone: packed samples never attend to each other, nor to the padding."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    config = make_config(tiny_llama, real_dev_path, packing=True, per_device_train_batch_size=2, max_length=1024)
+    from dialsum.packing import PackedBatchCollator, pop_batch_meta
+
+    config = make_config(tiny_llama, real_dev_path, packing=True, per_device_train_batch_size=8, max_length=1024)
     config.model.attn_implementation = attn
     tokenizer, examples = encoded(config, 24)
     model = load_model(config.model.name_or_path, config)
     model.resize_token_embeddings(len(tokenizer))
     trainer = build_trainer(config, model, tokenizer, examples, [], tmp_path / "run")
     model = trainer.model.eval()
-    packed = next(iter(trainer.get_train_dataloader()))
-    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
-    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist() + [packed["input_ids"].shape[1]]
-    assert len(starts) - 1 >= 3, "the pack should hold several samples"
-    samples = [
-        {"input_ids": packed["input_ids"][0, a:b].tolist(), "labels": packed["labels"][0, a:b].tolist()}
-        for a, b in zip(starts, starts[1:])
-    ]
+    first = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in first and first["input_ids"].shape[0] > 1, "rows must stay rows on " + attn
+    assert first["input_ids"].shape[1] <= 1024
+
+    # the longest and the shortest row of several samples: the short one carries a padding segment
+    rows = [row for row in trainer.train_dataset if len(row["seq_lengths"]) >= 2]
+    rows = [max(rows, key=lambda r: len(r["input_ids"])), min(rows, key=lambda r: len(r["input_ids"]))]
+    packed = trainer.data_collator(rows)
+    meta = pop_batch_meta(packed)
+    width = packed["input_ids"].shape[1]
+    short = len(rows[1]["input_ids"])
+    assert packed["input_ids"].shape == (2, width) and width - short >= 16, "the short row should be padded"
+    assert packed["position_ids"][1, short] == 0, "the padding restarts its positions: a segment of its own"
+    assert (packed["labels"][1, short:] == -100).all()
+    assert meta == {"dialsum_examples": sum(len(r["seq_lengths"]) for r in rows),
+                    "dialsum_real_tokens": sum(len(r["input_ids"]) for r in rows)}
+
+    samples, spans = [], []
+    for r, row in enumerate(rows):
+        start = 0
+        for length in row["seq_lengths"]:
+            samples.append({"input_ids": row["input_ids"][start:start + length],
+                            "labels": row["labels"][start:start + length]})
+            spans.append((r, start, start + length))
+            start += length
     padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(samples)
+    flat = PackedBatchCollator(tokenizer.pad_token_id, layout="flat")(rows)  # TRL's flattened form, for flash-attention
+    pop_batch_meta(flat)
     with torch.no_grad():
         loss_packed = trainer.compute_loss(model, dict(packed)).item()
         loss_padded = trainer.compute_loss(model, dict(padded)).item()
+        loss_flat = trainer.compute_loss(model, dict(flat)).item()
         assert abs(loss_packed - loss_padded) < 1e-4, (loss_packed, loss_padded)
+        assert abs(loss_flat - loss_padded) < 1e-4, (loss_flat, loss_padded)
 
-        inputs = {k: v for k, v in packed.items() if k != "labels"}
-        logits_packed = model(**inputs, use_cache=False).logits[0]
-        a, b = starts[2], starts[3]
-        logits_alone = model(input_ids=packed["input_ids"][:, a:b], use_cache=False).logits[0]
-        assert torch.allclose(logits_packed[a:b], logits_alone, atol=1e-4)
-        # The control: the same pack with an attention mask (or a KV cache) leaks across samples.
-        leaky = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                      attention_mask=torch.ones_like(inputs["input_ids"]), use_cache=False).logits[0]
-        assert not torch.allclose(leaky[a:b], logits_alone, atol=1e-4)
+        ids, positions = packed["input_ids"], packed["position_ids"]
+        logits_packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        r, a, b = spans[-1]  # the last sample of the padded row: after another sample, before the padding
+        assert r == 1 and a > 0
+        logits_alone = model(input_ids=ids[r:r + 1, a:b], use_cache=False).logits[0]
+        assert torch.allclose(logits_packed[r, a:b], logits_alone, atol=1e-4)
+        r0, a0, b0 = spans[0]  # a sample in the other row, which holds no padding
+        alone0 = model(input_ids=ids[r0:r0 + 1, a0:b0], use_cache=False).logits[0]
+        assert torch.allclose(logits_packed[r0, a0:b0], alone0, atol=1e-4)
+        # The controls: the same rows with an attention mask, or with a KV cache built, leak across samples.
+        mask = torch.ones_like(ids)
+        leaky = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=False).logits
+        assert not torch.allclose(leaky[r, a:b], logits_alone, atol=1e-4)
+        cached = model(input_ids=ids, position_ids=positions, use_cache=True).logits
+        assert not torch.allclose(cached[r, a:b], logits_alone, atol=1e-4)
+
+
+def test_packed_micro_batches_hold_the_configured_examples(tiny_llama, real_dev_path, tmp_path):
+    """With packing, a micro-batch holds per_device_train_batch_size examples on average (the recipe's effective
+    batch of examples), not that many packed rows; `packing_batch_unit: rows` opts into rows."""
+    from dialsum.packing import pop_batch_meta
+
+    config = make_config(tiny_llama, real_dev_path, packing=True, per_device_train_batch_size=8, max_length=1024,
+                         gradient_accumulation_steps=2)
+    tokenizer, examples = encoded(config, 160)
+    model = load_model(config.model.name_or_path, config)
+    model.resize_token_embeddings(len(tokenizer))
+    trainer = build_trainer(config, model, tokenizer, examples, [], tmp_path / "run")
+    batches = list(trainer.get_train_dataloader())
+    counts = [pop_batch_meta(b)["dialsum_examples"] for b in batches]
+    assert sum(counts) == len(examples), "every example once per epoch"
+    assert abs(sum(counts) / len(counts) - 8) <= 0.8, counts
+    assert max(b["input_ids"].shape[0] for b in batches) <= 8, "never more rows than the padded batch"
+    assert trainer.optimizer_steps_per_epoch == -(-len(batches) // 2)
+
+    config.training.packing_batch_unit = "rows"
+    trainer = build_trainer(config, model, tokenizer, examples, [], tmp_path / "rows")
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 8 and pop_batch_meta(batch)["dialsum_examples"] > 8
 
 
 @pytest.mark.parametrize("arch,packing,batch", [("llama", True, 2), ("qwen2", False, 4), ("bart", False, 8)])
@@ -97,9 +151,13 @@ def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 24 and summary["tokens_per_second"] > 0
-    # padding-free packing has no padding; padded batches of dialogues of differing lengths do (the counter itself
-    # is tested on batches of known padding in test_token_counts.py)
-    assert summary["real_token_fraction"] == 1.0 if packing else 0 < summary["real_token_fraction"] < 1
+    # the counter itself is tested on batches of known padding in test_token_counts.py
+    assert 0 < summary["real_token_fraction"] < 1  # padded rows, or packed rows padded to the longest one
+    if packing:  # rows are padded to the longest row of the micro-batch; BFD fills them almost to max_length
+        assert 0.9 < summary["real_token_fraction"] < 1.0
+        assert summary["packing_layout"] == "rows" and summary["effective_batch_unit"] == "examples"
+    assert summary["examples_per_optimizer_step"] == pytest.approx(batch, rel=0.1), summary
+    assert summary["optimizer_steps_per_epoch"] >= 1
     for name in ("config.yaml", "env.json", "metrics.jsonl", "model/config.json", "model/model.safetensors"):
         assert (run_dir / name).is_file(), name
     row = read_metrics(run_dir / "metrics.jsonl")[1]
@@ -169,6 +227,31 @@ def test_resume_matches_uninterrupted_run(tiny_llama, real_dev_path, tmp_path):
     a = load_file(full / "model" / "model.safetensors")
     b = load_file(interrupted / "model" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_packed_resume_mid_epoch_matches_uninterrupted_run(tiny_llama, real_dev_path, tmp_path):
+    """Packed micro-batches are reshuffled per epoch (seed + epoch) and skipped on resume like any batches: a run
+    resumed in the middle of its second epoch logs the losses of the uninterrupted run."""
+    import csv
+    import io
+    import shutil
+
+    rows = list(csv.DictReader(io.StringIO(real_dev_path.read_text(encoding="utf-8"))))[:24]
+    small = tmp_path / "train.csv"
+    with small.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = make_config(tiny_llama, small, packing=True, per_device_train_batch_size=4, max_length=1024,
+                         max_steps=10, save_steps=4, save_total_limit=None)
+    full = train(config, output_dir=tmp_path / "full")
+    per_epoch = json.loads((full / "summary.json").read_text())["optimizer_steps_per_epoch"]
+    assert per_epoch == 6  # 24 examples, 4 per micro-batch, packed or not
+    cut = train(config, output_dir=tmp_path / "cut")
+    for name in ("checkpoints/checkpoint-10", "model"):
+        shutil.rmtree(cut / name, ignore_errors=True)
+    train(config, output_dir=cut, resume=True)  # from checkpoint-8: two micro-batches into epoch 2
+    assert train_losses(cut) == pytest.approx(train_losses(full), abs=1e-4)
 
 
 def test_lora_adapter_reloads_and_reproduces_logits(tiny_llama, real_dev_path, tmp_path):

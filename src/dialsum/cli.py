@@ -47,6 +47,27 @@ def train(
 
 
 @app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    set_: SetOption = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Folder with config.json and tokenizer (no weights).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Training file to measure (default: data.train).")] = None,
+    train_examples: Annotated[int | None, typer.Option(help="Plan this many examples (the data's lengths).")] = None,
+    world_size: Annotated[int, typer.Option(help="GPUs (data parallel).")] = 1,
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed for the hours.")] = 0.4,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON.")] = None,
+) -> None:
+    """What a run will cost before renting a GPU: steps, padding waste, memory per GPU, FLOPs and hours."""
+    from dialsum.plan import build_plan, print_plan
+
+    result = build_plan(_config(config, set_), model_dir=model_dir, data=data, train_examples=train_examples,
+                        world_size=world_size, mfu=mfu)
+    print_plan(result)
+    if json_path:
+        json_path.write_text(result.to_json(), encoding="utf-8")
+
+
+@app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML run config.")],
     set_: SetOption = None,

@@ -97,6 +97,13 @@ class TrainingConfig(_Section):
     max_target_length: int = Field(256, ge=4, description="seq2seq only: summary token budget.")
     packing: bool = Field(
         True, description="Pack several examples into each row of max_length, isolated from each other (decoder-only).")
+    packing_batch_unit: Literal["examples", "rows"] = Field(
+        "examples",
+        description="With packing, what per_device_train_batch_size counts. 'examples' keeps the recipe: each "
+        "micro-batch holds that many examples on average (packed into fewer rows), so an optimizer step sees the "
+        "configured effective batch of examples. 'rows' counts packed rows of max_length (~2-3 examples each on "
+        "the dialogue data): more examples per step and proportionally fewer optimizer steps.",
+    )
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass (non-reentrant): less memory, ~30% more compute.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")

@@ -131,6 +131,8 @@ METRICS = [
     Metric("tokens_per_second", "tokens/s (real)", "summary", "tokens_per_second", ".1f", "max"),
     Metric("real_token_fraction", "real-token fraction", "summary", "real_token_fraction", ".3f", "max"),
     Metric("steps", "steps", "summary", "steps", "d"),
+    Metric("examples_per_optimizer_step", "examples / optimizer step", "summary", "examples_per_optimizer_step", ".1f"),
+    Metric("optimizer_steps_per_epoch", "optimizer steps / epoch", "summary", "optimizer_steps_per_epoch", "d"),
     Metric("final_train_loss", "final train loss", "summary", "final_train_loss", ".4f"),
     Metric("best_eval_loss", "best eval loss", "summary", "best_eval_loss", ".4f", "min"),
     Metric("best_step", "best step", "summary", "best_step", "d"),
@@ -434,6 +436,8 @@ def _setup_rows(run: RunData) -> list[list[str]]:
     per_device, accumulation = c("training.per_device_train_batch_size"), c("training.gradient_accumulation_steps")
     batch = run.summary.get("effective_batch_size") or (per_device * accumulation if per_device and accumulation else None)
     batch_text = f"{batch} ({per_device} x {accumulation} accumulation x {run.summary.get('world_size', 1)} process(es))" if batch else MISSING
+    if batch and run.summary.get("effective_batch_unit"):  # packing counts examples unless configured in rows
+        batch_text = f"{batch} {run.summary['effective_batch_unit']} " + batch_text.removeprefix(f"{batch} ")
     max_steps = c("training.max_steps")
     length = f"max_steps {max_steps}" if isinstance(max_steps, int) and max_steps > 0 else f"{_fmt(c('training.num_train_epochs'))} epoch(s)"
     return [
@@ -458,6 +462,8 @@ def _training_rows(run: RunData) -> list[list[str]]:
         ["train time", f"{_fmt(s('train_seconds'), '.1f')} s"],
         ["tokens/s (real tokens)", _fmt(s("tokens_per_second"), ".1f")],
         ["real-token fraction", _fmt(s("real_token_fraction"), ".3f")],
+        ["examples / optimizer step (mean)", _fmt(s("examples_per_optimizer_step"), ".1f")],
+        ["optimizer steps / epoch", _fmt(s("optimizer_steps_per_epoch"))],
         ["final train loss", _fmt(s("final_train_loss"), ".4f")],
         ["final / best eval loss", f"{_fmt(s('final_eval_loss'), '.4f')} / {best}"],
     ]

@@ -4,11 +4,13 @@ The workflow reads top to bottom in `train()`: resolve the run directory, read a
 (labels on the summary only), load the model (full, LoRA or QLoRA), build TRL's SFTTrainer
 (decoder-only) or Seq2SeqTrainer (encoder-decoder), train, save, summarise.
 
-Packing: TRL's best-fit-decreasing packing with its padding-free collator. Each batch is one
-flattened row with `position_ids` restarting per sample and *no* attention mask; TRL calls the model
-with `use_cache=False`. That is the one combination under which transformers 5 builds a block-diagonal
-mask on sdpa/eager (and varlen kernels on flash-attention), so packed samples never attend to each
-other. `PackingGuard` below refuses any batch that would break this.
+Packing: TRL's best-fit-decreasing packing; dialsum's collator (packing.py) keeps each packed row a batch
+row on sdpa/eager (TRL's flattened row only on flash-attention), with `position_ids` restarting per sample
+and *no* attention mask; TRL calls the model with `use_cache=False`. That is the one combination under
+which transformers 5 builds a block-diagonal mask per row on sdpa/eager (and varlen kernels on
+flash-attention), so packed samples never attend to each other. `MonitorMixin.training_step` refuses any
+packed batch that carries an attention mask. Micro-batches hold `per_device_train_batch_size` examples on
+average (`training.packing_batch_unit`), so packing leaves the recipe's effective batch unchanged.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ from dialsum.models import (
     load_model,
     load_tokenizer,
     precision_warning,
+)
+from dialsum.packing import (
+    EXAMPLES_KEY,
+    REAL_TOKENS_KEY,
+    PackedBatchCollator,
+    PackedBatchesMixin,
+    example_budget_note,
+    packing_layout,
+    pop_batch_meta,
 )
 from dialsum.rundir import CHECKPOINT_DIR, CONFIG_FILE, ENV_FILE, METRICS_FILE, MODEL_DIR, SPIKES_FILE, SUMMARY_FILE
 
@@ -199,10 +210,14 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
 class TokenCounts:
     real: int = 0  # tokens that are not padding
     processed: int = 0  # every position the model computed
+    examples: int = 0  # training examples (a packed row holds several)
 
 
-def count_tokens(inputs: dict) -> TokenCounts:
-    """Real vs processed tokens of one micro-batch, as the collator built it (before it moves to the device)."""
+def count_tokens(inputs: dict, meta: dict | None = None) -> TokenCounts:
+    """Real vs processed tokens of one micro-batch, as the collator built it (before it moves to the device).
+    `meta` is the packed collator's bookkeeping (`packing.pop_batch_meta`): real tokens and examples."""
+    if meta:
+        return TokenCounts(meta[REAL_TOKENS_KEY], inputs["input_ids"].numel(), meta[EXAMPLES_KEY])
     if "attention_mask" in inputs:
         real = int(inputs["attention_mask"].sum())
         processed = inputs["attention_mask"].numel()
@@ -210,10 +225,10 @@ def count_tokens(inputs: dict) -> TokenCounts:
             labels = inputs["labels"]
             real += int((labels != -100).sum())
             processed += labels.numel()
-        return TokenCounts(real, processed)
-    # padding-free packing: one flattened row, nothing padded
+        return TokenCounts(real, processed, inputs["attention_mask"].shape[0])
+    # TRL's padding-free packing: one flattened row, nothing padded
     n = inputs["input_ids"].numel()
-    return TokenCounts(n, n)
+    return TokenCounts(n, n, int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else 1)
 
 
 class MonitorMixin:
@@ -232,9 +247,10 @@ class MonitorMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.packing and "position_ids" in inputs and "attention_mask" in inputs:
             raise RuntimeError("packed batch carries an attention_mask: samples would attend to each other")
-        counts = count_tokens(inputs)
+        counts = count_tokens(inputs, pop_batch_meta(inputs))
         self._window.real += counts.real
         self._window.processed += counts.processed
+        self._window.examples += counts.examples
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -246,7 +262,8 @@ class MonitorMixin:
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            window = torch.tensor([self._window.real, self._window.processed], dtype=torch.float64)
+            window = torch.tensor([self._window.real, self._window.processed, self._window.examples],
+                                  dtype=torch.float64)
             if self.accelerator.num_processes > 1:
                 window = self.accelerator.reduce(window.to(self.accelerator.device), reduction="sum").cpu()
             elapsed = time.perf_counter() - self._window_start
@@ -254,6 +271,7 @@ class MonitorMixin:
             logs["real_token_fraction"] = round(float(window[0]) / max(float(window[1]), 1.0), 4)
             logs["real_tokens"] = int(window[0])
             logs["processed_tokens"] = int(window[1])
+            logs["examples"] = int(window[2])
             logs["train_seconds"] = round(elapsed, 3)
             self._window = TokenCounts()
         super().log(logs, start_time)
@@ -459,11 +477,20 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
     else:  # TRL applies LoRA itself, after adding its fused LM head
         base = SFTTrainer
         extra = {"peft_config": peft_config}
-    trainer_class = type(f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, WarmupRatioMixin, base), {})
+    trainer_class = type(f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, WarmupRatioMixin, PackedBatchesMixin, base), {})
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer, **extra
     )
     trainer.warmup_ratio = config.training.warmup_ratio
+    if config.training.packing and not seq2seq:  # rows stay rows on sdpa/eager; micro-batches count examples
+        layout = packing_layout(config.model.attn_implementation)
+        trainer.data_collator = PackedBatchCollator(tokenizer.pad_token_id, layout)
+        if config.training.packing_batch_unit == "examples":
+            trainer.examples_per_micro_batch = config.training.per_device_train_batch_size
+            note = example_budget_note([len(s) for s in trainer.train_dataset["seq_lengths"]],
+                                       config.training.per_device_train_batch_size)
+            if note:
+                console.print(f"[yellow]{note}[/]")
     trainer._monitor_init(config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE)
     trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
     trainer.rouge_dialogues = list(rouge_dialogues or [])
@@ -492,6 +519,10 @@ class RunSummary:
     best_checkpoint_rule: str | None = None
     effective_batch_size: int = 0
     world_size: int = 1
+    effective_batch_unit: str = "examples"  # what effective_batch_size counts: examples, or packed rows
+    examples_per_optimizer_step: float | None = None  # measured: training examples per optimizer step, mean
+    optimizer_steps_per_epoch: int | None = None
+    packing_layout: str | None = None  # "rows" (sdpa/eager) or "flat" (flash-attention); None without packing
     grad_norm_threshold: float = 1.5
     grad_norm_spikes: list[list[float]] = field(default_factory=list)
     grad_norm_max: float | None = None
@@ -519,6 +550,8 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
         direction = "highest" if trainer.args.greater_is_better else "lowest"
         rule = (f"model/ holds the checkpoint of the evaluation with the {direction} {metric} "
                 "(saved at each evaluation)")
+    examples_seen = sum(r.get("examples", 0) for r in train_rows)
+    packing = config.training.packing and config.model.kind == "causal"
     spikes = [[r["step"], r["grad_norm"]] for r in read_metrics(run_dir / SPIKES_FILE)]
     return RunSummary(
         run_dir=str(run_dir),
@@ -537,6 +570,11 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
         best_checkpoint_rule=rule,
         effective_batch_size=trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
         world_size=trainer.args.world_size,
+        effective_batch_unit="rows" if packing and config.training.packing_batch_unit == "rows" else "examples",
+        examples_per_optimizer_step=(round(examples_seen / trainer.state.global_step, 2)
+                                     if examples_seen and trainer.state.global_step else None),
+        optimizer_steps_per_epoch=getattr(trainer, "optimizer_steps_per_epoch", None),
+        packing_layout=packing_layout(config.model.attn_implementation) if packing else None,
         grad_norm_threshold=config.training.grad_norm_threshold,
         grad_norm_spikes=spikes,
         grad_norm_max=max([s[1] for s in spikes] + grad_norms) if (spikes or grad_norms) else None,
@@ -554,7 +592,11 @@ def print_summary(summary: RunSummary, packing: bool) -> None:
 
     table = Table(title=f"dialsum train — {summary.run_dir}", show_header=False)
     table.add_row("steps / epochs", f"{summary.steps} / {summary.epochs}")
-    table.add_row("effective batch", f"{summary.effective_batch_size} ({'packed rows' if packing else 'examples'}, {summary.world_size} process(es))")
+    unit = "packed rows" if summary.effective_batch_unit == "rows" else "examples"
+    table.add_row("effective batch", f"{summary.effective_batch_size} {unit} ({summary.world_size} process(es))"
+                  + (f", packed in {summary.packing_layout} layout" if summary.packing_layout else ""))
+    table.add_row("examples / optimizer step", f"{fmt(summary.examples_per_optimizer_step, '.1f')} (mean, measured)")
+    table.add_row("optimizer steps / epoch", str(summary.optimizer_steps_per_epoch or "—"))
     table.add_row("train time", f"{summary.train_seconds:.1f} s")
     table.add_row("tokens/s (real)", fmt(summary.tokens_per_second, ".1f"))
     table.add_row("real-token fraction", fmt(summary.real_token_fraction, ".3f"))
