@@ -48,6 +48,13 @@ class PromptConfig(_Section):
         "tag", description="'tag' keeps '#Person1#'; 'korean' renders '화자1'."
     )
     default_topic: str = "대화"
+    topic: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Whether the question names each dialogue's topic. 'auto' (default): only when every split the "
+        "run trains on and predicts carries topics (the competition's test.csv has none, so training, dev scoring "
+        "and test prompts then all use default_topic); 'always': the topic where a dialogue has one (a split "
+        "without topics is reported as out of distribution); 'never': default_topic everywhere.",
+    )
     topic_separator: str = ", "
 
 
