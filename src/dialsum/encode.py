@@ -252,7 +252,23 @@ def add_seq2seq_special_tokens(tokenizer, dialogues: list[Dialogue]) -> list[str
     missing = sorted(token for token in found if token not in vocab)
     if missing:
         tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False, special=False) for token in missing])
+    _metaspace_first_only(tokenizer)
     return missing
+
+
+def _metaspace_first_only(tokenizer) -> None:
+    """koBART's SentencePiece-style pre-tokenizer (Metaspace, prepend_scheme=always) prepends '▁' to the text
+    after every added token: '#Person2#는' becomes '#Person2#', '▁는' and decodes as '#Person2# 는'. With
+    prepend_scheme=first only the start of the text gets it, so tags round-trip exactly (saved with the model)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    for part, cls in (("pre_tokenizer", pre_tokenizers.Metaspace), ("decoder", decoders.Metaspace)):
+        current = getattr(backend, part, None)
+        if isinstance(current, cls) and current.prepend_scheme == "always":
+            setattr(backend, part, cls(replacement=current.replacement, prepend_scheme="first", split=current.split))
 
 
 def _with_bos_eos(tokenizer, ids: list[int]) -> list[int]:

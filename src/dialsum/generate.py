@@ -577,6 +577,9 @@ def _generation_kwargs(config: Config) -> dict[str, Any]:
     return kwargs
 
 
+_REPORTED_IGNORED: "weakref.WeakSet[Any]" = weakref.WeakSet()  # said once per loaded model
+
+
 def effective_generation_config(model, config: Config, stops: list[int], pad_id: int):
     """The GenerationConfig generation really runs with, and what of the checkpoint's generation_config.json
     it ignores ({key: checkpoint value}) — said, never silently applied: Bllossom's `do_sample: true,
@@ -648,16 +651,13 @@ class NoRepeatNGramExceptTags(LogitsProcessor):
 
 
 def tag_token_ids(tokenizer) -> list[int]:
-    """Ids of the tokens speaker and mask tags ('#Person1#', '#PhoneNumber#') are written with: the tag itself
-    where it is one token (koBART after training adds them), else the pieces it tokenizes into."""
+    """Ids of speaker and mask tags ('#Person1#', '#PhoneNumber#') that are one token each (koBART after
+    training adds them). A tag written in several BPE pieces has no id of its own: exempting its pieces
+    ('#', '1') would exempt ordinary text, so those are not exempt (the causal presets set no n-gram ban)."""
     from dialsum.encode import MASK_TOKEN_PATTERN
 
-    tags = {token for token in tokenizer.get_vocab() if re.fullmatch(MASK_TOKEN_PATTERN, token)}
-    tags |= {f"#Person{i}#" for i in range(1, 10)}
-    ids: set[int] = set()
-    for tag in tags:
-        ids.update(tokenizer(tag, add_special_tokens=False)["input_ids"])
-    return sorted(ids)
+    vocab = tokenizer.get_vocab()
+    return sorted(i for token, i in vocab.items() if re.fullmatch(MASK_TOKEN_PATTERN, token))
 
 
 def _cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:
@@ -698,7 +698,8 @@ def generate_summaries(
     closer = tokenizer.convert_ids_to_tokens(stops[0]) if kind == "causal" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     effective, ignored = effective_generation_config(model, config, stops, pad_id)
-    if ignored:
+    if ignored and model not in _REPORTED_IGNORED:
+        _REPORTED_IGNORED.add(model)
         print(f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
               f"generation section decides", file=sys.stderr)
     if info is not None:
