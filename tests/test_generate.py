@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 import shutil
 from pathlib import Path
@@ -222,15 +223,116 @@ def test_predict_on_sample_keeps_ids_in_order(tiny_llama, tmp_path):
     assert stats["n"] == len(rows) and stats["foreign"] == 0 and stats["empty"] == sum(not r["summary"] for r in rows)
 
 
-def test_empty_generations_stay_rows_and_are_counted(tiny_llama, tmp_path):
-    run = _run_dir(tmp_path, tiny_llama, max_new_tokens=1)
-    # the model's own generation config forces EOS as the last (here: the only) new token
-    (run / "model" / "generation_config.json").write_text('{"eos_token_id": [4, 1], "forced_eos_token_id": 4}')
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+
+
+def real_generation_config(folder: str, tiny_tokenizer) -> dict:
+    """A real checkpoint's generation_config.json, its token ids mapped by name onto a tiny tokenizer
+    (Bllossom's eos 128001 is <|end_of_text|>; KoBART's forced_eos 1 is </s>)."""
+    from transformers import AutoTokenizer
+
+    path = SHARED_MODELS / folder / "generation_config.json"
+    if not path.is_file():
+        pytest.skip(f"../shared/models/{folder}/generation_config.json not present")
+    real = AutoTokenizer.from_pretrained(str(SHARED_MODELS / folder))
+    values = json.loads(path.read_text(encoding="utf-8"))
+
+    def tiny_id(value):
+        if isinstance(value, list):
+            return [tiny_id(v) for v in value]
+        return tiny_tokenizer.convert_tokens_to_ids(real.convert_ids_to_tokens(value))
+
+    return {key: tiny_id(value) if key.endswith("token_id") else value for key, value in values.items()}
+
+
+def test_bllossom_generation_config_does_not_override_the_config(tiny_llama, tmp_path):
+    """Bllossom's generation_config.json (do_sample true, temperature 0.6, top_p 0.9, eos <|end_of_text|>) on a
+    model whose turns end with <|eot_id|>: with the config's greedy settings predictions are deterministic and
+    equal to those without that file, generation stops at the closer, and what was ignored is said.
+    Mutation caught: generate() left to merge the checkpoint's generation config (no effective config / no
+    generation report), and stop tokens without the closer."""
+    from dialsum.models import load_tokenizer
+
+    run = _run_dir(tmp_path, tiny_llama, max_new_tokens=8, no_repeat_ngram_size=1)
+    tokenizer = load_tokenizer(run / "model", make_config(tiny_llama))
+    keys = real_generation_config("llama-3.2-korean-bllossom-3b", tokenizer)
+    assert keys["do_sample"] is True and keys["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    plain = tmp_path / "plain.csv"
+    (run / "model" / "generation_config.json").write_text("{}")
+    predict(run, SAMPLE_TEST, plain, progress=False)
+    (run / "model" / "generation_config.json").write_text(json.dumps(keys))
+    outputs = []
+    for name in ("a.csv", "b.csv"):
+        stats = predict(run, SAMPLE_TEST, tmp_path / name, progress=False)
+        outputs.append(read_rows(tmp_path / name))
+    assert outputs[0] == outputs[1] == read_rows(plain)
+    generation = stats["generation"]
+    assert generation["used"]["do_sample"] is False and "temperature" not in generation["used"]
+    assert generation["ignored_from_checkpoint"] == {"do_sample": True, "temperature": 0.6, "top_p": 0.9}
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert generation["used"]["eos_token_id"][0] == eot and keys["eos_token_id"] in generation["used"]["eos_token_id"]
+
+
+def test_kobart_forced_eos_is_reported_and_never_in_a_summary(tiny_bart, tmp_path):
+    """KoBART's generation_config.json forces </s> (forced_eos_token_id 1). The config's settings decide: the
+    forced token is ignored and said, and no special token reaches a summary. Mutation caught: the checkpoint's
+    forced_eos_token_id applied silently (with max_new_tokens=1 every summary comes out empty)."""
+    from dialsum.models import load_tokenizer
+
+    # (no_repeat_ngram_size=1 bans the decoder-start </s>: a random tiny BART would stop at once otherwise)
+    run = _run_dir(tmp_path, tiny_bart, max_new_tokens=1, no_repeat_ngram_size=1)
+    tokenizer = load_tokenizer(run / "model", make_config(tiny_bart))
+    keys = real_generation_config("kobart", tokenizer)
+    assert keys["forced_eos_token_id"] == tokenizer.eos_token_id
+    (run / "model" / "generation_config.json").write_text(json.dumps(keys))
     out = tmp_path / "pred.csv"
-    stats = predict(run / "model", SAMPLE_TEST, out, progress=False)  # a run's model/ dir works too
+    stats = predict(run, SAMPLE_TEST, out, progress=False)
     rows = read_rows(out)
-    assert len(rows) == stats["n"] == stats["empty"] == 10
-    assert all(r["summary"] == "" for r in rows)
+    assert stats["generation"]["ignored_from_checkpoint"].get("forced_eos_token_id") == tokenizer.eos_token_id
+    assert len(rows) == stats["n"] == 10 and stats["empty"] == sum(not r["summary"] for r in rows) < 10
+    assert not any(token in r["summary"] for r in rows for token in tokenizer.all_special_tokens)
+
+
+def test_bin_checkpoint_predicts_and_pickled_code_is_refused(tiny_bart, tmp_path):
+    """digit82/kobart-summarization ships only pytorch_model.bin: it loads through torch's weights_only loader
+    and the console names the format. A .bin whose pickle would run code is refused in one line and the code
+    does not run. Mutations caught: use_safetensors=True (the .bin cannot load); weights_only=False (runs it)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    model_dir = tmp_path / "kobart-bin"
+    shutil.copytree(tiny_bart, model_dir)
+    state = load_file(model_dir / "model.safetensors")
+    (model_dir / "model.safetensors").unlink()
+    torch.save(state, model_dir / "pytorch_model.bin")
+    out = tmp_path / "pred.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "dialsum.cli", "predict", "--model", str(model_dir), "--data", str(SAMPLE_TEST),
+               "--output", str(out), "--set", "generation.max_new_tokens=4"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pytorch_model.bin" in done.stderr and len(read_rows(out)) == 10
+
+    marker = tmp_path / "PWNED"
+    torch.save({"x": _Evil(str(marker))}, model_dir / "pytorch_model.bin")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "weights_only" in errors[0] and "pytorch_model.bin" in errors[0]
+    assert not marker.exists()
+
+
+class _Evil:
+    """A pickle that would create a file when loaded with weights_only=False."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_predict_on_real_test_file(tiny_llama, tmp_path):
@@ -269,9 +371,29 @@ def test_lora_adapter_run_is_merged_for_inference(tiny_llama, tmp_path, sample_d
     assert generate_summaries(model, loaded_tokenizer, sample_dialogues[:2], loaded_config, progress=False)[0]
 
 
-def test_plain_path_needs_a_config_and_vllm_errors_are_clear(tiny_llama, tiny_bart, tmp_path):
-    with pytest.raises(ConfigError, match="pass a config"):
-        predict(tiny_llama, SAMPLE_TEST, tmp_path / "p.csv")
+@pytest.mark.slow
+def test_cli_predict_on_a_bare_tiny_model_keeps_every_test_id(tiny_bart, tmp_path):
+    """`dialsum predict --model DIR --data test.csv --output out.csv` with no --config: the kind comes from
+    config.json (is_encoder_decoder), the rest from the defaults; all test ids in order. Mutation caught: the
+    old 'pass a config' error; kind left at the default (causal) for an encoder-decoder checkpoint."""
+    from typer.testing import CliRunner
+
+    from dialsum.cli import app
+    from dialsum.tiny import make_tiny_model
+
+    data = SHARED_TEST if SHARED_TEST.is_file() else SAMPLE_TEST
+    model_dir = make_tiny_model("bart", tmp_path / "fresh")
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(app, ["predict", "--model", str(model_dir), "--data", str(data), "--output", str(out),
+                                      "--set", "generation.max_new_tokens=2", "--set", "generation.batch_size=64"])
+    assert result.exit_code == 0, result.output
+    ids = [r["fname"] for r in read_rows(out)]
+    assert ids == [d.id for d in load_dialogues(data)]
+    if data == SHARED_TEST:
+        assert len(ids) == 499
+
+
+def test_vllm_errors_are_clear(tiny_llama, tiny_bart, tmp_path):
     try:
         import vllm  # noqa: F401
     except ImportError:
@@ -279,6 +401,25 @@ def test_plain_path_needs_a_config_and_vllm_errors_are_clear(tiny_llama, tiny_ba
             predict(tiny_llama, SAMPLE_TEST, tmp_path / "p.csv", config=make_config(tiny_llama, backend="vllm"))
     with pytest.raises(DialsumError, match="decoder-only"):
         predict(tiny_bart, SAMPLE_TEST, tmp_path / "p.csv", config=make_config(tiny_bart, backend="vllm"))
+
+
+def test_screen_takes_a_lora_run_directory(tiny_llama, tmp_path):
+    """`screen` on a LoRA run directory: the run's own model section (base + adapter) is used, not the run
+    directory as a base model. Mutation caught: screen overwriting model.name_or_path with the run dir."""
+    from peft import LoraConfig, get_peft_model
+
+    from dialsum.models import load_model, load_tokenizer
+    from dialsum.run import screen
+
+    config = make_config(tiny_llama, max_new_tokens=4, no_repeat_ngram_size=1)
+    tokenizer = load_tokenizer(tiny_llama, config)
+    run = tmp_path / "lora-run"
+    get_peft_model(load_model(tiny_llama, config), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    save_config(config, run / "config.yaml")
+    labeled = ROOT / "src" / "dialsum" / "sample_data" / "dev.csv"
+    results = screen([str(run), "lead"], labeled, limit=3)
+    assert {r["model"] for r in results} == {str(run), "lead"}
 
 
 # ---------------------------------------------------------------- post-processing
