@@ -278,3 +278,37 @@ def test_real_generation_configs_are_what_the_tests_assume():
     assert bllossom["do_sample"] is True and bllossom["temperature"] == 0.6 and bllossom["eos_token_id"] == 128001
     kobart = json.loads((real_dir("kobart") / "generation_config.json").read_text())
     assert kobart["forced_eos_token_id"] == 1
+
+
+# ---------------------------------------------------------------- item 9: dialsum inspect
+
+
+def test_inspect_with_a_real_tokenizer_shows_right_ids_raw_lengths_and_packing_waste(tmp_path):
+    """`inspect --model <real tokenizer>`: the id printed for each example is its own (an unlabeled first row
+    shifted them), length percentiles are taken before trimming, and the packing waste is computed, not 0.
+    Mutations caught: dialogues[index].id; percentiles of trimmed lengths; a constant 0 for packing."""
+    from dialsum.inspection import inspect_data
+
+    source = shared_dev_rows()
+    rows = [dict(source[0], summary="")] + source[1:40]
+    rows[5] = dict(rows[5], dialogue="\n".join([rows[5]["dialogue"]] * 12))  # ~5k tokens: trimmed
+    path = tmp_path / "train.csv"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    folder = "llama-3.2-korean-bllossom-3b"
+    config = config_from_dict({"model": {"name_or_path": "unused"}, "training": {"max_length": 1024}})
+    result = inspect_data(config, str(path), n=3, model=str(real_dir(folder)))
+    assert result["example_ids"] == [rows[1]["fname"], rows[2]["fname"], rows[3]["fname"]]
+    assert result["unlabeled"] == 1 and result["trimmed"] == 1
+    assert result["lengths_before_trimming"]["max"] > 2000 >= result["lengths"]["max"]
+    assert 0 < result["padding_waste_packed"] < result["padding_waste_padded"]
+
+
+def shared_dev_rows() -> list[dict[str, str]]:
+    path = DATA / "dev.csv"
+    if not path.is_file():
+        pytest.skip("../shared/data/dialogsum-ko/dev.csv not present")
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))

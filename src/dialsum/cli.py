@@ -129,15 +129,21 @@ def compare(
 
 @app.command()
 def inspect(
-    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    config: Annotated[Path | None, typer.Argument(help="YAML run config (optional with --model and --data).")] = None,
     set_: SetOption = None,
     n: Annotated[int, typer.Option("--n", help="Examples to show.")] = 3,
     data: Annotated[str | None, typer.Option(help="Data file (default: data.train).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model or tokenizer folder to render with (e.g. a real tokenizer "
+                                                   "in ../shared/models); its kind comes from its config.json.")] = None,
 ) -> None:
     """Show rendered training examples (trained tokens highlighted) and dataset statistics."""
+    from dialsum.config import config_from_dict
     from dialsum.inspection import inspect_data
 
-    inspect_data(_config(config, set_), data_path=data, n=n)
+    if config is None and model is None:
+        raise DialsumError("inspect needs a CONFIG, or --model (with --data)")
+    resolved = _config(config, set_) if config else config_from_dict({"model": {"name_or_path": model}}, set_)
+    inspect_data(resolved, data_path=data, n=n, model=model)
 
 
 @app.command("make-tiny-model")
