@@ -312,3 +312,53 @@ def shared_dev_rows() -> list[dict[str, str]]:
         pytest.skip("../shared/data/dialogsum-ko/dev.csv not present")
     with path.open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+# ---------------------------------------------------------------- item 10: end to end with the real 128k vocabulary
+
+
+@pytest.mark.slow
+def test_train_and_predict_through_a_tiny_model_with_the_real_bllossom_vocabulary(tmp_path):
+    """make-tiny-model --tokenizer <Bllossom>: a random 64-wide Llama around the real 128,256-token tokenizer
+    and chat template trains (a few steps) and predicts, every test id in order, no foreign script, generation
+    settings from the config (the checkpoint's do_sample/temperature ignored and said)."""
+    from typer.testing import CliRunner
+
+    from dialsum.cli import app
+    from dialsum.generate import predict
+    from dialsum.metrics import has_foreign_script
+    from dialsum.train import train
+
+    folder = real_dir("llama-3.2-korean-bllossom-3b")
+    rows = shared_dev_rows()
+    model_dir = tmp_path / "tiny-bllossom"
+    result = CliRunner().invoke(app, ["make-tiny-model", "--tokenizer", str(folder), "--output", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    train_csv = tmp_path / "train.csv"
+    with train_csv.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows[:16])
+    config = config_from_dict({
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(train_csv)},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+                     "max_length": 512, "gradient_checkpointing": False, "learning_rate": 1e-3},
+        "generation": {"max_new_tokens": 6, "batch_size": 8, "no_repeat_ngram_size": 1},
+    })
+    run_dir = train(config, output_dir=tmp_path / "run")
+    data = tmp_path / "test.csv"  # the first 24 rows of the competition's test file (no summary, no topic)
+    with (DATA / "test.csv").open(encoding="utf-8", newline="") as handle:
+        test_rows = list(csv.DictReader(handle))[:24]
+    with data.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(test_rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(test_rows)
+    out = tmp_path / "pred.csv"
+    stats = predict(run_dir, data, out, progress=False)
+    with out.open(encoding="utf-8", newline="") as handle:
+        predicted = list(csv.DictReader(handle))
+    expected = [d.id for d in load_dialogues(data)]
+    assert [r["fname"] for r in predicted] == expected
+    assert stats["foreign"] == 0 and not any(has_foreign_script(r["summary"]) for r in predicted)
+    assert stats["generation"]["ignored_from_checkpoint"]["do_sample"] is True

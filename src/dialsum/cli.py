@@ -148,18 +148,31 @@ def inspect(
 
 @app.command("make-tiny-model")
 def make_tiny_model(
-    arch: Annotated[str, typer.Option(help="llama | qwen2 | qwen3 | bart")],
     output: Annotated[Path, typer.Option(help="Directory to write the model and tokenizer to.")],
+    arch: Annotated[str | None, typer.Option(help="llama | qwen2 | qwen3 | bart (default with --tokenizer: "
+                                                  "from its config.json).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="A real tokenizer folder (e.g. ../shared/models/"
+                                                        "llama-3.2-korean-bllossom-3b) to build around.")] = None,
 ) -> None:
-    """Build a tiny random model + Korean byte-level BPE tokenizer locally (for tests and demos)."""
+    """Build a tiny random model + Korean byte-level BPE tokenizer locally (for tests and demos), or a tiny
+    random model around a real tokenizer (--tokenizer)."""
+    from dialsum.tiny import arch_of
     from dialsum.tiny import make_tiny_model as build
 
+    if tokenizer is not None:
+        if not (tokenizer / "tokenizer_config.json").is_file():
+            raise DialsumError(f"--tokenizer {tokenizer}: no tokenizer_config.json there")
+        if arch is None:
+            try:
+                arch = arch_of(tokenizer)
+            except ValueError as error:
+                raise DialsumError(f"--tokenizer {error}") from None
     if arch not in ("llama", "qwen2", "qwen3", "bart"):
         raise DialsumError(f"--arch {arch}: expected one of llama, qwen2, qwen3, bart")
     if output.exists() and any(output.iterdir()):
         raise DialsumError(f"{output}: directory exists and is not empty; choose another --output")
-    path = build(arch, output)
-    typer.echo(f"tiny {arch} model written to {path}")
+    path = build(arch, output, tokenizer_dir=tokenizer)
+    typer.echo(f"tiny {arch} model written to {path}" + (f" around the tokenizer of {tokenizer}" if tokenizer else ""))
 
 
 def main() -> None:
