@@ -445,3 +445,24 @@ def test_clean_summary(raw, expected, llama):
 def test_lead_baseline_drops_only_the_leading_tag():
     record = Dialogue("d", [Turn("#Person1#", "#Person2#, 내일 #Address#에서 봐요."), Turn("#Person2#", "네.")])
     assert lead_baseline(record) == "#Person2#, 내일 #Address#에서 봐요."
+
+
+def test_no_repeat_processor_equals_transformers_without_exemptions_and_spares_tags():
+    """dialsum's n-gram ban replaces transformers' (to exempt speaker tags): with no exempt ids it bans exactly
+    what NoRepeatNGramLogitsProcessor bans; an n-gram holding an exempt id is never banned.
+    Mutations caught: an off-by-one in the prefix window; exempt ids ignored."""
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from dialsum.generate import NoRepeatNGramExceptTags
+
+    rng = random.Random(0)
+    for size in (1, 2, 3):
+        ours, theirs = NoRepeatNGramExceptTags(size, []), NoRepeatNGramLogitsProcessor(size)
+        for _ in range(300):
+            ids = torch.tensor([[rng.randrange(6) for _ in range(rng.randint(0, 12))] or [0]])
+            expected = torch.isinf(theirs(ids, torch.zeros(1, 6))).nonzero()[:, 1].tolist()
+            assert sorted(torch.isinf(ours(ids, torch.zeros(1, 6))).nonzero()[:, 1].tolist()) == sorted(expected)
+    tag, a, b = 5, 1, 2
+    spared = NoRepeatNGramExceptTags(2, [tag])
+    assert spared.banned([tag, a, b, tag]) == set()  # "#Person1#은 ... #Person1#은" stays possible
+    assert spared.banned([a, b, a]) == {b}  # an ordinary repeat is still banned
