@@ -466,3 +466,15 @@ def test_no_repeat_processor_equals_transformers_without_exemptions_and_spares_t
     spared = NoRepeatNGramExceptTags(2, [tag])
     assert spared.banned([tag, a, b, tag]) == set()  # "#Person1#은 ... #Person1#은" stays possible
     assert spared.banned([a, b, a]) == {b}  # an ordinary repeat is still banned
+
+
+def test_predict_says_when_test_prompts_lack_the_topics_training_used(tiny_llama, tmp_path, capsys):
+    """A run trained with prompt.topic=always predicting a file without topics (the competition's test.csv
+    shape) says so in one line. Mutation caught: predict not calling topic_mismatch."""
+    run = _run_dir(tmp_path, tiny_llama, max_new_tokens=2)
+    config = make_config(tiny_llama, max_new_tokens=2)
+    config.prompt.topic = "always"
+    save_config(config, run / "config.yaml")
+    predict(run, SAMPLE_TEST, tmp_path / "p.csv", progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "have no topic" in line]
+    assert len(lines) == 1 and "10 of 10" in lines[0]
