@@ -90,7 +90,8 @@ def processor_alone(args) -> None:
     start = time.perf_counter()
     tokenizer = build_tokenizer("llama", texts, vocab_size=args.vocab)
     trained = time.perf_counter() - start
-    per_step(tokenizer, f"[2] byte-level BPE of {len(tokenizer)} tokens (trained in {trained:.1f}s)", args.width, args.batch)
+    title = f"[2] byte-level BPE of {len(tokenizer)} tokens (trained in {trained:.1f}s)"
+    per_step(tokenizer, title, args.width, args.batch)
 
 
 def real_vocabularies(args) -> None:

@@ -414,7 +414,8 @@ def test_screen_takes_a_lora_run_directory(tiny_llama, tmp_path):
     config = make_config(tiny_llama, max_new_tokens=4, no_repeat_ngram_size=1)
     tokenizer = load_tokenizer(tiny_llama, config)
     run = tmp_path / "lora-run"
-    get_peft_model(load_model(tiny_llama, config), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(run / "model")
+    adapter = get_peft_model(load_model(tiny_llama, config), LoraConfig(r=4, target_modules="all-linear"))
+    adapter.save_pretrained(run / "model")
     tokenizer.save_pretrained(run / "model")
     save_config(config, run / "config.yaml")
     labeled = ROOT / "src" / "dialsum" / "sample_data" / "dev.csv"
@@ -478,3 +479,20 @@ def test_predict_says_when_test_prompts_lack_the_topics_training_used(tiny_llama
     predict(run, SAMPLE_TEST, tmp_path / "p.csv", progress=False)
     lines = [line for line in capsys.readouterr().err.splitlines() if "have no topic" in line]
     assert len(lines) == 1 and "10 of 10" in lines[0]
+
+
+def test_byte_level_detection_does_not_silently_weaken_suppression(llama):
+    """A byte-level BPE whose decoder does not say ByteLevel (here: replaced by a bare Fuse) is still read
+    byte by byte, so a lone Han lead byte (0xE5, 'å' in GPT-2's alphabet) stays banned. Mutation caught: any
+    decoder that does not name ByteLevel taken as 'not byte-level' (the token then reads as Latin 'å')."""
+    import copy
+
+    from tokenizers import decoders
+
+    from dialsum.generate import _is_byte_level
+
+    tokenizer = copy.deepcopy(llama[1])
+    tokenizer.backend_tokenizer.decoder = decoders.Fuse()
+    assert _is_byte_level(tokenizer)
+    table = suppression_table(tokenizer)
+    assert table.static_bad[tokenizer.convert_tokens_to_ids("å")]

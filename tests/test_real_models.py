@@ -13,16 +13,22 @@ from pathlib import Path
 import pytest
 
 from dialsum.config import config_from_dict
-from dialsum.data import Dialogue, Turn, load_dialogues
+from dialsum.data import Dialogue, load_dialogues
 from dialsum.encode import (
-    IGNORE_INDEX, add_seq2seq_special_tokens, encode_causal, encode_prompt, encode_seq2seq, end_of_turn_token,
+    IGNORE_INDEX,
+    add_seq2seq_special_tokens,
+    encode_causal,
+    encode_prompt,
+    encode_seq2seq,
+    end_of_turn_token,
     ensure_pad_token,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT.parent / "shared" / "models"
 DATA = ROOT.parent / "shared" / "data" / "dialogsum-ko"
-CAUSAL = {"llama-3.2-korean-bllossom-3b": "<|eot_id|>", "qwen2.5-1.5b-instruct": "<|im_end|>", "qwen3-0.6b": "<|im_end|>"}
+CAUSAL = {"llama-3.2-korean-bllossom-3b": "<|eot_id|>", "qwen2.5-1.5b-instruct": "<|im_end|>",
+          "qwen3-0.6b": "<|im_end|>"}
 # The EOS each family's *base* checkpoint names: not the token its template closes a turn with.
 BASE_EOS = {"llama-3.2-korean-bllossom-3b": "<|end_of_text|>", "qwen2.5-1.5b-instruct": "<|endoftext|>",
             "qwen3-0.6b": "<|endoftext|>"}
@@ -86,7 +92,8 @@ def test_real_causal_labels_prompt_bos_and_pad(folder, base, dev):
         prompt = [t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE_INDEX]
         assert encode_prompt(tokenizer, record, config) == prompt
         if tokenizer.bos_token_id is not None:
-            assert example["input_ids"].count(tokenizer.bos_token_id) == 1 and example["input_ids"][0] == tokenizer.bos_token_id
+            ids = example["input_ids"]
+            assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
 
 
 def test_bllossom_prompt_pins_the_date(dev):
@@ -106,7 +113,8 @@ def test_real_kobart_labels_end_with_eos_and_tags_are_single_tokens(dev):
     example = encode_seq2seq(tokenizer, dev[0], config)
     assert example["labels"][0] == tokenizer.bos_token_id and example["labels"].count(tokenizer.bos_token_id) == 1
     assert tokenizer.decode(example["labels"][1:]) == dev[0].references[0].strip() + "</s>"
-    assert tokenizer.convert_ids_to_tokens(tokenizer("#Person1#은", add_special_tokens=False)["input_ids"][0]) == "#Person1#"
+    first = tokenizer("#Person1#은", add_special_tokens=False)["input_ids"][0]
+    assert tokenizer.convert_ids_to_tokens(first) == "#Person1#"
 
 
 # ---------------------------------------------------------------- item 1: topic policy
@@ -260,11 +268,14 @@ def test_tiny_tokenizers_match_their_real_counterparts(arch, folder):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     for extra in ({"add_generation_prompt": True}, {}):
         chat = messages if extra else [*messages, {"role": "assistant", "content": "A"}]
-        rendered = [t.apply_chat_template(chat, tokenize=False, date_string="26 Jul 2024", **extra) for t in (tiny, real)]
+        rendered = [t.apply_chat_template(chat, tokenize=False, date_string="26 Jul 2024", **extra)
+                    for t in (tiny, real)]
         assert rendered[0] == rendered[1]
     no_system = [{"role": "user", "content": "U"}]
-    tiny_text, real_text = (t.apply_chat_template(no_system, tokenize=False, add_generation_prompt=True, date_string="x")
-                            for t in (tiny, real))
+    tiny_text, real_text = (
+        t.apply_chat_template(no_system, tokenize=False, add_generation_prompt=True, date_string="x")
+        for t in (tiny, real)
+    )
     if arch == "llama":  # Bllossom injects its own Korean/English system prompt; tiny llama (Meta's) leaves it empty
         assert "당신은 유능한 AI 어시스턴트" in real_text and real_text.replace(real_text[real_text.index("You are"):
                real_text.index("<|eot_id|>")], "") == tiny_text

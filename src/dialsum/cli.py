@@ -64,7 +64,7 @@ def predict(
     model: Annotated[str, typer.Option(help="Run directory, a run's model/ directory, or any HF model path.")],
     data: Annotated[Path, typer.Option(help="Dialogues to summarize (competition CSV or DCS JSON/JSONL).")],
     output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order).")],
-    config: Annotated[Path | None, typer.Option(help="Config (default: the run's config.yaml).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json).")] = None,
     set_: SetOption = None,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
@@ -133,8 +133,9 @@ def inspect(
     set_: SetOption = None,
     n: Annotated[int, typer.Option("--n", help="Examples to show.")] = 3,
     data: Annotated[str | None, typer.Option(help="Data file (default: data.train).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model or tokenizer folder to render with (e.g. a real tokenizer "
-                                                   "in ../shared/models); its kind comes from its config.json.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model or tokenizer folder to render with (e.g. a real tokenizer in ../shared/models); "
+             "its kind comes from its config.json.")] = None,
 ) -> None:
     """Show rendered training examples (trained tokens highlighted) and dataset statistics."""
     from dialsum.config import config_from_dict

@@ -302,7 +302,9 @@ def encode_source(tokenizer, record: Dialogue, config: Config) -> list[int]:
     return _source_with_cut(tokenizer, record, config)[0]
 
 
-def encode_inference_inputs(tokenizer, dialogues: list[Dialogue], config: Config, kind: str) -> tuple[list[list[int]], EncodeStats]:
+def encode_inference_inputs(
+    tokenizer, dialogues: list[Dialogue], config: Config, kind: str
+) -> tuple[list[list[int]], "EncodeStats"]:
     """Model inputs for generation (causal: the prompt; seq2seq: the encoder source), trimmed by the training
     rule, with the count of what was trimmed so the caller can say so."""
     stats = EncodeStats(total=len(dialogues))

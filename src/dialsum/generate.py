@@ -591,7 +591,8 @@ def effective_generation_config(model, config: Config, stops: list[int], pad_id:
 
     own = getattr(model, "generation_config", None)
     structural = {key: getattr(own, key, None) for key in _STRUCTURAL_KEYS if getattr(own, key, None) is not None}
-    effective = GenerationConfig(**_generation_kwargs(config), eos_token_id=list(stops), pad_token_id=pad_id, **structural)
+    effective = GenerationConfig(**_generation_kwargs(config), eos_token_id=list(stops), pad_token_id=pad_id,
+                                 **structural)
     ignored: dict[str, Any] = {}
     if own is not None:
         defaults = GenerationConfig().to_dict()
@@ -693,7 +694,8 @@ def generate_summaries(
     inputs, trim = encode_inference_inputs(tokenizer, list(dialogues), config, kind)
     if trim.trimmed:
         print(f"inference: {trim.trimmed} of {trim.total} dialogues trimmed to fit training.max_length="
-              f"{config.training.max_length} ({trim.turns_cut} turns cut from their ends, as in training)", file=sys.stderr)
+              f"{config.training.max_length} ({trim.turns_cut} turns cut from their ends, as in training)",
+              file=sys.stderr)
     stops = stop_token_ids(model, tokenizer, kind)
     closer = tokenizer.convert_ids_to_tokens(stops[0]) if kind == "causal" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -828,7 +830,8 @@ def resolve_inference_source(model_path: str | Path, config: Config | None = Non
                       f"using {kind}", file=sys.stderr)
             raw["model"] = {**raw.get("model", {}), "name_or_path": str(model_dir), "kind": kind}
         elif config is None:
-            raise ConfigError(f"{model_path}: a LoRA adapter outside a run directory needs --config naming its base model")
+            raise ConfigError(f"{model_path}: a LoRA adapter outside a run directory needs --config naming its "
+                              "base model")
         config = config_from_dict(raw, source=str(model_path))
     if overrides:
         config = config_from_dict(config.to_dict(), overrides, source="--set")
