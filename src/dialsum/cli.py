@@ -64,7 +64,9 @@ def predict(
     model: Annotated[str, typer.Option(help="Run directory, a run's model/ directory, or any HF model path.")],
     data: Annotated[Path, typer.Option(help="Dialogues to summarize (competition CSV or DCS JSON/JSONL).")],
     output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order).")],
-    config: Annotated[Path | None, typer.Option(help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json).")
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
