@@ -496,3 +496,24 @@ def test_byte_level_detection_does_not_silently_weaken_suppression(llama):
     assert _is_byte_level(tokenizer)
     table = suppression_table(tokenizer)
     assert table.static_bad[tokenizer.convert_tokens_to_ids("å")]
+
+
+def test_the_closer_stops_generation_and_ends_the_summary(llama):
+    """The token every label ends with is the first stop token and cuts a decoded summary, also when the
+    tokenizer's EOS is the base model's <|end_of_text|>. Mutation caught: stop tokens from EOS only (the closer
+    missing) / clean_summary keeping text after the closer."""
+    import copy
+
+    from dialsum.generate import stop_token_ids
+
+    model, tokenizer = llama
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.eos_token = "<|end_of_text|>"
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None  # only the tokenizer speaks here
+    try:
+        stops = stop_token_ids(model, tokenizer)
+    finally:
+        model.generation_config.eos_token_id = original
+    assert tokenizer.convert_ids_to_tokens(stops[0]) == "<|eot_id|>"
+    assert clean_summary("두 사람이 만난다.<|eot_id|>assistant\n\n다른 말", end_token="<|eot_id|>") == "두 사람이 만난다."
