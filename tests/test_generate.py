@@ -245,6 +245,7 @@ def real_generation_config(folder: str, tiny_tokenizer) -> dict:
     return {key: tiny_id(value) if key.endswith("token_id") else value for key, value in values.items()}
 
 
+@pytest.mark.slow
 def test_bllossom_generation_config_does_not_override_the_config(tiny_llama, tmp_path):
     """Bllossom's generation_config.json (do_sample true, temperature 0.6, top_p 0.9, eos <|end_of_text|>) on a
     model whose turns end with <|eot_id|>: with the config's greedy settings predictions are deterministic and
@@ -273,6 +274,7 @@ def test_bllossom_generation_config_does_not_override_the_config(tiny_llama, tmp
     assert generation["used"]["eos_token_id"][0] == eot and keys["eos_token_id"] in generation["used"]["eos_token_id"]
 
 
+@pytest.mark.slow
 def test_kobart_forced_eos_is_reported_and_never_in_a_summary(tiny_bart, tmp_path):
     """KoBART's generation_config.json forces </s> (forced_eos_token_id 1). The config's settings decide: the
     forced token is ignored and said, and no special token reaches a summary. Mutation caught: the checkpoint's
@@ -293,6 +295,7 @@ def test_kobart_forced_eos_is_reported_and_never_in_a_summary(tiny_bart, tmp_pat
     assert not any(token in r["summary"] for r in rows for token in tokenizer.all_special_tokens)
 
 
+@pytest.mark.slow
 def test_bin_checkpoint_predicts_and_pickled_code_is_refused(tiny_bart, tmp_path):
     """digit82/kobart-summarization ships only pytorch_model.bin: it loads through torch's weights_only loader
     and the console names the format. A .bin whose pickle would run code is refused in one line and the code
@@ -403,6 +406,7 @@ def test_vllm_errors_are_clear(tiny_llama, tiny_bart, tmp_path):
         predict(tiny_bart, SAMPLE_TEST, tmp_path / "p.csv", config=make_config(tiny_bart, backend="vllm"))
 
 
+@pytest.mark.slow
 def test_screen_takes_a_lora_run_directory(tiny_llama, tmp_path):
     """`screen` on a LoRA run directory: the run's own model section (base + adapter) is used, not the run
     directory as a base model. Mutation caught: screen overwriting model.name_or_path with the run dir."""
@@ -469,6 +473,7 @@ def test_no_repeat_processor_equals_transformers_without_exemptions_and_spares_t
     assert spared.banned([a, b, a]) == {b}  # an ordinary repeat is still banned
 
 
+@pytest.mark.slow
 def test_predict_says_when_test_prompts_lack_the_topics_training_used(tiny_llama, tmp_path, capsys):
     """A run trained with prompt.topic=always predicting a file without topics (the competition's test.csv
     shape) says so in one line. Mutation caught: predict not calling topic_mismatch."""

@@ -704,9 +704,14 @@ def generate_summaries(
         _REPORTED_IGNORED.add(model)
         print(f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
               f"generation section decides", file=sys.stderr)
-    if info is not None:
-        info.update(trimmed=trim.trimmed, turns_cut=trim.turns_cut, generation=describe_generation(effective, ignored))
     tag_ids = tag_token_ids(tokenizer) if g.no_repeat_ngram_size else []
+    if info is not None:
+        described = describe_generation(effective, ignored)
+        described["used"].update(  # dialsum's own logits processors
+            no_repeat_ngram_size=g.no_repeat_ngram_size, no_repeat_exempt_tag_tokens=len(tag_ids),
+            forbidden_scripts=g.forbidden_scripts if g.suppress_foreign_scripts else [],
+        )
+        info.update(trimmed=trim.trimmed, turns_cut=trim.turns_cut, generation=described)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
     results: list[str] = [""] * len(inputs)
     device = next(model.parameters()).device
