@@ -699,7 +699,8 @@ def generate_summaries(
     stops = stop_token_ids(model, tokenizer, kind)
     closer = tokenizer.convert_ids_to_tokens(stops[0]) if kind == "causal" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    effective, ignored = effective_generation_config(model, config, stops, pad_id)
+    effective, ignored = effective_generation_config(
+        model.get_base_model() if hasattr(model, "get_base_model") else model, config, stops, pad_id)
     if ignored and model not in _REPORTED_IGNORED:
         _REPORTED_IGNORED.add(model)
         print(f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
@@ -716,11 +717,12 @@ def generate_summaries(
     results: list[str] = [""] * len(inputs)
     device = next(model.parameters()).device
     was_training = model.training
-    own_generation_config = getattr(model, "generation_config", None)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the model generate() reads
+    own_generation_config = getattr(inner, "generation_config", None)
     model.eval()
     bar = tqdm(total=len(inputs), desc="generate", unit="dlg", disable=not progress, file=sys.stderr)
     try:
-        model.generation_config = effective  # generate() fills unset fields from it: nothing else may leak in
+        inner.generation_config = effective  # generate() fills unset fields from it: nothing else may leak in
         with torch.inference_mode():
             for start in range(0, len(order), g.batch_size):
                 batch = order[start : start + g.batch_size]
@@ -760,7 +762,7 @@ def generate_summaries(
                 bar.update(len(batch))
     finally:
         bar.close()
-        model.generation_config = own_generation_config
+        inner.generation_config = own_generation_config
         if was_training:
             model.train()
     return results
