@@ -182,3 +182,15 @@ def test_closer_comes_from_the_template_when_eos_is_not_it(tiny_llama, dev):
     example = encode_causal(tokenizer, dev[0], config)
     assert tokenizer.convert_ids_to_tokens(example["labels"][-1]) == "<|eot_id|>"
     assert tokenizer.pad_token not in ("<|eot_id|>", "<|end_of_text|>")
+
+
+def test_an_answer_budget_that_leaves_no_prompt_is_one_config_error(tiny_llama, dev):
+    """max_new_tokens >= max_length: one ConfigError naming both keys, not a TargetTooLong for the first record.
+    Mutation caught: the check in encode_dialogues removed."""
+    from dialsum.errors import ConfigError
+
+    config = config_for(tiny_llama, max_length=128)
+    config.generation.max_new_tokens = 128
+    tokenizer = load_tokenizer(tiny_llama, config)
+    with pytest.raises(ConfigError, match="generation.max_new_tokens=128.*training.max_length=128"):
+        encode_dialogues(tokenizer, dev[:2], config)

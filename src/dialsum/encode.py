@@ -3,7 +3,8 @@
 Causal models: `input_ids = chat_prompt(add_generation_prompt=True) + summary + end-of-turn`,
 `labels = [-100] * len(prompt) + target`. We never search the rendered text for an assistant
 header: the prompt we train on is, token for token, the prompt we generate from.
-A dialogue that does not fit `training.max_length` loses turns from its end; the summary is never cut.
+A dialogue that does not fit loses turns from its end, by one rule at training and inference
+(`prompt_budget`: max_length minus the answer's budget); the summary is never cut.
 """
 
 from __future__ import annotations
@@ -361,6 +362,11 @@ def encode_dialogues(tokenizer, dialogues: list[Dialogue], config: Config) -> tu
     stats = EncodeStats(total=len(dialogues))
     examples = []
     causal = config.model.kind == "causal"
+    if causal and prompt_budget(config) <= 0:
+        raise ConfigError(
+            f"generation.max_new_tokens={config.generation.max_new_tokens} leaves no room for a prompt in "
+            f"training.max_length={config.training.max_length}: raise max_length or lower max_new_tokens"
+        )
     end_token = end_of_turn_token(tokenizer) if causal else None
     for dialogue in dialogues:
         try:
