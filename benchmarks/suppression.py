@@ -7,6 +7,9 @@
    and not available offline), scores of width --width (default 128256, Llama-3's), a batch whose
    rows sit in the middle of Hangul syllables (the dynamic, per-prefix path). Also the one-off table
    build time.
+3. The real vocabularies in ../shared/models (Bllossom 128,256, Qwen2.5 151,665, Qwen3 151,669,
+   KoBART 30,000 tokens): tokens banned always, table build time (uncached), per-step cost at the
+   vocabulary's own width. (The seed project banned ~121k of Bllossom's 128k.)
 
     python benchmarks/suppression.py [--n 32] [--batch 16] [--max-new-tokens 64] [--repeats 5] [--vocab 32000]
 """
@@ -76,9 +79,6 @@ def end_to_end(args) -> None:
 
 
 def processor_alone(args) -> None:
-    import torch
-
-    from dialsum.generate import ForeignScriptSuppressor, _bytes_to_unicode, suppression_table
     from dialsum.tiny import build_tokenizer
 
     texts = []
@@ -90,15 +90,42 @@ def processor_alone(args) -> None:
     start = time.perf_counter()
     tokenizer = build_tokenizer("llama", texts, vocab_size=args.vocab)
     trained = time.perf_counter() - start
+    title = f"[2] byte-level BPE of {len(tokenizer)} tokens (trained in {trained:.1f}s)"
+    per_step(tokenizer, title, args.width, args.batch)
+
+
+def real_vocabularies(args) -> None:
+    from transformers import AutoTokenizer
+
+    models = SHARED.parent.parent / "models"
+    folders = sorted(p for p in models.glob("*") if (p / "tokenizer_config.json").is_file()) if models.is_dir() else []
+    if not folders:
+        print("[3] ../shared/models not present: real vocabularies skipped")
+        return
+    for folder in folders:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        per_step(tokenizer, f"[3] {folder.name} ({len(tokenizer)} tokens)", len(tokenizer), args.batch)
+
+
+def per_step(tokenizer, title: str, width: int, batch: int) -> None:
+    """Table build time and banned count, then the processor's per-step cost on a batch mid-syllable."""
+    import torch
+
+    from dialsum.generate import ForeignScriptSuppressor, _bytes_to_unicode, _is_byte_level, suppression_table
+
     start = time.perf_counter()
     table = suppression_table(tokenizer)
     built = time.perf_counter() - start
     fragments = sum(1 for b in table.token_bytes if b and (0x80 <= b[0] <= 0xBF or b[-1] >= 0xC0))
-    print(f"[2] byte-level BPE of {len(tokenizer)} tokens (trained in {trained:.1f}s): table built in {built:.2f}s, "
-          f"{int(table.static_bad.sum())} tokens banned always, {fragments} byte-fragment tokens")
-
-    width, batch, steps = args.width, args.batch, 200
-    prompt = [tokenizer.bos_token_id] * 8
+    print(f"{title}: table built in {built:.2f}s, {int(table.static_bad.sum())} tokens banned always "
+          f"({table.static_bad.mean():.1%}), {fragments} byte-fragment tokens")
+    if not _is_byte_level(tokenizer):
+        print("    (not byte-level: no mid-character states to time)")
+        return
+    steps = 200
+    width = max(width, len(tokenizer))
+    filler = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    prompt = [filler] * 8
     text = "두 사람은 내일 오후 세 시에 회의실에서 만나기로 한다. Mr. Smith는 보고서를 가져온다."
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     byte_token = {byte: tokenizer.convert_tokens_to_ids(char) for byte, char in _bytes_to_unicode().items()}
@@ -109,7 +136,7 @@ def processor_alone(args) -> None:
         split = syllables[row % len(syllables)].encode()[: 1 + row % 2] if row % 4 else b""
         rows.append(prompt + ids[:cut] + [byte_token[b] for b in split])
     length = max(len(r) for r in rows)
-    generated = torch.tensor([[tokenizer.bos_token_id] * (length - len(r)) + r for r in rows])
+    generated = torch.tensor([[filler] * (length - len(r)) + r for r in rows])
     pending = sum(1 for r in rows if table.pending_after(r[len(prompt):], complete=True))
     scores = torch.randn(batch, width)
     processor = ForeignScriptSuppressor(tokenizer, prompt_length=len(prompt))
@@ -138,9 +165,12 @@ def main() -> None:
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--width", type=int, default=128256)
+    parser.add_argument("--real-only", action="store_true", help="only part 3, the real vocabularies")
     args = parser.parse_args()
-    end_to_end(args)
-    processor_alone(args)
+    if not args.real_only:
+        end_to_end(args)
+        processor_alone(args)
+    real_vocabularies(args)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def test_a_dialogue_20x_too_long_keeps_its_whole_summary(tiny_llama, dev):
 
 def test_summary_that_cannot_fit_is_an_error_or_a_counted_skip(tiny_llama, dev):
     config = config_for(tiny_llama, max_length=256)
+    config.generation.max_new_tokens = 32  # the answer budget the prompt leaves room for (encode.prompt_budget)
     tokenizer = load_tokenizer(tiny_llama, config)
     ensure_pad_token(tokenizer)
     record = Dialogue("huge", dev[0].turns, "x", [dev[0].references[0] * 10])
@@ -144,3 +145,52 @@ def test_seq2seq_adds_speaker_and_mask_tokens_and_labels_the_summary(tiny_bart, 
     # koBART's tokenizer adds no </s>: without it appended the model would never learn to stop
     assert example["labels"][-1] == tokenizer.eos_token_id and example["input_ids"][-1] == tokenizer.eos_token_id
     assert dev[0].turns[0].utterance in tokenizer.decode(example["input_ids"])
+
+
+def test_inference_prompt_is_trimmed_by_the_training_rule_and_keeps_the_preamble(tiny_llama, dev):
+    """A dialogue cut at training is cut by the same turns at inference, and its preamble (text before the
+    first speaker tag) survives the cut. Mutations caught: inference budget max_length - max_new_tokens while
+    training uses max_length - len(summary); the preamble dropped once turns are cut."""
+    from dialsum.encode import encode_inference_inputs
+
+    config = config_for(tiny_llama, max_length=512)
+    config.generation.max_new_tokens = 64
+    tokenizer = load_tokenizer(tiny_llama, config)
+    ensure_pad_token(tokenizer)
+    long = Dialogue("long", dev[0].turns * 12, dev[0].topic, dev[0].references, preamble="[회의실에서]")
+    example = encode_causal(tokenizer, long, config)
+    trained_prompt = [t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE_INDEX]
+    inputs, stats = encode_inference_inputs(tokenizer, [dev[0], long], config, "causal")
+    assert inputs[1] == trained_prompt  # byte for byte the prompt training used
+    assert stats.trimmed == 1 and stats.turns_cut > 0
+    assert "[회의실에서]" in tokenizer.decode(inputs[1]) and len(inputs[1]) <= 512 - 64
+    # a dialogue that fits untrimmed at training is not trimmed at inference either
+    short = Dialogue("short", dev[0].turns * 5, dev[0].topic, dev[0].references)
+    fits = encode_causal(tokenizer, short, config)
+    inputs, stats = encode_inference_inputs(tokenizer, [short], config, "causal")
+    assert inputs[0] == [t for t, label in zip(fits["input_ids"], fits["labels"]) if label == IGNORE_INDEX]
+
+
+def test_closer_comes_from_the_template_when_eos_is_not_it(tiny_llama, dev):
+    """A base Llama-3 tokenizer names <|end_of_text|> as EOS while its template closes turns with <|eot_id|>.
+    Mutation caught: the closer looked up among the named special tokens (falls back to EOS)."""
+    config = config_for(tiny_llama)
+    tokenizer = load_tokenizer(tiny_llama, config)
+    tokenizer.eos_token = "<|end_of_text|>"
+    ensure_pad_token(tokenizer)
+    assert end_of_turn_token(tokenizer) == "<|eot_id|>"
+    example = encode_causal(tokenizer, dev[0], config)
+    assert tokenizer.convert_ids_to_tokens(example["labels"][-1]) == "<|eot_id|>"
+    assert tokenizer.pad_token not in ("<|eot_id|>", "<|end_of_text|>")
+
+
+def test_an_answer_budget_that_leaves_no_prompt_is_one_config_error(tiny_llama, dev):
+    """max_new_tokens >= max_length: one ConfigError naming both keys, not a TargetTooLong for the first record.
+    Mutation caught: the check in encode_dialogues removed."""
+    from dialsum.errors import ConfigError
+
+    config = config_for(tiny_llama, max_length=128)
+    config.generation.max_new_tokens = 128
+    tokenizer = load_tokenizer(tiny_llama, config)
+    with pytest.raises(ConfigError, match="generation.max_new_tokens=128.*training.max_length=128"):
+        encode_dialogues(tokenizer, dev[:2], config)

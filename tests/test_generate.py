@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from conftest import shared_file
 from dialsum.config import config_from_dict, save_config
 from dialsum.data import Dialogue, Turn, load_dialogues
-from dialsum.errors import ConfigError, DialsumError
+from dialsum.errors import DialsumError
 from dialsum.generate import (
     ForeignScriptSuppressor, banned_bytes, clean_summary, decode_utf8, generate_summaries, lead_baseline,
     load_for_inference, predict, suppression_table,
@@ -260,16 +261,119 @@ def test_predict_on_sample_keeps_ids_in_order(tiny_llama, tmp_path):
     assert stats["n"] == len(rows) and stats["foreign"] == 0 and stats["empty"] == sum(not r["summary"] for r in rows)
 
 
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+
+
+def real_generation_config(folder: str, tiny_tokenizer) -> dict:
+    """A real checkpoint's generation_config.json, its token ids mapped by name onto a tiny tokenizer
+    (Bllossom's eos 128001 is <|end_of_text|>; KoBART's forced_eos 1 is </s>)."""
+    from transformers import AutoTokenizer
+
+    path = SHARED_MODELS / folder / "generation_config.json"
+    if not path.is_file():
+        pytest.skip(f"../shared/models/{folder}/generation_config.json not present")
+    real = AutoTokenizer.from_pretrained(str(SHARED_MODELS / folder))
+    values = json.loads(path.read_text(encoding="utf-8"))
+
+    def tiny_id(value):
+        if isinstance(value, list):
+            return [tiny_id(v) for v in value]
+        return tiny_tokenizer.convert_tokens_to_ids(real.convert_ids_to_tokens(value))
+
+    return {key: tiny_id(value) if key.endswith("token_id") else value for key, value in values.items()}
+
+
 @pytest.mark.slow
-def test_empty_generations_stay_rows_and_are_counted(tiny_llama, tmp_path):
-    run = _run_dir(tmp_path, tiny_llama, max_new_tokens=1)
-    # the model's own generation config forces EOS as the last (here: the only) new token
-    (run / "model" / "generation_config.json").write_text('{"eos_token_id": [4, 1], "forced_eos_token_id": 4}')
+def test_bllossom_generation_config_does_not_override_the_config(tiny_llama, tmp_path):
+    """Bllossom's generation_config.json (do_sample true, temperature 0.6, top_p 0.9, eos <|end_of_text|>) on a
+    model whose turns end with <|eot_id|>: with the config's greedy settings predictions are deterministic and
+    equal to those without that file, generation stops at the closer, and what was ignored is said.
+    Mutation caught: generate() left to merge the checkpoint's generation config (no effective config / no
+    generation report), and stop tokens without the closer."""
+    from dialsum.models import load_tokenizer
+
+    run = _run_dir(tmp_path, tiny_llama, max_new_tokens=8, no_repeat_ngram_size=1)
+    tokenizer = load_tokenizer(run / "model", make_config(tiny_llama))
+    keys = real_generation_config("llama-3.2-korean-bllossom-3b", tokenizer)
+    assert keys["do_sample"] is True and keys["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    plain = tmp_path / "plain.csv"
+    (run / "model" / "generation_config.json").write_text("{}")
+    predict(run, SAMPLE_TEST, plain, progress=False)
+    (run / "model" / "generation_config.json").write_text(json.dumps(keys))
+    outputs = []
+    for name in ("a.csv", "b.csv"):
+        stats = predict(run, SAMPLE_TEST, tmp_path / name, progress=False)
+        outputs.append(read_rows(tmp_path / name))
+    assert outputs[0] == outputs[1] == read_rows(plain)
+    generation = stats["generation"]
+    assert generation["used"]["do_sample"] is False and "temperature" not in generation["used"]
+    assert generation["ignored_from_checkpoint"] == {"do_sample": True, "temperature": 0.6, "top_p": 0.9}
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert generation["used"]["eos_token_id"][0] == eot and keys["eos_token_id"] in generation["used"]["eos_token_id"]
+
+
+@pytest.mark.slow
+def test_kobart_forced_eos_is_reported_and_never_in_a_summary(tiny_bart, tmp_path):
+    """KoBART's generation_config.json forces </s> (forced_eos_token_id 1). The config's settings decide: the
+    forced token is ignored and said, and no special token reaches a summary. Mutation caught: the checkpoint's
+    forced_eos_token_id applied silently (with max_new_tokens=1 every summary comes out empty)."""
+    from dialsum.models import load_tokenizer
+
+    # (no_repeat_ngram_size=1 bans the decoder-start </s>: a random tiny BART would stop at once otherwise)
+    run = _run_dir(tmp_path, tiny_bart, max_new_tokens=1, no_repeat_ngram_size=1)
+    tokenizer = load_tokenizer(run / "model", make_config(tiny_bart))
+    keys = real_generation_config("kobart", tokenizer)
+    assert keys["forced_eos_token_id"] == tokenizer.eos_token_id
+    (run / "model" / "generation_config.json").write_text(json.dumps(keys))
     out = tmp_path / "pred.csv"
-    stats = predict(run / "model", SAMPLE_TEST, out, progress=False)  # a run's model/ dir works too
+    stats = predict(run, SAMPLE_TEST, out, progress=False)
     rows = read_rows(out)
-    assert len(rows) == stats["n"] == stats["empty"] == 10
-    assert all(r["summary"] == "" for r in rows)
+    assert stats["generation"]["ignored_from_checkpoint"].get("forced_eos_token_id") == tokenizer.eos_token_id
+    assert len(rows) == stats["n"] == 10 and stats["empty"] == sum(not r["summary"] for r in rows) < 10
+    assert not any(token in r["summary"] for r in rows for token in tokenizer.all_special_tokens)
+
+
+@pytest.mark.slow
+def test_bin_checkpoint_predicts_and_pickled_code_is_refused(tiny_bart, tmp_path):
+    """digit82/kobart-summarization ships only pytorch_model.bin: it loads through torch's weights_only loader
+    and the console names the format. A .bin whose pickle would run code is refused in one line and the code
+    does not run. Mutations caught: use_safetensors=True (the .bin cannot load); weights_only=False (runs it)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    model_dir = tmp_path / "kobart-bin"
+    shutil.copytree(tiny_bart, model_dir)
+    state = load_file(model_dir / "model.safetensors")
+    (model_dir / "model.safetensors").unlink()
+    torch.save(state, model_dir / "pytorch_model.bin")
+    out = tmp_path / "pred.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "dialsum.cli", "predict", "--model", str(model_dir), "--data", str(SAMPLE_TEST),
+               "--output", str(out), "--set", "generation.max_new_tokens=4"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pytorch_model.bin" in done.stderr and len(read_rows(out)) == 10
+
+    marker = tmp_path / "PWNED"
+    torch.save({"x": _Evil(str(marker))}, model_dir / "pytorch_model.bin")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "weights_only" in errors[0] and "pytorch_model.bin" in errors[0]
+    assert not marker.exists()
+
+
+class _Evil:
+    """A pickle that would create a file when loaded with weights_only=False."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 @pytest.mark.slow
@@ -309,11 +413,31 @@ def test_lora_adapter_run_is_merged_for_inference(tiny_llama, tmp_path, sample_d
     assert generate_summaries(model, loaded_tokenizer, sample_dialogues[:2], loaded_config, progress=False)[0]
 
 
-def test_plain_path_needs_a_config_and_vllm_errors_are_clear(tiny_llama, tiny_bart, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_cli_predict_on_a_bare_tiny_model_keeps_every_test_id(tiny_bart, tmp_path):
+    """`dialsum predict --model DIR --data test.csv --output out.csv` with no --config: the kind comes from
+    config.json (is_encoder_decoder), the rest from the defaults; all test ids in order. Mutation caught: the
+    old 'pass a config' error; kind left at the default (causal) for an encoder-decoder checkpoint."""
+    from typer.testing import CliRunner
+
+    from dialsum.cli import app
+    from dialsum.tiny import make_tiny_model
+
+    data = SHARED_TEST if SHARED_TEST.is_file() else SAMPLE_TEST
+    model_dir = make_tiny_model("bart", tmp_path / "fresh")
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(app, ["predict", "--model", str(model_dir), "--data", str(data), "--output", str(out),
+                                      "--set", "generation.max_new_tokens=2", "--set", "generation.batch_size=64"])
+    assert result.exit_code == 0, result.output
+    ids = [r["fname"] for r in read_rows(out)]
+    assert ids == [d.id for d in load_dialogues(data)]
+    if data == SHARED_TEST:
+        assert len(ids) == 499
+
+
+def test_vllm_errors_are_clear(tiny_llama, tiny_bart, tmp_path, monkeypatch):
     import sys
 
-    with pytest.raises(ConfigError, match="pass a config"):
-        predict(tiny_llama, SAMPLE_TEST, tmp_path / "p.csv")
     with pytest.raises(DialsumError, match="decoder-only"):
         predict(tiny_bart, SAMPLE_TEST, tmp_path / "p.csv", config=make_config(tiny_bart, backend="vllm"))
     monkeypatch.setitem(sys.modules, "vllm", None)  # absent, also where vLLM is installed: the import fails
@@ -333,6 +457,27 @@ def test_vllm_backend_predicts_in_input_order(tiny_llama, tmp_path):
                     progress=False)
     assert [r["fname"] for r in read_rows(out)] == [d.id for d in load_dialogues(SAMPLE_TEST)]
     assert stats["n"] == len(read_rows(out)) and stats["foreign"] == 0
+
+
+@pytest.mark.slow
+def test_screen_takes_a_lora_run_directory(tiny_llama, tmp_path):
+    """`screen` on a LoRA run directory: the run's own model section (base + adapter) is used, not the run
+    directory as a base model. Mutation caught: screen overwriting model.name_or_path with the run dir."""
+    from peft import LoraConfig, get_peft_model
+
+    from dialsum.models import load_model, load_tokenizer
+    from dialsum.run import screen
+
+    config = make_config(tiny_llama, max_new_tokens=4, no_repeat_ngram_size=1)
+    tokenizer = load_tokenizer(tiny_llama, config)
+    run = tmp_path / "lora-run"
+    adapter = get_peft_model(load_model(tiny_llama, config), LoraConfig(r=4, target_modules="all-linear"))
+    adapter.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    save_config(config, run / "config.yaml")
+    labeled = ROOT / "src" / "dialsum" / "sample_data" / "dev.csv"
+    results = screen([str(run), "lead"], labeled, limit=3)
+    assert {r["model"] for r in results} == {str(run), "lead"}
 
 
 # ---------------------------------------------------------------- post-processing
@@ -358,3 +503,75 @@ def test_clean_summary(raw, expected, llama_tokenizer):
 def test_lead_baseline_drops_only_the_leading_tag():
     record = Dialogue("d", [Turn("#Person1#", "#Person2#, 내일 #Address#에서 봐요."), Turn("#Person2#", "네.")])
     assert lead_baseline(record) == "#Person2#, 내일 #Address#에서 봐요."
+
+
+def test_no_repeat_processor_equals_transformers_without_exemptions_and_spares_tags():
+    """dialsum's n-gram ban replaces transformers' (to exempt speaker tags): with no exempt ids it bans exactly
+    what NoRepeatNGramLogitsProcessor bans; an n-gram holding an exempt id is never banned.
+    Mutations caught: an off-by-one in the prefix window; exempt ids ignored."""
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from dialsum.generate import NoRepeatNGramExceptTags
+
+    rng = random.Random(0)
+    for size in (1, 2, 3):
+        ours, theirs = NoRepeatNGramExceptTags(size, []), NoRepeatNGramLogitsProcessor(size)
+        for _ in range(300):
+            ids = torch.tensor([[rng.randrange(6) for _ in range(rng.randint(0, 12))] or [0]])
+            expected = torch.isinf(theirs(ids, torch.zeros(1, 6))).nonzero()[:, 1].tolist()
+            assert sorted(torch.isinf(ours(ids, torch.zeros(1, 6))).nonzero()[:, 1].tolist()) == sorted(expected)
+    tag, a, b = 5, 1, 2
+    spared = NoRepeatNGramExceptTags(2, [tag])
+    assert spared.banned([tag, a, b, tag]) == set()  # "#Person1#은 ... #Person1#은" stays possible
+    assert spared.banned([a, b, a]) == {b}  # an ordinary repeat is still banned
+
+
+@pytest.mark.slow
+def test_predict_says_when_test_prompts_lack_the_topics_training_used(tiny_llama, tmp_path, capsys):
+    """A run trained with prompt.topic=always predicting a file without topics (the competition's test.csv
+    shape) says so in one line. Mutation caught: predict not calling topic_mismatch."""
+    run = _run_dir(tmp_path, tiny_llama, max_new_tokens=2)
+    config = make_config(tiny_llama, max_new_tokens=2)
+    config.prompt.topic = "always"
+    save_config(config, run / "config.yaml")
+    predict(run, SAMPLE_TEST, tmp_path / "p.csv", progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "have no topic" in line]
+    assert len(lines) == 1 and "10 of 10" in lines[0]
+
+
+def test_byte_level_detection_does_not_silently_weaken_suppression(llama):
+    """A byte-level BPE whose decoder does not say ByteLevel (here: replaced by a bare Fuse) is still read
+    byte by byte, so a lone Han lead byte (0xE5, 'å' in GPT-2's alphabet) stays banned. Mutation caught: any
+    decoder that does not name ByteLevel taken as 'not byte-level' (the token then reads as Latin 'å')."""
+    import copy
+
+    from tokenizers import decoders
+
+    from dialsum.generate import _is_byte_level
+
+    tokenizer = copy.deepcopy(llama[1])
+    tokenizer.backend_tokenizer.decoder = decoders.Fuse()
+    assert _is_byte_level(tokenizer)
+    table = suppression_table(tokenizer)
+    assert table.static_bad[tokenizer.convert_tokens_to_ids("å")]
+
+
+def test_the_closer_stops_generation_and_ends_the_summary(llama):
+    """The token every label ends with is the first stop token and cuts a decoded summary, also when the
+    tokenizer's EOS is the base model's <|end_of_text|>. Mutation caught: stop tokens from EOS only (the closer
+    missing) / clean_summary keeping text after the closer."""
+    import copy
+
+    from dialsum.generate import stop_token_ids
+
+    model, tokenizer = llama
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.eos_token = "<|end_of_text|>"
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None  # only the tokenizer speaks here
+    try:
+        stops = stop_token_ids(model, tokenizer)
+    finally:
+        model.generation_config.eos_token_id = original
+    assert tokenizer.convert_ids_to_tokens(stops[0]) == "<|eot_id|>"
+    assert clean_summary("두 사람이 만난다.<|eot_id|>assistant\n\n다른 말", end_token="<|eot_id|>") == "두 사람이 만난다."

@@ -86,7 +86,9 @@ def predict(
     data: Annotated[Path, typer.Option(help="Dialogues to summarize (competition CSV or DCS JSON/JSONL).")],
     output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order); for a DCS input, a .json/.jsonl "
                                          "of the same extension is the input written back with 'output' filled in.")],
-    config: Annotated[Path | None, typer.Option(help="Config (default: the run's config.yaml).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json).")
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
@@ -168,15 +170,22 @@ def compare(
 
 @app.command()
 def inspect(
-    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    config: Annotated[Path | None, typer.Argument(help="YAML run config (optional with --model and --data).")] = None,
     set_: SetOption = None,
     n: Annotated[int, typer.Option("--n", help="Examples to show.")] = 3,
     data: Annotated[str | None, typer.Option(help="Data file (default: data.train).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model or tokenizer folder to render with (e.g. a real tokenizer in ../shared/models); "
+             "its kind comes from its config.json.")] = None,
 ) -> None:
     """Show rendered training examples (trained tokens highlighted) and dataset statistics."""
+    from dialsum.config import config_from_dict
     from dialsum.inspection import inspect_data
 
-    inspect_data(_config(config, set_), data_path=data, n=n)
+    if config is None and model is None:
+        raise DialsumError("inspect needs a CONFIG, or --model (with --data)")
+    resolved = _config(config, set_) if config else config_from_dict({"model": {"name_or_path": model}}, set_)
+    inspect_data(resolved, data_path=data, n=n, model=model)
 
 
 @app.command("config-keys")
@@ -208,18 +217,31 @@ def config_keys(
 
 @app.command("make-tiny-model")
 def make_tiny_model(
-    arch: Annotated[str, typer.Option(help="llama | qwen2 | qwen3 | bart")],
     output: Annotated[Path, typer.Option(help="Directory to write the model and tokenizer to.")],
+    arch: Annotated[str | None, typer.Option(help="llama | qwen2 | qwen3 | bart (default with --tokenizer: "
+                                                  "from its config.json).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="A real tokenizer folder (e.g. ../shared/models/"
+                                                        "llama-3.2-korean-bllossom-3b) to build around.")] = None,
 ) -> None:
-    """Build a tiny random model + Korean byte-level BPE tokenizer locally (for tests and demos)."""
+    """Build a tiny random model + Korean byte-level BPE tokenizer locally (for tests and demos), or a tiny
+    random model around a real tokenizer (--tokenizer)."""
+    from dialsum.tiny import arch_of
     from dialsum.tiny import make_tiny_model as build
 
+    if tokenizer is not None:
+        if not (tokenizer / "tokenizer_config.json").is_file():
+            raise DialsumError(f"--tokenizer {tokenizer}: no tokenizer_config.json there")
+        if arch is None:
+            try:
+                arch = arch_of(tokenizer)
+            except ValueError as error:
+                raise DialsumError(f"--tokenizer {error}") from None
     if arch not in ("llama", "qwen2", "qwen3", "bart"):
         raise DialsumError(f"--arch {arch}: expected one of llama, qwen2, qwen3, bart")
     if output.exists() and any(output.iterdir()):
         raise DialsumError(f"{output}: directory exists and is not empty; choose another --output")
-    path = build(arch, output)
-    typer.echo(f"tiny {arch} model written to {path}")
+    path = build(arch, output, tokenizer_dir=tokenizer)
+    typer.echo(f"tiny {arch} model written to {path}" + (f" around the tokenizer of {tokenizer}" if tokenizer else ""))
 
 
 def main() -> None:

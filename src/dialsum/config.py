@@ -70,6 +70,13 @@ class PromptConfig(_Section):
     )
     default_topic: str = Field(
         "대화", description="Topic written into the question when a dialogue has none (or topics are off).")
+    topic: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Whether the question names each dialogue's topic. 'auto' (default): only when every split the "
+        "run trains on and predicts carries topics (the competition's test.csv has none, so training, dev scoring "
+        "and test prompts then all use default_topic); 'always': the topic where a dialogue has one (a split "
+        "without topics is reported as out of distribution); 'never': default_topic everywhere.",
+    )
 
 
 class TrainingConfig(_Section):

@@ -3,7 +3,8 @@
 Causal models: `input_ids = chat_prompt(add_generation_prompt=True) + summary + end-of-turn`,
 `labels = [-100] * len(prompt) + target`. We never search the rendered text for an assistant
 header: the prompt we train on is, token for token, the prompt we generate from.
-A dialogue that does not fit `training.max_length` loses turns from its end; the summary is never cut.
+A dialogue that does not fit loses turns from its end, by one rule at training and inference
+(`prompt_budget`: max_length minus the answer's budget); the summary is never cut.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 from dialsum.config import Config, PromptConfig
 from dialsum.data import Dialogue, Turn
-from dialsum.errors import DataError
+from dialsum.errors import ConfigError, DataError
 from dialsum.prompt import build_messages, seq2seq_source
 
 IGNORE_INDEX = -100
@@ -32,13 +33,15 @@ class TargetTooLong(DataError):
 def ensure_pad_token(tokenizer) -> bool:
     """Give the tokenizer a pad token that is not EOS, so EOS is never masked out of attention.
 
-    Returns True when a new token was added (the model's embeddings must then be resized).
+    Nor the turn closer (`end_of_turn_token`), which ends every label. Returns True when a new token was
+    added (the model's embeddings must then be resized).
     """
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return False
     vocab = tokenizer.get_vocab()
+    taken = {tokenizer.eos_token_id, vocab.get(end_of_turn_token(tokenizer))}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in taken:
+        return False
     for candidate in PAD_CANDIDATES:
-        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+        if candidate in vocab and vocab[candidate] not in taken:
             tokenizer.pad_token = candidate
             return False
     tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
@@ -73,13 +76,20 @@ def _full_rendering(tokenizer, messages, summary: str) -> str:
 
 
 def end_of_turn_token(tokenizer) -> str:
-    """The token the chat template closes an assistant turn with (`<|eot_id|>`, `<|im_end|>`), else EOS."""
+    """The token that closes an assistant turn, found by rendering one through the chat template
+    (`<|eot_id|>` for Llama-3, `<|im_end|>` for Qwen) — not by looking for EOS among the named special
+    tokens: a base model's EOS (`<|end_of_text|>`, `<|endoftext|>`) is not what its template closes turns with.
+    Without a template (or when the template closes with plain text), EOS. The same token ends every
+    training label, stops generation and cuts a generated summary (`generate.clean_summary`)."""
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": "안녕"}]
         full = _full_rendering(tokenizer, messages, _PROBE_SUMMARY)
         after = full.split(_PROBE_SUMMARY, 1)[-1]
-        for token in tokenizer.all_special_tokens:
-            if token and after.startswith(token):
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        added = {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+        if ids:
+            token = tokenizer.convert_ids_to_tokens(ids[0])
+            if token in added:
                 return token
     if tokenizer.eos_token is None:
         raise DataError("tokenizer has neither an EOS token nor a chat template that closes turns")
@@ -175,16 +185,25 @@ def _prompt_ids(tokenizer, dialogue: Dialogue, config: Config, turns: list[Turn]
     return tokenizer(render_prompt(tokenizer, build_messages(dialogue, config.prompt, turns)), add_special_tokens=False)["input_ids"]
 
 
+def prompt_budget(config: Config, target_length: int = 0) -> int:
+    """The one trimming rule, for training and inference alike: the prompt gets `training.max_length` minus
+    the answer's budget, which is `generation.max_new_tokens` (or the summary itself, when that is longer).
+    So a dialogue is cut by the same turns whether it is trained on, dev-scored or predicted."""
+    return config.training.max_length - max(target_length, config.generation.max_new_tokens)
+
+
 def encode_causal_with_info(tokenizer, dialogue: Dialogue, config: Config, end_token: str | None = None):
     """Returns ({"input_ids", "labels"}, number of turns cut). Raises TargetTooLong."""
     end_token = end_token or end_of_turn_token(tokenizer)
     target = _target_ids(tokenizer, _summary_of(dialogue), end_token)
     max_length = config.training.max_length
-    prompt, cut = _fit_turns(dialogue, max_length - len(target), lambda t: _prompt_ids(tokenizer, dialogue, config, t))
+    budget = prompt_budget(config, len(target))
+    prompt, cut = _fit_turns(dialogue, budget, lambda t: _prompt_ids(tokenizer, dialogue, config, t))
     if cut < 0:
         raise TargetTooLong(
             f"record {dialogue.id}: field 'summary' is {len(target)} tokens; with the prompt it cannot fit "
-            f"training.max_length={max_length} (raise max_length or set training.skip_too_long=true)"
+            f"training.max_length={max_length} minus the answer budget (generation.max_new_tokens="
+            f"{config.generation.max_new_tokens}) (raise max_length or set training.skip_too_long=true)"
         )
     return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target}, cut
 
@@ -194,10 +213,22 @@ def encode_causal(tokenizer, record: Dialogue, config: Config) -> dict[str, list
     return encode_causal_with_info(tokenizer, record, config)[0]
 
 
+def encode_prompt_with_info(tokenizer, record: Dialogue, config: Config) -> tuple[list[int], int]:
+    """The generation prompt for inference and the number of turns cut, by the training rule (`prompt_budget`)."""
+    budget = prompt_budget(config)
+    ids, cut = _fit_turns(record, budget, lambda t: _prompt_ids(tokenizer, record, config, t))
+    if cut < 0:
+        raise ConfigError(
+            f"training.max_length={config.training.max_length} minus generation.max_new_tokens="
+            f"{config.generation.max_new_tokens} leaves {budget} tokens, less than the prompt of record "
+            f"{record.id} without any turn ({len(ids)} tokens): raise max_length or lower max_new_tokens"
+        )
+    return ids, cut
+
+
 def encode_prompt(tokenizer, record: Dialogue, config: Config) -> list[int]:
     """The generation prompt for inference, trimmed like training so the question block always survives."""
-    max_prompt = config.training.max_length - config.generation.max_new_tokens
-    return _fit_turns(record, max(max_prompt, 1), lambda t: _prompt_ids(tokenizer, record, config, t))[0]
+    return encode_prompt_with_info(tokenizer, record, config)[0]
 
 
 # ---------------------------------------------------------------- seq2seq
@@ -222,7 +253,23 @@ def add_seq2seq_special_tokens(tokenizer, dialogues: list[Dialogue]) -> list[str
     missing = sorted(token for token in found if token not in vocab)
     if missing:
         tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False, special=False) for token in missing])
+    _metaspace_first_only(tokenizer)
     return missing
+
+
+def _metaspace_first_only(tokenizer) -> None:
+    """koBART's SentencePiece-style pre-tokenizer (Metaspace, prepend_scheme=always) prepends '▁' to the text
+    after every added token: '#Person2#는' becomes '#Person2#', '▁는' and decodes as '#Person2# 는'. With
+    prepend_scheme=first only the start of the text gets it, so tags round-trip exactly (saved with the model)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    for part, cls in (("pre_tokenizer", pre_tokenizers.Metaspace), ("decoder", decoders.Metaspace)):
+        current = getattr(backend, part, None)
+        if isinstance(current, cls) and current.prepend_scheme == "always":
+            setattr(backend, part, cls(replacement=current.replacement, prepend_scheme="first", split=current.split))
 
 
 def _with_bos_eos(tokenizer, ids: list[int]) -> list[int]:
@@ -254,6 +301,25 @@ def _source_with_cut(tokenizer, record: Dialogue, config: Config) -> tuple[list[
 def encode_source(tokenizer, record: Dialogue, config: Config) -> list[int]:
     """Encoder input ids for seq2seq inference, exactly as in training."""
     return _source_with_cut(tokenizer, record, config)[0]
+
+
+def encode_inference_inputs(
+    tokenizer, dialogues: list[Dialogue], config: Config, kind: str
+) -> tuple[list[list[int]], "EncodeStats"]:
+    """Model inputs for generation (causal: the prompt; seq2seq: the encoder source), trimmed by the training
+    rule, with the count of what was trimmed so the caller can say so."""
+    stats = EncodeStats(total=len(dialogues))
+    inputs = []
+    for dialogue in dialogues:
+        if kind == "causal":
+            ids, cut = encode_prompt_with_info(tokenizer, dialogue, config)
+        else:
+            ids, cut = _source_with_cut(tokenizer, dialogue, config)
+        inputs.append(ids)
+        stats.encoded += 1
+        stats.trimmed += cut > 0
+        stats.turns_cut += cut
+    return inputs, stats
 
 
 def encode_seq2seq_with_info(tokenizer, dialogue: Dialogue, config: Config):
@@ -296,6 +362,11 @@ def encode_dialogues(tokenizer, dialogues: list[Dialogue], config: Config) -> tu
     stats = EncodeStats(total=len(dialogues))
     examples = []
     causal = config.model.kind == "causal"
+    if causal and prompt_budget(config) <= 0:
+        raise ConfigError(
+            f"generation.max_new_tokens={config.generation.max_new_tokens} leaves no room for a prompt in "
+            f"training.max_length={config.training.max_length}: raise max_length or lower max_new_tokens"
+        )
     end_token = end_of_turn_token(tokenizer) if causal else None
     for dialogue in dialogues:
         try:

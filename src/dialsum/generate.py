@@ -43,9 +43,10 @@ from transformers import LogitsProcessor
 
 from dialsum.config import Config, config_from_dict, load_config
 from dialsum.data import Dialogue, load_dialogues, write_predictions
-from dialsum.encode import encode_prompt, encode_source, end_of_turn_token
+from dialsum.encode import encode_inference_inputs, encode_prompt, end_of_turn_token
 from dialsum.rundir import CONFIG_FILE, MODEL_DIR
 from dialsum.errors import ConfigError, DialsumError, RunDirError
+from dialsum.prompt import resolve_topic_policy, topic_mismatch
 from dialsum.scripts import SCRIPT_RANGES, foreign_script_pattern, has_foreign_script
 
 __all__ = [
@@ -172,19 +173,25 @@ _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 def _is_byte_level(tokenizer) -> bool:
-    """True for byte-level BPE (GPT-2, Llama-3, Qwen, BART): tokens are byte strings in GPT-2's alphabet."""
+    """True for byte-level BPE (GPT-2, Llama-3, Qwen, BART): tokens are byte strings in GPT-2's alphabet.
+
+    Read from the decoder; a vocabulary holding all 256 byte characters of GPT-2's alphabet as tokens is
+    byte-level too. A wrong "no" would silently let byte fragments of forbidden characters through, so an
+    unreadable decoder is not taken as a "no": it falls to the vocabulary check."""
     if getattr(tokenizer, "byte_decoder", None):  # slow GPT-2-style tokenizers
         return True
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
     decoder = getattr(backend, "decoder", None)
-    if decoder is None:
-        return False
-    try:
-        state = decoder.__getstate__()
-        text = state.decode() if isinstance(state, bytes) else json.dumps(state)
-    except Exception:  # noqa: BLE001 - an unknown decoder object is simply not byte-level
-        return False
-    return '"ByteLevel"' in text
+    if decoder is not None:
+        try:
+            state = decoder.__getstate__()
+            text = state.decode() if isinstance(state, bytes) else json.dumps(state)
+        except (AttributeError, TypeError, UnicodeDecodeError):  # an unknown decoder object: ask the vocabulary
+            text = ""
+        if '"ByteLevel"' in text:
+            return True
+    vocab = tokenizer.get_vocab()
+    return all(char in vocab for char in _BYTE_DECODER)
 
 
 def token_bytes(tokenizer) -> list[bytes]:
@@ -487,12 +494,15 @@ _LABEL = re.compile(
 )
 
 
-def clean_summary(text: str, tokenizer=None) -> str:
+def clean_summary(text: str, tokenizer=None, end_token: str | None = None) -> str:
     """A generated summary as one clean line: special tokens, role headers ("assistant\\n\\n",
     "<|start_header_id|>assistant<|end_header_id|>"), an empty <think> block and leading labels
     ("요약:", "Summary:", "[요약]") removed, a character left broken by a stop mid-sequence (U+FFFD)
-    dropped, whitespace collapsed. Empty stays empty."""
+    dropped, whitespace collapsed. Empty stays empty. `end_token` (the turn closer, `encode.end_of_turn_token`)
+    ends the summary: nothing after it is kept."""
     text = (text or "").replace("\ufffd", "")
+    if end_token:
+        text = text.split(end_token, 1)[0]
     for _ in range(4):  # headers and labels can stack ("assistant\n\n요약: ...")
         before = text
         text = _THINK.sub("", text)
@@ -523,7 +533,8 @@ def lead_baseline(dialogue: Dialogue) -> str:
 
 
 def stop_token_ids(model, tokenizer, kind: str = "causal") -> list[int]:
-    """EOS, the chat template's end-of-turn token, and any EOS the model's generation config names."""
+    """The turn closer first (the token every training label ends with), then EOS and any EOS the
+    model's generation config names (Bllossom's says `<|end_of_text|>`, its turns end with `<|eot_id|>`)."""
     ids: list[int] = []
 
     def add(value):
@@ -531,15 +542,20 @@ def stop_token_ids(model, tokenizer, kind: str = "causal") -> list[int]:
             if token is not None and int(token) not in ids:
                 ids.append(int(token))
 
-    add(tokenizer.eos_token_id)
     if kind == "causal":
         add(tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)))
+    add(tokenizer.eos_token_id)
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None:
         add(generation_config.eos_token_id)
     if not ids:
         raise DialsumError("the tokenizer has no EOS token and the model's generation config names none")
     return ids
+
+
+# Decoding knobs a checkpoint's generation_config.json may set that dialsum's generation section decides
+# instead; the ids that describe the model's structure (decoder start, BOS) are kept from the checkpoint.
+_STRUCTURAL_KEYS = ("decoder_start_token_id", "bos_token_id")
 
 
 def _generation_kwargs(config: Config) -> dict[str, Any]:
@@ -551,7 +567,6 @@ def _generation_kwargs(config: Config) -> dict[str, Any]:
         min_length=0,
         num_beams=g.num_beams,
         do_sample=g.do_sample,
-        no_repeat_ngram_size=g.no_repeat_ngram_size,
         repetition_penalty=g.repetition_penalty,
         use_cache=True,
     )
@@ -560,6 +575,90 @@ def _generation_kwargs(config: Config) -> dict[str, Any]:
     if g.do_sample:
         kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=0)
     return kwargs
+
+
+_REPORTED_IGNORED: "weakref.WeakSet[Any]" = weakref.WeakSet()  # said once per loaded model
+
+
+def effective_generation_config(model, config: Config, stops: list[int], pad_id: int):
+    """The GenerationConfig generation really runs with, and what of the checkpoint's generation_config.json
+    it ignores ({key: checkpoint value}) — said, never silently applied: Bllossom's `do_sample: true,
+    temperature: 0.6`, Qwen's `repetition_penalty: 1.1`, KoBART's `forced_eos_token_id`.
+
+    Built from scratch (not merged into the checkpoint's), because `generate()` fills every unset field
+    from the model's own generation config."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    structural = {key: getattr(own, key, None) for key in _STRUCTURAL_KEYS if getattr(own, key, None) is not None}
+    effective = GenerationConfig(**_generation_kwargs(config), eos_token_id=list(stops), pad_token_id=pad_id,
+                                 **structural)
+    ignored: dict[str, Any] = {}
+    if own is not None:
+        defaults = GenerationConfig().to_dict()
+        mine = effective.to_dict()
+        for key, value in own.to_diff_dict().items():
+            if key.startswith("_") or key in _STRUCTURAL_KEYS or key == "transformers_version":
+                continue
+            if key == "eos_token_id":
+                continue  # its ids are stop tokens (stop_token_ids)
+            if value != mine.get(key, defaults.get(key)):
+                ignored[key] = value
+    return effective, ignored
+
+
+def describe_generation(effective, ignored: dict[str, Any]) -> dict[str, Any]:
+    """What generation.json holds: the settings used, and the checkpoint's settings that were not."""
+    keys = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
+            "length_penalty", "eos_token_id", "pad_token_id", "decoder_start_token_id", "bos_token_id")
+    used = {key: getattr(effective, key, None) for key in keys}
+    if not effective.do_sample:
+        for key in ("temperature", "top_p", "top_k"):
+            used.pop(key)
+    return {"used": used, "ignored_from_checkpoint": ignored}
+
+
+class NoRepeatNGramExceptTags(LogitsProcessor):
+    """`no_repeat_ngram_size` that never forbids an n-gram holding a speaker or mask tag token.
+
+    A summary says "#Person1#은 ... #Person1#은 ..." in most references; with `#Person1#` one token (koBART)
+    plain no_repeat_ngram_size=2 makes those references impossible to generate. Only the generated tokens
+    (after `prompt_length`) count, as in transformers' own processor for decoder-only models."""
+
+    def __init__(self, size: int, exempt_ids: Sequence[int], prompt_length: int = 0):
+        self.size = size
+        self.exempt = set(int(i) for i in exempt_ids)
+        self.prompt_length = prompt_length
+
+    def banned(self, tokens: list[int]) -> set[int]:
+        n = self.size
+        if len(tokens) + 1 < n:
+            return set()
+        prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+        if self.exempt.intersection(prefix):
+            return set()
+        found = set()
+        for i in range(len(tokens) - n + 1):
+            if tuple(tokens[i:i + n - 1]) == prefix and tokens[i + n - 1] not in self.exempt:
+                found.add(tokens[i + n - 1])
+        return found
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            banned = self.banned(ids)
+            if banned:
+                scores[row, list(banned)] = -math.inf
+        return scores
+
+
+def tag_token_ids(tokenizer) -> list[int]:
+    """Ids of speaker and mask tags ('#Person1#', '#PhoneNumber#') that are one token each (koBART after
+    training adds them). A tag written in several BPE pieces has no id of its own: exempting its pieces
+    ('#', '1') would exempt ordinary text, so those are not exempt (the causal presets set no n-gram ban)."""
+    from dialsum.encode import MASK_TOKEN_PATTERN
+
+    vocab = tokenizer.get_vocab()
+    return sorted(i for token, i in vocab.items() if re.fullmatch(MASK_TOKEN_PATTERN, token))
 
 
 def _cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:
@@ -577,32 +676,53 @@ def generate_summaries(
     *,
     kind: Literal["causal", "seq2seq"] | None = None,
     progress: bool = True,
+    info: dict | None = None,
 ) -> list[str]:
     """One summary per dialogue, in input order (an empty generation is an empty string).
 
     Decoder-only: prompts from `encode_prompt` (token for token what training used), left-padded;
     seq2seq: the encoder source trimmed like training. Examples are batched by length (longest
-    first, so memory problems show up at once) and restored to input order.
+    first, so memory problems show up at once) and restored to input order. Dialogues trimmed to fit
+    are counted and said; `info`, when given, receives the trimming counts and the generation settings
+    (`describe_generation`).
     """
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList
 
     kind = kind or config.model.kind
     g = config.generation
-    if kind == "causal":
-        inputs = [encode_prompt(tokenizer, d, config) for d in dialogues]
-    else:
-        inputs = [encode_source(tokenizer, d, config) for d in dialogues]
+    inputs, trim = encode_inference_inputs(tokenizer, list(dialogues), config, kind)
+    if trim.trimmed:
+        print(f"inference: {trim.trimmed} of {trim.total} dialogues trimmed to fit training.max_length="
+              f"{config.training.max_length} ({trim.turns_cut} turns cut from their ends, as in training)",
+              file=sys.stderr)
     stops = stop_token_ids(model, tokenizer, kind)
+    closer = tokenizer.convert_ids_to_tokens(stops[0]) if kind == "causal" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    effective, ignored = effective_generation_config(
+        model.get_base_model() if hasattr(model, "get_base_model") else model, config, stops, pad_id)
+    if ignored and model not in _REPORTED_IGNORED:
+        _REPORTED_IGNORED.add(model)
+        print(f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
+              f"generation section decides", file=sys.stderr)
+    tag_ids = tag_token_ids(tokenizer) if g.no_repeat_ngram_size else []
+    if info is not None:
+        described = describe_generation(effective, ignored)
+        described["used"].update(  # dialsum's own logits processors
+            no_repeat_ngram_size=g.no_repeat_ngram_size, no_repeat_exempt_tag_tokens=len(tag_ids),
+            forbidden_scripts=g.forbidden_scripts if g.suppress_foreign_scripts else [],
+        )
+        info.update(trimmed=trim.trimmed, turns_cut=trim.turns_cut, generation=described)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
     results: list[str] = [""] * len(inputs)
     device = next(model.parameters()).device
-    kwargs = _generation_kwargs(config)
     was_training = model.training
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the model generate() reads
+    own_generation_config = getattr(inner, "generation_config", None)
     model.eval()
     bar = tqdm(total=len(inputs), desc="generate", unit="dlg", disable=not progress, file=sys.stderr)
     try:
+        inner.generation_config = effective  # generate() fills unset fields from it: nothing else may leak in
         with torch.inference_mode():
             for start in range(0, len(order), g.batch_size):
                 batch = order[start : start + g.batch_size]
@@ -618,6 +738,9 @@ def generate_summaries(
                         ids[row, :n] = torch.tensor(inputs[i])
                         mask[row, :n] = 1
                 processors = LogitsProcessorList()
+                if g.no_repeat_ngram_size:
+                    processors.append(NoRepeatNGramExceptTags(
+                        g.no_repeat_ngram_size, tag_ids, prompt_length=width if kind == "causal" else 0))
                 if g.suppress_foreign_scripts and g.forbidden_scripts:
                     processors.append(
                         ForeignScriptSuppressor(
@@ -627,18 +750,19 @@ def generate_summaries(
                         )
                     )
                 output = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=stops,
-                    pad_token_id=pad_id, logits_processor=processors, **kwargs,
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=effective,
+                    logits_processor=processors,
                 )
                 skip = width if kind == "causal" else 1  # the prompt, or the decoder start token
                 stop_set = set(stops)
                 for row, i in enumerate(batch):
                     generated = _cut_at_stop(output[row, skip:].tolist(), stop_set)
                     text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                    results[i] = clean_summary(text, tokenizer)
+                    results[i] = clean_summary(text, tokenizer, end_token=closer)
                 bar.update(len(batch))
     finally:
         bar.close()
+        inner.generation_config = own_generation_config
         if was_training:
             model.train()
     return results
@@ -659,11 +783,27 @@ class InferenceSource:
     run_dir: Path | None = None
 
 
+def checkpoint_kind(model_path: str | Path, config: Config | None = None) -> str:
+    """'seq2seq' when the checkpoint's config.json says is_encoder_decoder, else 'causal'."""
+    from transformers import AutoConfig
+
+    from dialsum.models import resolve_model_path
+
+    trust = config.model.trust_remote_code if config else False
+    try:
+        model_config = AutoConfig.from_pretrained(resolve_model_path(model_path), trust_remote_code=trust)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{model_path}: cannot read the model's config.json: {str(error).splitlines()[0]}") from None
+    return "seq2seq" if getattr(model_config, "is_encoder_decoder", False) else "causal"
+
+
 def resolve_inference_source(model_path: str | Path, config: Config | None = None, overrides: list[str] | None = None) -> InferenceSource:
     """A run directory (config.yaml + model/), a run's model/ directory, or any HF model path / hub id.
 
-    For a run, the config is the run's config.yaml unless `config` is given; for anything else the
-    caller passes the config. `overrides` (`key=value`) apply on top.
+    For a run, the config is the run's config.yaml; a `config` given as well supplies everything but the
+    `model` and `prompt` sections, which stay the run's (the prompt must be the one trained on). For
+    anything else, `config` (default: the defaults) with `model.name_or_path` set to the path and
+    `model.kind` read from the checkpoint (`is_encoder_decoder`). `overrides` (`key=value`) apply on top.
     """
     path = Path(model_path)
     run_dir: Path | None = None
@@ -679,13 +819,29 @@ def resolve_inference_source(model_path: str | Path, config: Config | None = Non
         run_dir, model_dir = path.parent, path
     else:
         model_dir = str(model_path)
-    if config is None:
-        if run_dir is None:
-            raise ConfigError(f"{model_path}: not a dialsum run directory (no {CONFIG_FILE}); pass a config for it")
-        config = load_config(run_dir / CONFIG_FILE)
+    if run_dir is not None:
+        run_config = load_config(run_dir / CONFIG_FILE)
+        if config is None:
+            config = run_config
+        else:
+            raw = config.to_dict()
+            raw["model"], raw["prompt"] = run_config.to_dict()["model"], run_config.to_dict()["prompt"]
+            config = config_from_dict(raw, source=str(run_dir / CONFIG_FILE))
+    adapter = (Path(model_dir) / ADAPTER_CONFIG).is_file()  # on the base model config.model.name_or_path
+    if run_dir is None:
+        raw = config.to_dict() if config is not None else {"model": {}}
+        if not adapter:  # a bare checkpoint: it names itself, and its config.json says its kind
+            kind = checkpoint_kind(model_dir, config)
+            if config is not None and config.model.kind != kind:
+                print(f"{model_path}: the checkpoint is {kind} (config.json), not model.kind={config.model.kind}; "
+                      f"using {kind}", file=sys.stderr)
+            raw["model"] = {**raw.get("model", {}), "name_or_path": str(model_dir), "kind": kind}
+        elif config is None:
+            raise ConfigError(f"{model_path}: a LoRA adapter outside a run directory needs --config naming its "
+                              "base model")
+        config = config_from_dict(raw, source=str(model_path))
     if overrides:
         config = config_from_dict(config.to_dict(), overrides, source="--set")
-    adapter = (Path(model_dir) / ADAPTER_CONFIG).is_file()  # on the base model config.model.name_or_path
     return InferenceSource(config=config, model_dir=Path(model_dir) if adapter else model_dir, adapter=adapter, run_dir=run_dir)
 
 
@@ -743,10 +899,14 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
 
     tokenizer = load_tokenizer(source.model_dir, config)
     prompts = [{"prompt_token_ids": encode_prompt(tokenizer, d, config)} for d in dialogues]
-    stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))]
+    closer = end_of_turn_token(tokenizer)
+    stops = [tokenizer.convert_tokens_to_ids(closer), tokenizer.eos_token_id]
     stops = sorted({int(t) for t in stops if t is not None})
     allowed = None
     if g.suppress_foreign_scripts and g.forbidden_scripts:
+        print("generation.backend=vllm: foreign-script suppression is the static mask only (allowed_token_ids); "
+              "byte fragments that combine into a forbidden character can pass (generation.backend=hf checks them)",
+              file=sys.stderr)
         table = suppression_table(tokenizer, g.forbidden_scripts)
         special = set(tokenizer.all_special_ids) - set(stops)
         allowed = [i for i in range(table.size) if not table.static_bad[i] and i not in special]
@@ -775,7 +935,7 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
         lora = LoRARequest("dialsum", 1, str(source.model_dir))
     llm = LLM(**llm_kwargs)
     outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=progress)
-    return [clean_summary(output.outputs[0].text, tokenizer) for output in outputs]
+    return [clean_summary(output.outputs[0].text, tokenizer, end_token=closer) for output in outputs]
 
 
 # ==================================================================================================
@@ -799,15 +959,21 @@ def predict(
     started = time.perf_counter()
     check_output_path(data_path, output_path)  # a DCS .json/.jsonl output needs a DCS input of that extension
     source = resolve_inference_source(model_path, config, overrides)
-    config = source.config
     dialogues = load_dialogues(data_path)  # bad data fails before the model loads
+    source.config, note = resolve_topic_policy(source.config, dialogues)  # a run's config is resolved already
+    config = source.config
+    for line in (note, topic_mismatch(config.prompt, dialogues, str(data_path))):
+        if line:
+            print(f"prompt: {line}", file=sys.stderr)
+    info: dict[str, Any] = {}
     if config.generation.backend == "vllm":
         generate_started = time.perf_counter()
         summaries = _generate_vllm(source, dialogues, progress=progress)
     else:
         model, tokenizer = _load_source(source)
         generate_started = time.perf_counter()
-        summaries = generate_summaries(model, tokenizer, dialogues, config, kind=config.model.kind, progress=progress)
+        summaries = generate_summaries(model, tokenizer, dialogues, config, kind=config.model.kind, progress=progress,
+                                       info=info)
     generate_seconds = time.perf_counter() - generate_started
     if is_dcs(output_path):  # the DCS input written back, `output` filled in
         write_dcs_submission(data_path, output_path, summaries)
@@ -821,6 +987,8 @@ def predict(
         "seconds": round(time.perf_counter() - started, 2),
         "generate_seconds": round(generate_seconds, 2),
         "output": str(output_path),
+        "trimmed": info.get("trimmed", 0),
+        "generation": info.get("generation"),
     }
     print(
         f"wrote {stats['n']} summaries to {output_path} ({stats['empty']} empty, {stats['foreign']} with a "

@@ -11,7 +11,8 @@ from dialsum.data import load_dialogues
 from dialsum.encode import IGNORE_INDEX, add_seq2seq_special_tokens, check_chat_template, encode_dialogues, ensure_pad_token
 from dialsum.errors import ConfigError
 from dialsum.models import load_tokenizer
-from dialsum.stats import length_percentiles, packed_waste, padded_waste
+from dialsum.prompt import resolve_topic_policy
+from dialsum.stats import length_percentiles, pack_lengths, packed_waste, padded_waste
 
 
 def render_example(tokenizer, example: dict) -> Text:
@@ -35,12 +36,27 @@ def render_example(tokenizer, example: dict) -> Text:
     return text
 
 
-def inspect_data(config: Config, data_path: str | None = None, n: int = 3, console: Console | None = None) -> dict:
+def inspect_data(config: Config, data_path: str | None = None, n: int = 3, console: Console | None = None,
+                 model: str | None = None) -> dict:
+    """Render the first `n` training examples and the dataset's token statistics.
+
+    `model` (a model or tokenizer folder, e.g. ../shared/models/llama-3.2-korean-bllossom-3b) replaces
+    model.name_or_path, its kind read from its config.json, so the real prompt shows before any training."""
     console = console or Console()
+    if model is not None:
+        from dialsum.config import config_from_dict
+        from dialsum.generate import checkpoint_kind
+
+        raw = config.to_dict()
+        raw["model"] = {**raw["model"], "name_or_path": model, "kind": checkpoint_kind(model, config)}
+        config = config_from_dict(raw, source=f"--model {model}")
     path = data_path or config.data.train
     if path is None:
         raise ConfigError("nothing to inspect: set data.train or pass --data")
     dialogues = load_dialogues(path)
+    config, topic_note = resolve_topic_policy(config, dialogues)
+    if topic_note:
+        console.print(f"[yellow]prompt:[/] {topic_note}")
     tokenizer = load_tokenizer(config.model.name_or_path, config)
     ensure_pad_token(tokenizer)
     if config.model.kind == "seq2seq":
@@ -51,32 +67,53 @@ def inspect_data(config: Config, data_path: str | None = None, n: int = 3, conso
         check = check_chat_template(tokenizer, config.prompt)
         for line in check.notes + check.problems:
             console.print(f"[yellow]chat template:[/] {line}")
-    examples, stats = encode_dialogues(tokenizer, [d for d in dialogues if d.references], config)
-    unlabeled = sum(1 for d in dialogues if not d.references)
+    labeled = [d for d in dialogues if d.references]
+    examples, stats = encode_dialogues(tokenizer, labeled, config)
+    skipped = set(stats.skipped_ids)
+    example_ids = [d.id for d in labeled if d.id not in skipped]  # the id of each encoded example, in order
+    unlabeled = len(dialogues) - len(labeled)
     for index, example in enumerate(examples[:n]):
         trained = sum(1 for label in example["labels"] if label != IGNORE_INDEX)
-        console.rule(f"example {index} — {dialogues[index].id}: {len(example['input_ids'])} tokens, {trained} trained")
+        console.rule(f"example {index} — {example_ids[index]}: {len(example['input_ids'])} tokens, {trained} trained")
         console.print(render_example(tokenizer, example))
-    lengths = [len(e["input_ids"]) + (len(e["labels"]) if config.model.kind == "seq2seq" else 0) for e in examples]
+
+    def total_length(e: dict) -> int:
+        return len(e["input_ids"]) + (len(e["labels"]) if config.model.kind == "seq2seq" else 0)
+
+    lengths = [total_length(e) for e in examples]
+    # before trimming: the same examples with a budget nothing exceeds
+    untrimmed_config = config.model_copy(deep=True)
+    untrimmed_config.training.max_length = 10**9
+    untrimmed_config.training.max_target_length = 10**9
+    untrimmed_config.training.skip_too_long = True
+    untrimmed, _ = encode_dialogues(tokenizer, labeled, untrimmed_config)
+    raw_lengths = [total_length(e) for e in untrimmed]
+    batch = config.training.per_device_train_batch_size
+    rows = [sum(row) for row in pack_lengths(lengths, config.training.max_length)] if lengths else []
     result = {
         "file": str(path),
         "records": len(dialogues),
         "unlabeled": unlabeled,
         "encoded": stats.encoded,
+        "example_ids": example_ids[:n],
         "trimmed": stats.trimmed,
         "skipped": len(stats.skipped_ids),
+        "lengths_before_trimming": length_percentiles(raw_lengths) if raw_lengths else {},
         "lengths": length_percentiles(lengths) if lengths else {},
-        "padding_waste_padded": padded_waste(lengths, config.training.per_device_train_batch_size) if lengths else 0.0,
-        "padding_waste_packed": packed_waste(lengths, config.training.max_length, padding_free=True),
+        "padding_waste_padded": padded_waste(lengths, batch) if lengths else 0.0,
+        "padding_waste_packed": padded_waste(rows, batch) if rows else 0.0,
         "pack_fill_fixed_rows": 1 - packed_waste(lengths, config.training.max_length, padding_free=False) if lengths else 0.0,
     }
     table = Table(title=f"dataset: {path}", show_header=False)
     table.add_row("records", f"{len(dialogues)} ({unlabeled} without summary, not encoded)")
     table.add_row("encoded", f"{stats.encoded}; trimmed to fit max_length={config.training.max_length}: {stats.trimmed}; skipped: {len(stats.skipped_ids)}")
     if lengths:
+        table.add_row("tokens before trimming p50/p90/p95/p99/max",
+                      " / ".join(f"{v:.0f}" for v in result["lengths_before_trimming"].values()))
         table.add_row("tokens p50/p90/p95/p99/max", " / ".join(f"{v:.0f}" for v in result["lengths"].values()))
-        table.add_row(f"padding waste, padded batches of {config.training.per_device_train_batch_size}", f"{result['padding_waste_padded']:.1%}")
-        table.add_row("padding waste, packed (padding-free)", f"{result['padding_waste_packed']:.1%}")
+        table.add_row(f"padding waste, padded batches of {batch}", f"{result['padding_waste_padded']:.1%}")
+        table.add_row(f"padding waste, packed rows ({len(rows)}) padded per batch of {batch}",
+                      f"{result['padding_waste_packed']:.1%} (0 with padding-free packing)")
         table.add_row(f"pack fill, fixed rows of {config.training.max_length}", f"{result['pack_fill_fixed_rows']:.1%}")
     console.print(table)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -129,24 +130,58 @@ def quantization_config(config: Config):
     return BitsAndBytesConfig(**qlora_settings(config))
 
 
+def weights_format(path: str | Path) -> str | None:
+    """'safetensors' or 'bin' for a local model directory (safetensors preferred), None when it has neither
+    (a hub id, or a directory transformers will report on)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return None
+    if any(directory.glob("*.safetensors")):
+        return "safetensors"
+    if any(directory.glob("pytorch_model*.bin")):
+        return "bin"
+    return None
+
+
 def load_model(name_or_path: str | Path, config: Config, for_training: bool = False):
-    """AutoModelForCausalLM or AutoModelForSeq2SeqLM per `model.kind`, weights from safetensors only."""
+    """AutoModelForCausalLM or AutoModelForSeq2SeqLM per `model.kind`. Weights from safetensors when the
+    checkpoint has them; a checkpoint with only `pytorch_model.bin` (digit82/kobart-summarization) is read
+    with torch's `weights_only=True` loader, which refuses pickled code. The console says which format."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     auto_class = AutoModelForCausalLM if config.model.kind == "causal" else AutoModelForSeq2SeqLM
+    path = resolve_model_path(name_or_path)
+    fmt = weights_format(path)
     kwargs = dict(
         dtype=training_weight_dtype(config) if for_training else torch_dtype(config),
         trust_remote_code=config.model.trust_remote_code,
         revision=config.model.revision,
-        use_safetensors=True,
+        use_safetensors=fmt != "bin",
+        weights_only=True,
         attn_implementation=config.model.attn_implementation if config.model.kind == "causal" else None,
     )
     if for_training:
         kwargs["quantization_config"] = quantization_config(config)
     if config.model.attn_implementation == "flash_attention_2" and not has_cuda():
         raise ConfigError("model.attn_implementation=flash_attention_2 needs a CUDA GPU; use sdpa on the CPU")
+    import pickle
+
     try:
-        model = auto_class.from_pretrained(resolve_model_path(name_or_path), **{k: v for k, v in kwargs.items() if v is not None})
+        model = auto_class.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        if fmt != "bin":
+            raise
+        import re
+
+        found = re.search(r"unsupported GLOBAL (\S+)", str(error), re.IGNORECASE)
+        what = f"it would call {found.group(1)}" if found else type(error).__name__
+        raise ConfigError(f"model.name_or_path={name_or_path}: pytorch_model.bin refused by torch's weights_only "
+                          f"loader ({what}; a checkpoint must hold tensors only); nothing was executed") from None
     except OSError as error:
         raise ConfigError(f"model.name_or_path={name_or_path}: cannot load: {str(error).splitlines()[0]}") from None
+    if fmt == "bin":
+        print(f"loaded {name_or_path}: weights from pytorch_model.bin (torch weights_only loader; no safetensors "
+              f"in the checkpoint)", file=sys.stderr)
+    elif fmt == "safetensors":
+        print(f"loaded {name_or_path}: weights from safetensors", file=sys.stderr)
     return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dialsum.config import PromptConfig
+from dialsum.config import Config, PromptConfig
 from dialsum.data import Dialogue, Turn
 
 _PERSON_TAG = re.compile(r"#Person(\d+)#")
@@ -21,13 +21,60 @@ def render_speaker(speaker: str, style: str) -> str:
 
 
 def topic_of(dialogue: Dialogue, prompt: PromptConfig) -> str:
+    """The topic the question names: the dialogue's own (unless prompt.topic=never), else default_topic.
+
+    `auto` must be resolved first (`resolve_topic_policy`); unresolved it behaves like `always`."""
+    if prompt.topic == "never":
+        return prompt.default_topic
     return (dialogue.topic or "").strip() or prompt.default_topic
+
+
+def has_topics(dialogues: list[Dialogue]) -> bool:
+    return bool(dialogues) and all((d.topic or "").strip() for d in dialogues)
+
+
+def resolve_topic_policy(config: Config, *splits: list[Dialogue]) -> tuple[Config, str | None]:
+    """Turn prompt.topic=auto into always/never so training, dev scoring and test prediction share one prompt form.
+
+    `splits` are the dialogues at hand (train, dev); the configured data.test is read too, because the
+    competition's test.csv has no `topic` column: a model trained on topics would see test prompts it never
+    saw. Returns the resolved config and a one-line note saying what was chosen and why (None: nothing to say).
+    """
+    if config.prompt.topic != "auto":
+        return config, None
+    from dialsum.data import load_dialogues
+
+    named = [("training data", s) for s in splits if s]
+    if config.data.test:
+        named.append((str(config.data.test), load_dialogues(config.data.test)))
+    lacking = [name for name, dialogues in named if not has_topics(dialogues)]
+    choice = "never" if lacking or not named else "always"
+    resolved = config.model_copy(deep=True)
+    resolved.prompt.topic = choice
+    if choice == "never" and named and len(lacking) < len(named):
+        note = (f"prompt.topic=auto -> never: {lacking[0]} has no topic for every dialogue, so every prompt (train, "
+                f"dev, test) reads the default topic '{config.prompt.default_topic}' (set prompt.topic=always to "
+                f"use topics where present)")
+        return resolved, note
+    return resolved, None
+
+
+def topic_mismatch(prompt: PromptConfig, dialogues: list[Dialogue], source: str) -> str | None:
+    """One line when the prompts about to be generated lack the topics the model was trained with."""
+    if prompt.topic != "always" or not dialogues:
+        return None
+    missing = sum(1 for d in dialogues if not (d.topic or "").strip())
+    if not missing:
+        return None
+    return (f"{source}: {missing} of {len(dialogues)} dialogues have no topic while prompt.topic=always (training "
+            f"used topics): their prompts read the default topic '{prompt.default_topic}', unlike training "
+            f"(set prompt.topic=auto or never to train on the form predicted)")
 
 
 def conversation_lines(dialogue: Dialogue, prompt: PromptConfig, turns: list[Turn] | None = None) -> list[str]:
     """One `speaker: utterance` line per turn (multi-line utterances stay on their own lines)."""
     turns = dialogue.turns if turns is None else turns
-    lines = [dialogue.preamble] if dialogue.preamble and turns is dialogue.turns else []
+    lines = [dialogue.preamble] if dialogue.preamble else []  # kept when turns are cut, too
     lines += [f"{render_speaker(t.speaker, prompt.speaker_style)}: {t.utterance}" for t in turns]
     return lines
 

@@ -13,7 +13,10 @@ from rich.console import Console
 
 from dialsum.config import Config
 from dialsum.data import Dialogue, load_dialogues, write_predictions
-from dialsum.rundir import DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, SUBMISSION_FILE
+from dialsum.prompt import topic_mismatch
+from dialsum.rundir import (
+    DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, GENERATION_FILE, SUBMISSION_FILE,
+)
 
 console = Console(stderr=True)
 
@@ -53,13 +56,15 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     if not PartialState().is_main_process:
         return run_dir  # generation and scoring run once, on the main process
     model, tokenizer, config = load_for_inference(run_dir, None)
+    generation_info: dict = {}
 
     # 2. Dev: generate, score, keep per-row scores for error analysis.
     dev_scores, examples = None, None
     if config.data.dev:
         dev = load_dialogues(config.data.dev)
         labeled = [d for d in dev if d.references]
-        predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind)
+        predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind,
+                                         info=generation_info)
         write_predictions(run_dir / DEV_PREDICTIONS_FILE, [d.id for d in labeled], predictions)
         if labeled:
             dev_scores, rows = score_dialogues(predictions, labeled, config)
@@ -78,7 +83,10 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     # 3. Test: a submission in the input's order, every id kept.
     if config.data.test:
         test = load_dialogues(config.data.test)
-        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind)
+        mismatch = topic_mismatch(config.prompt, test, str(config.data.test))
+        if mismatch:
+            console.print(f"[yellow]prompt:[/] {mismatch}")
+        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind, info=generation_info)
         submission = run_dir / SUBMISSION_FILE
         if is_dcs(config.data.test):  # DCS: the test file back with `output` filled in (submission.json/.jsonl)
             submission = submission.with_suffix(Path(config.data.test).suffix.lower())
@@ -87,6 +95,9 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
             write_submission(submission, [d.id for d in test], predictions)
         empty = sum(1 for p in predictions if not p.strip())
         console.print(f"submission: {submission} ({len(test)} rows, {empty} empty)")
+
+    if generation_info:  # the settings generation really ran with, and the checkpoint's it ignored
+        (run_dir / GENERATION_FILE).write_text(json.dumps(generation_info["generation"], indent=2), encoding="utf-8")
 
     # 4. Report.
     report = write_run_report(run_dir, dev_scores, examples)

@@ -25,6 +25,7 @@ DEV_PER_SAMPLE_FILE = "dev_per_sample.csv"
 SUBMISSION_FILE = "submission.csv"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
+GENERATION_FILE = "generation.json"  # the generation settings used, and the checkpoint's that were ignored
 
 
 # ---------------------------------------------------------------- reading a run

@@ -286,18 +286,40 @@ def build_model(arch: str, tokenizer, seed: int = 0):
     return model
 
 
+REAL_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "bart": "bart"}
+
+
+def arch_of(tokenizer_dir: str | Path) -> str:
+    """The tiny architecture matching a real model folder's config.json `model_type`."""
+    path = Path(tokenizer_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{tokenizer_dir}: no config.json to read the architecture from; pass --arch")
+    model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    if model_type not in REAL_MODEL_TYPES:
+        raise ValueError(f"{path}: model_type {model_type!r} is not one of {', '.join(REAL_MODEL_TYPES)}")
+    return REAL_MODEL_TYPES[model_type]
+
+
 def make_tiny_model(arch: Arch, output_dir: str | Path, corpus: list[str] | None = None,
-                    vocab_size: int = 2000, seed: int = 0) -> Path:
-    """Write a tiny random model + tokenizer (safetensors) that the Auto classes load offline."""
+                    vocab_size: int = 2000, seed: int = 0, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write a tiny random model + tokenizer (safetensors) that the Auto classes load offline.
+
+    `tokenizer_dir`: build the tiny model around a REAL tokenizer (e.g. ../shared/models/llama-3.2-korean-
+    bllossom-3b): its full vocabulary, chat template and special tokens, random 64-wide weights."""
     if arch not in ARCHES:
         raise ValueError(f"arch must be one of {', '.join(ARCHES)}, got {arch!r}")
     output_dir = Path(output_dir)
-    tokenizer = build_tokenizer(arch, corpus if corpus is not None else sample_corpus(), vocab_size)
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    else:
+        tokenizer = build_tokenizer(arch, corpus if corpus is not None else sample_corpus(), vocab_size)
     model = build_model(arch, tokenizer, seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    if arch.startswith("qwen"):  # declare the tokenizer as the real Qwen repos do
+    if arch.startswith("qwen") and tokenizer_dir is None:  # declare the tokenizer as the real Qwen repos do
         _update_json(output_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer", bos_token=None, unk_token=None)
     return output_dir
 

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from dialsum.config import Config, config_from_dict, load_config, save_config
 from dialsum.data import Dialogue, load_dialogues
+from dialsum.prompt import resolve_topic_policy
 from dialsum.encode import EncodeStats, add_seq2seq_special_tokens, check_chat_template, encode_dialogues, ensure_pad_token
 from dialsum.errors import ConfigError, RunDirError
 from dialsum.models import (
@@ -725,6 +726,9 @@ def train(
     #    the run directory exists, so fixing the file and re-running needs no clean-up.
     train_dialogues: list[Dialogue] = load_dialogues(config.data.train)
     dev_dialogues: list[Dialogue] = load_dialogues(config.data.dev) if config.data.dev else []
+    config, topic_note = resolve_topic_policy(config, train_dialogues, dev_dialogues)  # saved resolved, for inference
+    if topic_note:
+        console.print(f"[yellow]prompt:[/] {topic_note}")
     seq2seq = config.model.kind == "seq2seq"
     tokenizer = load_tokenizer(config.model.name_or_path, config)
     ensure_pad_token(tokenizer)
