@@ -140,6 +140,36 @@ def inspect(
     inspect_data(_config(config, set_), data_path=data, n=n)
 
 
+@app.command()
+def ensemble(
+    sources: Annotated[list[Path] | None, typer.Argument(
+        help="Candidate sources: fname,summary CSVs, multi-candidate CSVs (fname,candidate,summary), "
+        "run directories or a kfold directory.")] = None,
+    output: Annotated[Path, typer.Option(help="Output CSV fname,summary: the chosen candidate per dialogue.")] = ...,
+    predictions: Annotated[list[Path] | None, typer.Option(help="A candidate source (repeatable), as SOURCES.")] = None,
+    references: Annotated[Path | None, typer.Option(help="Score every source and the ensemble against these.")] = None,
+    utility: Annotated[str, typer.Option(
+        help="MBR utility: sum (R1+R2+RL), rouge1, rouge2, rougeL, or weights R2,RL,R1 such as 2,1,1.")] = "sum",
+    length_percentile: Annotated[float | None, typer.Option(
+        help="Leave out candidates longer (in morphemes) than this percentile of their dialogue's candidates.")] = None,
+    scheme: Annotated[str, typer.Option(
+        help="Morpheme tokenizer of the utility and the scores: kiwi | mecab | whitespace")] = "kiwi",
+    split: Annotated[str, typer.Option(
+        help="Which predictions of run/kfold directories: dev, test (submission.csv) or oof.")] = "dev",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report (wins, scores) as JSON.")] = None,
+    choices: Annotated[Path | None, typer.Option(help="Write fname, winning source, expected utility as CSV.")] = None,
+    submission: Annotated[Path | None, typer.Option(help="Also write the organizers' submission format here.")] = None,
+) -> None:
+    """MBR consensus: per dialogue, the candidate that agrees most (Korean ROUGE) with the other candidates."""
+    from dialsum.ensemble import ensemble_files
+
+    paths = [*(sources or []), *(predictions or [])]
+    if not paths:
+        raise DialsumError("ensemble: no candidate sources; pass prediction CSVs or run/kfold directories")
+    ensemble_files(paths, output, references=references, utility=utility, length_percentile=length_percentile,
+                   scheme=scheme, split=split, json_out=json_out, choices_out=choices, submission=submission)
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     arch: Annotated[str, typer.Option(help="llama | qwen2 | qwen3 | bart")],
