@@ -100,6 +100,23 @@ class GenerationConfig(_Section):
     forbidden_scripts: list[str] = Field(default_factory=lambda: list(DEFAULT_FORBIDDEN_SCRIPTS))
 
 
+class CleanupConfig(_Section):
+    """Post-processing of every generated summary (dialsum.cleanup); the run report counts what each step changed."""
+
+    normalize_tags: bool = Field(
+        True, description="Rewrite '#Person 1#', '# Person1 #', 'Person1:' (and masks such as '# PhoneNumber #') "
+        "to the references' '#Person1#' / '#PhoneNumber#' spelling, which ROUGE matches token for token.")
+    remove_think: bool = Field(
+        True, description="Remove <think>...</think> blocks (Qwen3 writes them even with thinking off), an unclosed "
+        "<think> and stray think tags.")
+    remove_artifacts: bool = Field(
+        True, description="Remove unused/reserved vocabulary entries such as <unused68> and stray characters of "
+        "generation.forbidden_scripts (e.g. Han), which decoding can leave behind.")
+    drop_unfinished_sentence: bool = Field(
+        False, description="Cut a trailing fragment after the last full stop (a generation cut off by "
+        "max_new_tokens); a tail ending in -다/-요 is kept.")
+
+
 class EvaluationConfig(_Section):
     tokenizer: Literal["kiwi", "mecab", "whitespace"] = "kiwi"
     rouge_during_training: bool = Field(False, description="Generate and score a dev subset at each evaluation.")
@@ -121,6 +138,8 @@ class Config(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    cleanup: CleanupConfig = Field(
+        default_factory=CleanupConfig, description="Summary clean-up after decoding, one switch per step.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

@@ -577,6 +577,7 @@ def generate_summaries(
     *,
     kind: Literal["causal", "seq2seq"] | None = None,
     progress: bool = True,
+    cleanup_counts: dict[str, int] | None = None,
 ) -> list[str]:
     """One summary per dialogue, in input order (an empty generation is an empty string).
 
@@ -641,7 +642,18 @@ def generate_summaries(
         bar.close()
         if was_training:
             model.train()
-    return results
+    return _cleanup(results, config, cleanup_counts)
+
+
+def _cleanup(summaries: list[str], config: Config, counts: dict[str, int] | None) -> list[str]:
+    """The config's clean-up steps (dialsum.cleanup); what each changed is added to `counts` when given."""
+    from dialsum.cleanup import clean_all
+
+    cleaned, changed = clean_all(summaries, config, config.generation.forbidden_scripts)
+    if counts is not None:
+        for step, n in changed.items():
+            counts[step] = counts.get(step, 0) + n
+    return cleaned
 
 
 # ==================================================================================================
@@ -775,7 +787,7 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
         lora = LoRARequest("dialsum", 1, str(source.model_dir))
     llm = LLM(**llm_kwargs)
     outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=progress)
-    return [clean_summary(output.outputs[0].text, tokenizer) for output in outputs]
+    return _cleanup([clean_summary(output.outputs[0].text, tokenizer) for output in outputs], config, None)
 
 
 # ==================================================================================================

@@ -633,6 +633,21 @@ def _examples_section(examples: list[dict] | None, score_key: str | None, k: int
     return lines
 
 
+def _cleanup_section(run_dir: Path) -> list[str]:
+    """Summaries changed by each clean-up step (cleanup.json, written by `dialsum run`), per split."""
+    from dialsum.cleanup import STEPS
+    from dialsum.rundir import CLEANUP_FILE
+
+    path = run_dir / CLEANUP_FILE
+    if not path.is_file():
+        return []
+    counts = json.loads(path.read_text(encoding="utf-8"))
+    splits = [split for split in ("dev", "test") if split in counts]
+    rows = [[step] + [str(counts[split].get(step, "off")) for split in splits] for step in STEPS]
+    return ["", "## Clean-up", "", "Summaries each step changed (`cleanup.*` switches; off: not run).", "",
+            md_table(["step", *splits], rows)]
+
+
 def write_run_report(
     run_dir: str | Path,
     dev_scores: dict | None = None,
@@ -665,6 +680,7 @@ def write_run_report(
     parts = [f"# Run report: {run.name}", "", header, "", "## Setup", "", md_table(["setting", "value"], _setup_rows(run))]
     parts += ["", "## Training", "", md_table(["measure", "value"], _training_rows(run)), "", "### Grad-norm spikes", "", *_spikes_section(run)]
     parts += ["", "## Dev scores", "", *_dev_scores_section(dev_scores)]
+    parts += _cleanup_section(run_dir)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({_relative(p, run_dir)})\n" for p in plots]
     parts += ["", "## Dev examples", "", *_examples_section(examples, score_key, n_examples)]

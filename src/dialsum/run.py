@@ -13,7 +13,7 @@ from rich.console import Console
 
 from dialsum.config import Config
 from dialsum.data import Dialogue, load_dialogues, write_predictions
-from dialsum.rundir import DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, SUBMISSION_FILE
+from dialsum.rundir import CLEANUP_FILE, DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, SUBMISSION_FILE
 
 console = Console(stderr=True)
 
@@ -53,10 +53,12 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
 
     # 2. Dev: generate, score, keep per-row scores for error analysis.
     dev_scores, examples = None, None
+    cleanup: dict[str, dict[str, int]] = {"dev": {}, "test": {}}  # what each clean-up step changed, per split
     if config.data.dev:
         dev = load_dialogues(config.data.dev)
         labeled = [d for d in dev if d.references]
-        predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind)
+        predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind,
+                                         cleanup_counts=cleanup["dev"])
         write_predictions(run_dir / DEV_PREDICTIONS_FILE, [d.id for d in labeled], predictions)
         if labeled:
             dev_scores, rows = score_dialogues(predictions, labeled, config)
@@ -75,10 +77,13 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     # 3. Test: a submission in the input's order, every id kept.
     if config.data.test:
         test = load_dialogues(config.data.test)
-        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind)
+        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind,
+                                         cleanup_counts=cleanup["test"])
         write_submission(run_dir / SUBMISSION_FILE, [d.id for d in test], predictions)
         empty = sum(1 for p in predictions if not p.strip())
         console.print(f"submission: {run_dir / SUBMISSION_FILE} ({len(test)} rows, {empty} empty)")
+
+    (run_dir / CLEANUP_FILE).write_text(json.dumps(cleanup, indent=2), encoding="utf-8")
 
     # 4. Report.
     report = write_run_report(run_dir, dev_scores, examples)

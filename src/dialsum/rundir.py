@@ -13,3 +13,4 @@ DEV_PER_SAMPLE_FILE = "dev_per_sample.csv"
 SUBMISSION_FILE = "submission.csv"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
+CLEANUP_FILE = "cleanup.json"  # per split, how many summaries each clean-up step changed
