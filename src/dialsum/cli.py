@@ -141,6 +141,25 @@ def inspect(
 
 
 @app.command()
+def kfold(
+    config: Annotated[Path, typer.Argument(help="YAML run config (data.train is split into folds).")],
+    folds: Annotated[int, typer.Option(help="Number of folds K.")] = 5,
+    fold: Annotated[int | None, typer.Option(help="Run only fold I (0..K-1), e.g. one fold per GPU job.")] = None,
+    include_dev: Annotated[bool, typer.Option(help="Split train + dev into the folds (dev becomes training data).")]
+    = False,
+    set_: SetOption = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Parent directory (default runs/<config>-<time>-kfoldK).")]
+    = None,
+    resume: Annotated[bool, typer.Option(help="Continue unfinished folds from their last checkpoint.")] = False,
+) -> None:
+    """K runs on K folds: out-of-fold predictions and scores, test predictions from every fold, a summary table."""
+    from dialsum.kfold import kfold as run_kfold
+
+    run_kfold(_config(config, set_), folds, output_dir=output_dir, fold=fold, include_dev=include_dev, resume=resume,
+              config_path=config)
+
+
+@app.command()
 def ensemble(
     sources: Annotated[list[Path] | None, typer.Argument(
         help="Candidate sources: fname,summary CSVs, multi-candidate CSVs (fname,candidate,summary), "

@@ -397,6 +397,9 @@ def ensemble_files(
     utility = parse_utility(utility) if isinstance(utility, str) else utility
     tokenize = tokenizer_for(scheme)
     sources = load_sources(paths, split=split)
+    if len(sources.names) == 2:
+        console.print("[yellow]two sources: their utilities against each other are equal, so MBR cannot choose and "
+                      "the first source wins every tie; give three or more[/]")
     refs = None
     if references is not None:  # fail on a bad reference file before the slow part
         by_id = _reference_rows(Path(references))

@@ -1,0 +1,99 @@
+"""`dialsum kfold`: a 2-fold tiny-model run on the bundled sample, its files, resume of a killed fold, the split."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SAMPLE
+
+from dialsum.kfold import assign_folds
+
+FEW_STEPS = ["--set", "training.max_steps=4", "--set", "training.eval_steps=2", "--set", "training.save_steps=2",
+             "--set", "generation.max_new_tokens=8"]
+
+
+def dialsum(*args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "dialsum.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+
+
+def _ids(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [row["fname"] for row in csv.DictReader(handle)]
+
+
+def test_assign_folds_is_balanced_seeded_and_covers_every_id():
+    ids = [f"t{i}" for i in range(103)]
+    folds = assign_folds(ids, 5, seed=42)
+    assert sorted({f: folds.count(f) for f in set(folds)}.values()) == [20, 20, 21, 21, 21]
+    assert folds == assign_folds(ids, 5, seed=42)
+    assert folds != assign_folds(ids, 5, seed=7)
+    assert folds != [i % 5 for i in range(103)]  # shuffled, not dealt in file order
+
+
+@pytest.mark.slow
+def test_two_fold_run_then_killed_fold_resumes_then_ensemble(tmp_path):
+    parent = tmp_path / "kf"
+    result = dialsum("kfold", "configs/demo.yaml", "--folds", 2, "--output-dir", parent, *FEW_STEPS)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    spec = json.loads((parent / "kfold.json").read_text(encoding="utf-8"))
+    train_ids = _ids(SAMPLE / "train.csv")
+    held = [_ids(parent / "data" / f"fold-{i}-heldout.csv") for i in range(2)]
+    trained = [_ids(parent / "data" / f"fold-{i}-train.csv") for i in range(2)]
+    # the held-out parts partition the training rows; each fold trains on exactly the others
+    assert sorted(held[0] + held[1]) == sorted(train_ids) and not set(held[0]) & set(held[1])
+    assert set(trained[0]) == set(held[1]) and set(trained[1]) == set(held[0])
+    for i in range(2):
+        run_dir = parent / f"fold-{i}"
+        config = (run_dir / "config.yaml").read_text(encoding="utf-8")
+        assert f"fold-{i}-train.csv" in config  # a normal run directory, trained on its fold
+        assert _ids(run_dir / "oof_predictions.csv") == held[i]  # out-of-fold: the rows it never saw
+        assert _ids(run_dir / "submission.csv") == _ids(SAMPLE / "test.csv")  # test predictions from every fold
+        assert json.loads((run_dir / "dev_scores.json").read_text())["n"] == 10
+        assert "## Clean-up" in (run_dir / "report.md").read_text(encoding="utf-8")
+        assert set(json.loads((run_dir / "cleanup.json").read_text())["dev"]) == {
+            "normalize_tags", "remove_think", "remove_artifacts"}
+    # every training row predicted once, in training-file order; the summary table has per-fold and mean rows
+    assert _ids(parent / "oof_predictions.csv") == [i for i in spec["assignment"]]
+    scores = json.loads((parent / "kfold_scores.json").read_text(encoding="utf-8"))
+    oof = [json.loads((parent / f"fold-{i}" / "oof_scores.json").read_text())["rouge_sum"] for i in range(2)]
+    assert scores["folds_done"] == 2 and scores["mean_oof"]["rouge_sum"] == pytest.approx(sum(oof) / 2)
+    assert "| mean |" in (parent / "kfold.md").read_text(encoding="utf-8")
+
+    # Kill fold 1 after its first checkpoint: what a crash at step 3 leaves behind.
+    fold1 = parent / "fold-1"
+    for name in ("report.md", "oof_predictions.csv", "oof_scores.json", "summary.json", "submission.csv"):
+        (fold1 / name).unlink()
+    shutil.rmtree(fold1 / "model")
+    shutil.rmtree(fold1 / "checkpoints" / "checkpoint-4")
+    fold0_model = (parent / "fold-0" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    refused = dialsum("kfold", "configs/demo.yaml", "--folds", 2, "--output-dir", parent, "--fold", 1, *FEW_STEPS)
+    assert refused.returncode == 2 and "--resume" in refused.stderr and refused.stderr.strip().count("\n") == 0
+
+    resumed = dialsum("kfold", "configs/demo.yaml", "--folds", 2, "--output-dir", parent, "--resume", *FEW_STEPS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fold 0: done already" in resumed.stderr
+    assert (parent / "fold-0" / "model" / "model.safetensors").stat().st_mtime_ns == fold0_model
+    steps = [json.loads(line)["step"] for line in (fold1 / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 4 and (fold1 / "oof_scores.json").is_file() and (fold1 / "submission.csv").is_file()
+
+    # A different split into the same parent is refused.
+    other = dialsum("kfold", "configs/demo.yaml", "--folds", 3, "--output-dir", parent, *FEW_STEPS)
+    assert other.returncode == 2 and "different k-fold split" in other.stderr
+
+    # The folds' test predictions go straight into the ensemble and out as a submission.
+    ensemble = dialsum("ensemble", parent, "--split", "test", "--output", tmp_path / "ens.csv",
+                       "--submission", tmp_path / "submission.csv")
+    assert ensemble.returncode == 0, ensemble.stderr
+    assert "fold-0/submission.csv" in ensemble.stdout and "fold-1/submission.csv" in ensemble.stdout
+    with (tmp_path / "submission.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["", "fname", "summary"] and [r[1] for r in rows[1:]] == _ids(SAMPLE / "test.csv")
