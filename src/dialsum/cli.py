@@ -66,11 +66,15 @@ def predict(
     output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order).")],
     config: Annotated[Path | None, typer.Option(help="Config (default: the run's config.yaml).")] = None,
     set_: SetOption = None,
+    num_candidates: Annotated[int, typer.Option(
+        help="Candidates per dialogue (beams with generation.num_beams >= N, or samples with generation.do_sample); "
+        "N > 1 writes fname,candidate,summary for dialsum ensemble.", min=1)] = 1,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
     from dialsum.generate import predict as run_predict
 
-    run_predict(model, data, output, config=_config(config, set_) if config else None, overrides=set_ or [])
+    run_predict(model, data, output, config=_config(config, set_) if config else None, overrides=set_ or [],
+                num_candidates=num_candidates)
 
 
 @app.command()

@@ -88,7 +88,20 @@ class LoraConfig(_Section):
 class GenerationConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int | Literal["auto"] = Field(
+        128, description="Token limit per summary; 'auto' gives each dialogue the limit of its length bucket from a "
+        "rule fitted on the training data (dialsum.length), stored in generation.length_rule.")
+    length_buckets: int = Field(
+        5, ge=1, description="With max_new_tokens=auto: how many dialogue-length buckets (training-data quantiles).")
+    length_quantile: float = Field(
+        0.95, gt=0, le=1, description="With max_new_tokens=auto: a bucket's limit is this quantile of its training "
+        "summaries' token counts (plus the stop token).")
+    max_new_tokens_cap: int = Field(
+        256, ge=1, description="With max_new_tokens=auto: the largest limit the rule may give, and the generation "
+        "budget the prompt leaves room for.")
+    length_rule: dict[str, Any] | None = Field(
+        None, description="The fitted length rule (bucket edges in dialogue characters, per-bucket token limits); "
+        "written by dialsum run when max_new_tokens=auto so the run's config.yaml reproduces its generation.")
     num_beams: int = Field(1, ge=1)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0)
@@ -115,6 +128,11 @@ class CleanupConfig(_Section):
     drop_unfinished_sentence: bool = Field(
         False, description="Cut a trailing fragment after the last full stop (a generation cut off by "
         "max_new_tokens); a tail ending in -다/-요 is kept.")
+
+
+def token_budget(generation: "GenerationConfig") -> int:
+    """The most tokens a summary may get: max_new_tokens, or with 'auto' the cap (what the prompt leaves room for)."""
+    return generation.max_new_tokens_cap if generation.max_new_tokens == "auto" else generation.max_new_tokens
 
 
 class EvaluationConfig(_Section):

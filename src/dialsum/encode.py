@@ -196,7 +196,9 @@ def encode_causal(tokenizer, record: Dialogue, config: Config) -> dict[str, list
 
 def encode_prompt(tokenizer, record: Dialogue, config: Config) -> list[int]:
     """The generation prompt for inference, trimmed like training so the question block always survives."""
-    max_prompt = config.training.max_length - config.generation.max_new_tokens
+    from dialsum.config import token_budget
+
+    max_prompt = config.training.max_length - token_budget(config.generation)
     return _fit_turns(record, max(max_prompt, 1), lambda t: _prompt_ids(tokenizer, record, config, t))[0]
 
 

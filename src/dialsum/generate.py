@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from dialsum.config import Config, config_from_dict, load_config
+from dialsum.config import Config, config_from_dict, load_config, token_budget
 from dialsum.data import Dialogue, load_dialogues, write_predictions
 from dialsum.encode import encode_prompt, encode_source, end_of_turn_token
 from dialsum.rundir import CONFIG_FILE, MODEL_DIR
@@ -53,6 +53,7 @@ __all__ = [
     "InferenceSource",
     "banned_bytes",
     "clean_summary",
+    "generate_candidates",
     "generate_summaries",
     "lead_baseline",
     "load_for_inference",
@@ -547,7 +548,7 @@ def _generation_kwargs(config: Config) -> dict[str, Any]:
     (sampling defaults, BART's min_length / num_beams=4) cannot change what the config says."""
     g = config.generation
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=g.max_new_tokens,
+        max_new_tokens=token_budget(g),
         min_length=0,
         num_beams=g.num_beams,
         do_sample=g.do_sample,
@@ -578,8 +579,14 @@ def generate_summaries(
     kind: Literal["causal", "seq2seq"] | None = None,
     progress: bool = True,
     cleanup_counts: dict[str, int] | None = None,
+    num_return_sequences: int = 1,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> list[str]:
     """One summary per dialogue, in input order (an empty generation is an empty string).
+
+    `num_return_sequences` n > 1: n candidates per dialogue (beams or samples), flat, dialogue i's at
+    [i*n, (i+1)*n) (`generate_candidates` groups them). `max_new_tokens`: a token limit per dialogue
+    (length control, dialsum.length); a batch generates to its largest and each row is cut to its own.
 
     Decoder-only: prompts from `encode_prompt` (token for token what training used), left-padded;
     seq2seq: the encoder source trimmed like training. Examples are batched by length (longest
@@ -597,7 +604,9 @@ def generate_summaries(
     stops = stop_token_ids(model, tokenizer, kind)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
-    results: list[str] = [""] * len(inputs)
+    per_input = num_return_sequences
+    results: list[str] = [""] * (len(inputs) * per_input)
+    limits = _token_limits(tokenizer, dialogues, config, max_new_tokens)
     device = next(model.parameters()).device
     kwargs = _generation_kwargs(config)
     was_training = model.training
@@ -627,22 +636,55 @@ def generate_summaries(
                             keep_token_ids=stops + [pad_id],
                         )
                     )
+                if limits is not None:
+                    kwargs["max_new_tokens"] = max(limits[i] for i in batch)
                 output = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=stops,
-                    pad_token_id=pad_id, logits_processor=processors, **kwargs,
+                    pad_token_id=pad_id, logits_processor=processors, num_return_sequences=per_input, **kwargs,
                 )
                 skip = width if kind == "causal" else 1  # the prompt, or the decoder start token
                 stop_set = set(stops)
-                for row, i in enumerate(batch):
+                for row, (i, c) in enumerate((i, c) for i in batch for c in range(per_input)):
                     generated = _cut_at_stop(output[row, skip:].tolist(), stop_set)
+                    if limits is not None:
+                        generated = generated[: limits[i]]
                     text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                    results[i] = clean_summary(text, tokenizer)
+                    results[i * per_input + c] = clean_summary(text, tokenizer)
                 bar.update(len(batch))
     finally:
         bar.close()
         if was_training:
             model.train()
     return _cleanup(results, config, cleanup_counts)
+
+
+def _token_limits(tokenizer, dialogues, config: Config, given: Sequence[int] | None) -> list[int] | None:
+    """Per-dialogue token limits: given, or from the length rule when generation.max_new_tokens is 'auto'."""
+    if given is not None:
+        if len(given) != len(dialogues):
+            raise ValueError(f"max_new_tokens: {len(given)} limits for {len(dialogues)} dialogues")
+        return [int(x) for x in given]
+    if config.generation.max_new_tokens != "auto":
+        return None
+    from dialsum.length import limits_for
+
+    return limits_for(config, tokenizer, dialogues)
+
+
+def _check_candidates(config: Config, n: int) -> None:
+    g = config.generation
+    if n > 1 and not g.do_sample and g.num_beams < n:
+        raise ConfigError(f"--num-candidates {n} needs generation.do_sample=true or generation.num_beams >= {n} "
+                          f"(now num_beams={g.num_beams}, do_sample=false): greedy decoding has one candidate")
+
+
+def generate_candidates(
+    model, tokenizer, dialogues: Sequence[Dialogue], config: Config, n: int, **kwargs
+) -> list[list[str]]:
+    """n candidates per dialogue (the n best beams, or n samples with generation.do_sample), in input order."""
+    _check_candidates(config, n)
+    flat = generate_summaries(model, tokenizer, dialogues, config, num_return_sequences=n, **kwargs)
+    return [flat[i * n : (i + 1) * n] for i in range(len(dialogues))]
 
 
 def _cleanup(summaries: list[str], config: Config, counts: dict[str, int] | None) -> list[str]:
@@ -753,6 +795,8 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
     if not has_cuda():
         raise DialsumError("generation.backend=vllm needs a CUDA GPU; none is available (use generation.backend=hf)")
 
+    if g.max_new_tokens == "auto":
+        raise ConfigError("generation.max_new_tokens=auto (per-dialogue limits) needs generation.backend=hf")
     tokenizer = load_tokenizer(source.model_dir, config)
     prompts = [{"prompt_token_ids": encode_prompt(tokenizer, d, config)} for d in dialogues]
     stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))]
@@ -795,6 +839,26 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
 # ==================================================================================================
 
 
+def _predict_candidates(source: InferenceSource, dialogues: Sequence[Dialogue], output_path: str | Path, n: int,
+                        progress: bool) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from dialsum.ensemble import write_candidates
+
+    config = source.config
+    if config.generation.backend != "hf":
+        raise ConfigError("--num-candidates needs generation.backend=hf")
+    _check_candidates(config, n)  # before the model loads
+    model, tokenizer = _load_source(source)
+    set_seed(config.training.seed)  # sampled candidates are reproducible
+    candidates = generate_candidates(model, tokenizer, dialogues, config, n, progress=progress)
+    write_candidates(output_path, [d.id for d in dialogues], candidates)
+    distinct = sum(len(set(c)) for c in candidates) / max(len(candidates), 1)
+    print(f"wrote {n} candidates for each of {len(dialogues)} dialogues to {output_path} "
+          f"({distinct:.1f} distinct per dialogue on average)")
+    return {"n": len(dialogues), "candidates": n, "distinct_per_dialogue": distinct, "output": str(output_path)}
+
+
 def predict(
     model_path: str | Path,
     data_path: str | Path,
@@ -802,6 +866,7 @@ def predict(
     config: Config | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    num_candidates: int = 1,
 ) -> dict[str, Any]:
     """Summarise every dialogue of `data_path` into a `fname,summary` CSV at `output_path` (input ids,
     input order; an empty generation is an empty summary). Returns {n, empty, foreign, seconds, ...}."""
@@ -809,6 +874,8 @@ def predict(
     source = resolve_inference_source(model_path, config, overrides)
     config = source.config
     dialogues = load_dialogues(data_path)  # bad data fails before the model loads
+    if num_candidates > 1:  # fname,candidate,summary rows for `dialsum ensemble`
+        return _predict_candidates(source, dialogues, output_path, num_candidates, progress)
     if config.generation.backend == "vllm":
         generate_started = time.perf_counter()
         summaries = _generate_vllm(source, dialogues, progress=progress)

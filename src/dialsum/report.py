@@ -648,6 +648,28 @@ def _cleanup_section(run_dir: Path) -> list[str]:
             md_table(["step", *splits], rows)]
 
 
+def _length_section(run_dir: Path) -> list[str]:
+    """generation.max_new_tokens=auto: dev with the per-bucket rule beside one fixed limit (length_control.json)."""
+    from dialsum.rundir import LENGTH_CONTROL_FILE
+
+    path = run_dir / LENGTH_CONTROL_FILE
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for name, label in (("auto", "per-bucket rule (auto)"), ("fixed", "fixed, one limit")):
+        s = data[name]
+        rows.append([label, f"{s['mean_limit']:.1f}", *(f"{s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL",
+                     "rouge_sum")), f"{s['pred_len']:.1f}"])
+    buckets = [[("≤ %.0f" % b["max_chars"]) if b["max_chars"] is not None else "longer", str(b["n"]), str(b["limit"])]
+               for b in data["rule"]["buckets"]]
+    return ["", "## Length control", "",
+            f"Dev generated twice: with the length rule fitted on `{data['rule'].get('fitted_on', '')}` "
+            f"(quantile {data['rule']['quantile']}) and with its single global limit.", "",
+            md_table(["max_new_tokens", "mean limit", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE sum", "mean chars"], rows),
+            "", md_table(["dialogue chars", "training dialogues", "limit (tokens)"], buckets)]
+
+
 def write_run_report(
     run_dir: str | Path,
     dev_scores: dict | None = None,
@@ -681,6 +703,7 @@ def write_run_report(
     parts += ["", "## Training", "", md_table(["measure", "value"], _training_rows(run)), "", "### Grad-norm spikes", "", *_spikes_section(run)]
     parts += ["", "## Dev scores", "", *_dev_scores_section(dev_scores)]
     parts += _cleanup_section(run_dir)
+    parts += _length_section(run_dir)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({_relative(p, run_dir)})\n" for p in plots]
     parts += ["", "## Dev examples", "", *_examples_section(examples, score_key, n_examples)]

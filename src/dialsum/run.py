@@ -37,13 +37,42 @@ def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: C
                            forbidden_scripts=config.generation.forbidden_scripts)
 
 
+def _compare_length_control(run_dir: Path, model, tokenizer, labeled: list[Dialogue], config: Config,
+                            auto_scores: dict) -> None:
+    """Dev once more at the rule's single global limit: report.md shows the per-bucket rule beside it."""
+    from dialsum.generate import generate_summaries
+    from dialsum.length import limits_for
+    from dialsum.rundir import LENGTH_CONTROL_FILE
+
+    rule = config.generation.length_rule
+    fixed = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind,
+                               max_new_tokens=[rule["global_limit"]] * len(labeled))
+    fixed_scores, _ = score_dialogues(fixed, labeled, config)
+    keys = ("rouge1", "rouge2", "rougeL", "rouge_sum", "pred_len")
+    limits = limits_for(config, tokenizer, labeled)
+    result = {
+        "auto": {**{k: auto_scores[k] for k in keys}, "mean_limit": sum(limits) / len(limits)},
+        "fixed": {**{k: fixed_scores[k] for k in keys}, "mean_limit": float(rule["global_limit"])},
+        "rule": rule,
+    }
+    (run_dir / LENGTH_CONTROL_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    console.print(f"length control on dev: ROUGE sum {auto_scores['rouge_sum']:.2f} with the per-bucket rule, "
+                  f"{fixed_scores['rouge_sum']:.2f} with one fixed limit of {rule['global_limit']} tokens")
+
+
 def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False) -> Path:
     from dialsum.generate import generate_summaries, load_for_inference
     from dialsum.metrics import print_scores
     from dialsum.report import write_run_report
     from dialsum.train import train
 
-    # 1. Train (the run directory holds the resolved config and the final model).
+    # 1. Train (the run directory holds the resolved config and the final model). With
+    #    generation.max_new_tokens=auto the length rule is fitted first, so config.yaml holds it.
+    if config.generation.max_new_tokens == "auto" and not resume:
+        from dialsum.length import with_length_rule
+        from dialsum.models import load_tokenizer
+
+        config = with_length_rule(config, load_tokenizer(config.model.name_or_path, config))
     run_dir = train(config, config_path=config_path, output_dir=output_dir, resume=resume)
     from accelerate import PartialState
 
@@ -73,6 +102,8 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
                 writer.writeheader()
                 writer.writerows(examples)
             print_scores(dev_scores, title=f"dev scores — {config.data.dev}")
+            if config.generation.max_new_tokens == "auto":
+                _compare_length_control(run_dir, model, tokenizer, labeled, config, dev_scores)
 
     # 3. Test: a submission in the input's order, every id kept.
     if config.data.test:

@@ -13,4 +13,5 @@ DEV_PER_SAMPLE_FILE = "dev_per_sample.csv"
 SUBMISSION_FILE = "submission.csv"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
+LENGTH_CONTROL_FILE = "length_control.json"  # dev scores with the fitted length rule vs one fixed limit
 CLEANUP_FILE = "cleanup.json"  # per split, how many summaries each clean-up step changed
