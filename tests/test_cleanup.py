@@ -5,11 +5,19 @@ from __future__ import annotations
 import pytest
 from conftest import SAMPLE, shared_file
 
-from dialsum.cleanup import clean, clean_all, drop_unfinished_sentence, normalize_tags, remove_artifacts, remove_think
+from dialsum.cleanup import (
+    clean,
+    clean_all,
+    drop_unfinished_sentence,
+    normalize_tags,
+    remove_artifacts,
+    remove_foreign_chars,
+    remove_think,
+)
 from dialsum.config import CleanupConfig, config_from_dict
 from dialsum.data import load_dialogues
 
-ALL_ON = CleanupConfig(drop_unfinished_sentence=True)
+ALL_ON = CleanupConfig(drop_unfinished_sentence=True, remove_foreign_chars=True)
 
 # Strings of the kinds the issue lists. The last is verbatim from dialogsum-ko dev.csv (a reference that spells the
 # tags 'Person1'); the others are LLM outputs of the shapes the published write-ups report.
@@ -57,12 +65,15 @@ def test_think_blocks_are_removed():
 def test_decoding_artefacts_are_removed():
     assert clean("#Person2#는 비행기 표를 예약합니다<unused68>.")[0] == "#Person2#는 비행기 표를 예약합니다."
     assert clean("#Person1#은 [unused3]늦은 이유를 설명합니다.")[0] == "#Person1#은 늦은 이유를 설명합니다."
-    assert clean("#Person1#은 交通 문제로 늦었다고 설명합니다.")[0] == "#Person1#은 문제로 늦었다고 설명합니다."
     reserved = "<|reserved_special_token_5|>Mr. Smith는 \ufffd웃습니다."
     assert remove_artifacts(reserved).split() == ["Mr.", "Smith는", "웃습니다."]
+    # stray Han: removed only when switched on (by default the foreign-script rate reports it)
+    han = "#Person1#은 交通 문제로 늦었다고 설명합니다."
+    assert clean(han)[0] == han
+    assert clean(han, ALL_ON) == ("#Person1#은 문제로 늦었다고 설명합니다.", ["remove_foreign_chars"])
     # Latin names and the tags stay; Han goes only when Han is a forbidden script
-    assert remove_artifacts("Mr. Smith와 #Person1#", ["Han"]) == "Mr. Smith와 #Person1#"
-    assert remove_artifacts("漢字", []) == "漢字"
+    assert remove_foreign_chars("Mr. Smith와 #Person1#", ["Han"]) == "Mr. Smith와 #Person1#"
+    assert remove_foreign_chars("漢字", []) == "漢字"
 
 
 def test_unfinished_last_sentence():
@@ -80,12 +91,13 @@ def test_unfinished_last_sentence():
 def test_switches_and_counts():
     texts = [
         "<think>\n\n</think>\n\n#Person 1#은 표를 삽니다<unused68>.",
-        "#Person1#은 표를 삽니다. 그리고",
+        "#Person1#은 表를 삽니다. 그리고",
         "#Person1#은 표를 삽니다.",
     ]
     cleaned, counts = clean_all(texts, ALL_ON)
-    assert cleaned == ["#Person1#은 표를 삽니다.", "#Person1#은 표를 삽니다.", "#Person1#은 표를 삽니다."]
-    assert counts == {"normalize_tags": 1, "remove_think": 1, "remove_artifacts": 1, "drop_unfinished_sentence": 1}
+    assert cleaned == ["#Person1#은 표를 삽니다.", "#Person1#은 를 삽니다.", "#Person1#은 표를 삽니다."]
+    assert counts == {"normalize_tags": 1, "remove_think": 1, "remove_artifacts": 1, "remove_foreign_chars": 1,
+                      "drop_unfinished_sentence": 1}
     off = CleanupConfig(normalize_tags=False, remove_think=False, remove_artifacts=False)
     cleaned, counts = clean_all(texts, off)
     assert cleaned == [" ".join(t.split()) for t in texts] and counts == {}
@@ -101,5 +113,6 @@ def test_no_reference_summary_changes_except_the_one_with_bare_tags():
                   for d in load_dialogues(path) for r in d.references]
     cleaned, counts = clean_all(references, ALL_ON, forbidden_scripts=["Han"])
     changed = [(a, b) for a, b in zip(references, cleaned) if " ".join(a.split()) != b]
-    assert counts == {"normalize_tags": 1, "remove_think": 0, "remove_artifacts": 0, "drop_unfinished_sentence": 0}
+    assert counts == {"normalize_tags": 1, "remove_think": 0, "remove_artifacts": 0, "remove_foreign_chars": 0,
+                      "drop_unfinished_sentence": 0}
     assert len(changed) == 1 and changed[0][0].startswith("Person1은")

@@ -176,6 +176,8 @@ def test_kfold_directory_expands_to_every_fold(tmp_path):
     assert sources.by_row() == [["zero", "one"]]
     with pytest.raises(DialsumError, match="--split test needs submission.csv in every run"):
         load_sources([parent], split="test")
+    write_predictions(parent / "oof_predictions.csv", ["t1", "t2"], ["a", "b"])  # joined out-of-fold predictions
+    assert load_sources([parent], split="oof").by_row() == [["a"], ["b"]]
 
 
 # ---------------------------------------------------------------- done when

@@ -15,7 +15,7 @@ from conftest import ROOT, SAMPLE
 from dialsum.kfold import assign_folds
 
 FEW_STEPS = ["--set", "training.max_steps=4", "--set", "training.eval_steps=2", "--set", "training.save_steps=2",
-             "--set", "generation.max_new_tokens=8"]
+             "--set", "generation.max_new_tokens=auto", "--set", "generation.max_new_tokens_cap=8"]
 
 
 def dialsum(*args) -> subprocess.CompletedProcess:
@@ -54,10 +54,12 @@ def test_two_fold_run_then_killed_fold_resumes_then_ensemble(tmp_path):
         run_dir = parent / f"fold-{i}"
         config = (run_dir / "config.yaml").read_text(encoding="utf-8")
         assert f"fold-{i}-train.csv" in config  # a normal run directory, trained on its fold
+        assert f"fitted_on: {parent}/data/fold-{i}-train.csv" in config  # the length rule, from the fold's data
         assert _ids(run_dir / "oof_predictions.csv") == held[i]  # out-of-fold: the rows it never saw
         assert _ids(run_dir / "submission.csv") == _ids(SAMPLE / "test.csv")  # test predictions from every fold
         assert json.loads((run_dir / "dev_scores.json").read_text())["n"] == 10
-        assert "## Clean-up" in (run_dir / "report.md").read_text(encoding="utf-8")
+        report = (run_dir / "report.md").read_text(encoding="utf-8")
+        assert "## Clean-up" in report and "## Length control" in report and "fixed, one limit" in report
         assert set(json.loads((run_dir / "cleanup.json").read_text())["dev"]) == {
             "normalize_tags", "remove_think", "remove_artifacts"}
     # every training row predicted once, in training-file order; the summary table has per-fold and mean rows

@@ -8,7 +8,9 @@ What LLM summaries of DialogSum-Korean get wrong in ways a reference never does:
 * `<think>...</think>` blocks (Qwen3 writes them even with thinking off), an unclosed `<think>` at the
   end of a cut-off generation, a stray `</think>`;
 * decoding artefacts: unused/reserved vocabulary entries (`<unused68>`, `[unused3]`, `<extra_id_0>`,
-  `<|reserved_special_token_5|>`) and stray characters of a forbidden script (Han in a Korean summary);
+  `<|reserved_special_token_5|>`), U+FFFD;
+* optionally, stray characters of a forbidden script (Han in a Korean summary). Off by default: with
+  suppression on none can appear, and with it off the foreign-script rate should show them, not hide them;
 * optionally, an unfinished last sentence (a generation cut off by `max_new_tokens`).
 
 `clean(text, config)` returns the cleaned text and which steps changed it; `clean_all` cleans a list
@@ -31,10 +33,11 @@ __all__ = [
     "drop_unfinished_sentence",
     "normalize_tags",
     "remove_artifacts",
+    "remove_foreign_chars",
     "remove_think",
 ]
 
-STEPS = ("normalize_tags", "remove_think", "remove_artifacts", "drop_unfinished_sentence")
+STEPS = ("normalize_tags", "remove_think", "remove_artifacts", "remove_foreign_chars", "drop_unfinished_sentence")
 
 # The masks of personal data in DialogSum-Korean, as the data spells them.
 MASKS = (
@@ -86,9 +89,13 @@ def remove_think(text: str) -> str:
     return _THINK_STRAY.sub(" ", text)
 
 
-def remove_artifacts(text: str, forbidden_scripts: Iterable[str] | None = ("Han",)) -> str:
-    """Drop reserved/unused vocabulary entries, U+FFFD, and characters of the forbidden scripts."""
-    text = _RESERVED.sub("", text).replace("\ufffd", "")
+def remove_artifacts(text: str) -> str:
+    """Drop reserved/unused vocabulary entries and U+FFFD."""
+    return _RESERVED.sub("", text).replace("\ufffd", "")
+
+
+def remove_foreign_chars(text: str, forbidden_scripts: Iterable[str] | None = ("Han",)) -> str:
+    """Drop characters of the forbidden scripts (Latin names and Hangul are never in them)."""
     pattern = foreign_script_pattern(list(forbidden_scripts or []))
     return pattern.sub("", text) if pattern is not None else text
 
@@ -110,6 +117,7 @@ class _Switches:
     normalize_tags: bool = True
     remove_think: bool = True
     remove_artifacts: bool = True
+    remove_foreign_chars: bool = False
     drop_unfinished_sentence: bool = False
 
 
@@ -127,7 +135,8 @@ def clean(text: str, config=None, forbidden_scripts: Iterable[str] | None = ("Ha
     changed: list[str] = []
     steps = (
         ("remove_think", remove_think),
-        ("remove_artifacts", lambda t: remove_artifacts(t, forbidden_scripts)),
+        ("remove_artifacts", remove_artifacts),
+        ("remove_foreign_chars", lambda t: remove_foreign_chars(t, forbidden_scripts)),
         ("normalize_tags", normalize_tags),
         ("drop_unfinished_sentence", drop_unfinished_sentence),
     )

@@ -123,8 +123,11 @@ class CleanupConfig(_Section):
         True, description="Remove <think>...</think> blocks (Qwen3 writes them even with thinking off), an unclosed "
         "<think> and stray think tags.")
     remove_artifacts: bool = Field(
-        True, description="Remove unused/reserved vocabulary entries such as <unused68> and stray characters of "
-        "generation.forbidden_scripts (e.g. Han), which decoding can leave behind.")
+        True, description="Remove unused/reserved vocabulary entries such as <unused68> and U+FFFD, which decoding "
+        "can leave behind.")
+    remove_foreign_chars: bool = Field(
+        False, description="Remove stray characters of generation.forbidden_scripts (e.g. Han). Off by default: "
+        "with suppression on none can appear, and otherwise the foreign-script rate should show them.")
     drop_unfinished_sentence: bool = Field(
         False, description="Cut a trailing fragment after the last full stop (a generation cut off by "
         "max_new_tokens); a tail ending in -다/-요 is kept.")

@@ -295,13 +295,16 @@ def _read_candidate_file(path: Path) -> list[tuple[str, dict[str, str]]]:
 
 
 def _expand(path: Path, split: str) -> list[Path]:
-    """A prediction CSV, a run directory (its `split` predictions), or a kfold parent (every fold's)."""
+    """A prediction CSV, a run directory (its `split` predictions), or a kfold parent (every fold's; for `oof`
+    the parent's joined out-of-fold file, so two kfold runs over the same split can be ensembled on train)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DataError(f"{path}: no such file or directory")
     file_name = SPLIT_FILES[split]
-    if (path / KFOLD_FILE).is_file():
+    if (path / KFOLD_FILE).is_file() and split == "oof":  # the folds' held-out predictions, joined
+        found = [path / file_name]
+    elif (path / KFOLD_FILE).is_file():
         folds = json.loads((path / KFOLD_FILE).read_text(encoding="utf-8"))["folds"]
         found = [path / fold["dir"] / file_name for fold in folds]
     elif (path / file_name).is_file() or (path / "config.yaml").is_file():
