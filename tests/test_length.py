@@ -116,7 +116,8 @@ def test_num_candidates_writes_beams_for_the_ensemble(tiny_llama, tmp_path):
     save_config(_config(tiny_llama, max_new_tokens=10, num_beams=3, no_repeat_ngram_size=1), run / "config.yaml")
     data = SAMPLE / "dev.csv"
     predict(run, data, tmp_path / "cands.csv", num_candidates=3, progress=False)
-    predict(run, data, tmp_path / "single.csv", progress=False)
+    stats = predict(run, data, tmp_path / "single.csv", progress=False)
+    assert set(stats["cleanup"]) == {"normalize_tags", "remove_think", "remove_artifacts"}  # clean-up ran, counted
     with (tmp_path / "cands.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     ids = [d.id for d in load_dialogues(data)]

@@ -876,13 +876,15 @@ def predict(
     dialogues = load_dialogues(data_path)  # bad data fails before the model loads
     if num_candidates > 1:  # fname,candidate,summary rows for `dialsum ensemble`
         return _predict_candidates(source, dialogues, output_path, num_candidates, progress)
+    cleanup: dict[str, int] = {}  # summaries each clean-up step changed
     if config.generation.backend == "vllm":
         generate_started = time.perf_counter()
         summaries = _generate_vllm(source, dialogues, progress=progress)
     else:
         model, tokenizer = _load_source(source)
         generate_started = time.perf_counter()
-        summaries = generate_summaries(model, tokenizer, dialogues, config, kind=config.model.kind, progress=progress)
+        summaries = generate_summaries(model, tokenizer, dialogues, config, kind=config.model.kind, progress=progress,
+                                       cleanup_counts=cleanup)
     generate_seconds = time.perf_counter() - generate_started
     write_predictions(output_path, [d.id for d in dialogues], summaries)
     scripts = config.generation.forbidden_scripts
@@ -893,7 +895,10 @@ def predict(
         "seconds": round(time.perf_counter() - started, 2),
         "generate_seconds": round(generate_seconds, 2),
         "output": str(output_path),
+        "cleanup": cleanup,
     }
+    if any(cleanup.values()):
+        print("clean-up changed: " + ", ".join(f"{step} {n}" for step, n in cleanup.items() if n))
     print(
         f"wrote {stats['n']} summaries to {output_path} ({stats['empty']} empty, {stats['foreign']} with a "
         f"foreign script) in {stats['seconds']:.1f}s ({stats['generate_seconds']:.1f}s generating)"
