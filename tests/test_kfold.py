@@ -99,3 +99,47 @@ def test_two_fold_run_then_killed_fold_resumes_then_ensemble(tmp_path):
     with (tmp_path / "submission.csv").open(encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["", "fname", "summary"] and [r[1] for r in rows[1:]] == _ids(SAMPLE / "test.csv")
+
+
+def test_summary_table_and_fold_ensemble_from_fold_directories(tmp_path):
+    """summarise_kfold reads only the fold directories: per-fold and mean scores, the joined OOF file, and with
+    K >= 3 the folds' MBR consensus on dev (scored) and test (a submission). No training needed."""
+    from dialsum.data import load_dialogues, write_predictions
+    from dialsum.kfold import summarise_kfold
+    from dialsum.metrics import score
+
+    parent = tmp_path / "kf"
+    dev = load_dialogues(SAMPLE / "dev.csv")
+    test_ids = _ids(SAMPLE / "test.csv")
+    train_ids = ["t0", "t1", "t2"]
+    makers = [lambda d: d.turns[0].utterance, lambda d: d.turns[1].utterance,
+              lambda d: d.turns[0].utterance + " " + d.turns[1].utterance]
+    folds = []
+    for i, make in enumerate(makers):
+        run = parent / f"fold-{i}"
+        run.mkdir(parents=True)
+        predictions = [make(d) for d in dev]
+        write_predictions(run / "dev_predictions.csv", [d.id for d in dev], predictions)
+        scores = score(predictions, [d.references for d in dev])
+        (run / "dev_scores.json").write_text(json.dumps(scores))
+        (run / "oof_scores.json").write_text(json.dumps({**scores, "rouge_sum": 10.0 * (i + 1)}))
+        write_predictions(run / "oof_predictions.csv", [train_ids[i]], [f"oof {i}"])
+        with (run / "submission.csv").open("w", encoding="utf-8") as handle:
+            handle.write(",fname,summary\n" + "".join(f"{n},{t},fold {i} says {t}\n" for n, t in enumerate(test_ids)))
+        folds.append({"fold": i, "dir": f"fold-{i}", "train": 2, "heldout": 1})
+    spec = {"k": 3, "seed": 1, "include_dev": False, "dev": str(SAMPLE / "dev.csv"), "folds": folds,
+            "assignment": {"t2": 2, "t0": 0, "t1": 1}}
+    (parent / "kfold.json").write_text(json.dumps(spec))
+
+    summary = summarise_kfold(parent)
+    assert [r["oof_rouge_sum"] for r in summary["folds"]] == [10.0, 20.0, 30.0]
+    assert summary["mean_oof"]["rouge_sum"] == pytest.approx(20.0)
+    dev_sums = [json.loads((parent / f"fold-{i}" / "dev_scores.json").read_text())["rouge_sum"] for i in range(3)]
+    assert summary["mean_dev"]["rouge_sum"] == pytest.approx(sum(dev_sums) / 3)
+    assert summary["ensemble_dev"]["rouge_sum"] >= summary["mean_dev"]["rouge_sum"]
+    assert _ids(parent / "oof_predictions.csv") == ["t2", "t0", "t1"]  # the split's order
+    with (parent / "submission.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["", "fname", "summary"] and [r[1] for r in rows[1:]] == test_ids
+    report = (parent / "kfold.md").read_text(encoding="utf-8")
+    assert "| mean |" in report and "MBR ensemble of the 3 folds on dev" in report

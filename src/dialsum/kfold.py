@@ -8,13 +8,15 @@ The parent holds
     fold-I/                  a normal `dialsum run` directory (config.yaml, model/, dev_*, submission.csv, report.md)
                              plus oof_predictions.csv / oof_scores.json: its predictions for its held-out rows
     oof_predictions.csv      every training row predicted by the fold that never saw it (once all folds are done)
-    kfold.md, kfold_scores.json   per-fold and mean scores
+    kfold.md, kfold_scores.json   per-fold and mean scores (and, K >= 3, the folds' MBR ensemble on dev)
+    ensemble_dev.csv, ensemble_test.csv, submission.csv   the folds' consensus (K >= 3, all folds done)
 
 Folds train one after another, or one per job with `--fold I` (same `--output-dir`), e.g. on separate GPUs.
 Each fold trains through `run.run`, so the accelerate/torchrun path and `--resume` work as for any run: a killed
 fold continues from its last checkpoint with `--resume`; finished folds are skipped.
 
-`dialsum ensemble PARENT --split test` then picks, per test dialogue, the consensus of the K folds' summaries.
+With every fold done (K >= 3) the parent also gets the folds' MBR consensus (`dialsum ensemble PARENT`, default
+utility) on dev, scored, and on test as a submission; `dialsum ensemble` runs it with other settings or sources.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ OOF_PREDICTIONS_FILE = "oof_predictions.csv"
 OOF_SCORES_FILE = "oof_scores.json"
 KFOLD_SCORES_FILE = "kfold_scores.json"
 KFOLD_REPORT_FILE = "kfold.md"
+KFOLD_ENSEMBLE_DEV = "ensemble_dev.csv"  # the folds' MBR consensus on dev (K >= 3)
+KFOLD_ENSEMBLE_TEST = "ensemble_test.csv"  # ... on test, fname,summary
+KFOLD_SUBMISSION = "submission.csv"  # ... on test, in the organizers' format
 
 console = Console(stderr=True)
 
@@ -111,6 +116,8 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
         "seed": seed,
         "include_dev": include_dev,
         "files": [str(p) for p in files],
+        "dev": None if include_dev else config.data.dev,  # the labeled set every fold predicts (for the ensemble)
+        "test": config.data.test,
         "n": len(ids),
         "folds": [
             {"fold": i, "dir": f"fold-{i}", "heldout": sum(1 for f in folds if f == i),
@@ -222,6 +229,27 @@ def kfold(
     return parent
 
 
+def _ensemble_folds(parent: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """MBR over the folds: dev (scored against the references) and test (as a submission), where every fold has them."""
+    import io
+
+    from dialsum.ensemble import ensemble_files
+    from dialsum.rundir import DEV_PREDICTIONS_FILE, SUBMISSION_FILE
+
+    quiet = Console(file=io.StringIO())
+    dirs = [parent / entry["dir"] for entry in spec["folds"]]
+    result: dict[str, Any] = {}
+    if spec.get("dev") and all((d / DEV_PREDICTIONS_FILE).is_file() for d in dirs):
+        report = ensemble_files([d / DEV_PREDICTIONS_FILE for d in dirs], parent / KFOLD_ENSEMBLE_DEV,
+                                references=spec["dev"], console=quiet)
+        result["ensemble_dev"] = {k: report["ensemble"][k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+    if all((d / SUBMISSION_FILE).is_file() for d in dirs):
+        ensemble_files([d / SUBMISSION_FILE for d in dirs], parent / KFOLD_ENSEMBLE_TEST,
+                       submission=parent / KFOLD_SUBMISSION, console=quiet)
+        result["ensemble_test"] = str(parent / KFOLD_SUBMISSION)
+    return result
+
+
 def summarise_kfold(parent: str | Path) -> dict[str, Any]:
     """Per-fold out-of-fold and dev scores, their means, and (all folds done) the joint OOF file and score."""
     from rich.table import Table
@@ -247,6 +275,9 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
         present = [r for r in done if f"{name}_rouge_sum" in r]
         if present:
             summary[f"mean_{name}"] = {k: sum(r[f"{name}_{k}"] for r in present) / len(present) for k in keys}
+
+    if len(done) == len(rows) and len(rows) >= 3:  # the folds' consensus (two sources would always tie)
+        summary.update(_ensemble_folds(parent, spec))
 
     if len(done) == len(rows):  # every training row predicted by the fold that held it out, in input order
         predicted: dict[str, str] = {}
@@ -290,6 +321,13 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
                                      "yes" if r["test_predictions"] else "no"]) + " |")
     if done:
         md.append("| mean |  |  | " + " | ".join(cells(mean)) + " |  |")
+    if "ensemble_dev" in summary:
+        e = summary["ensemble_dev"]
+        md += ["", f"MBR ensemble of the {len(rows)} folds on dev: ROUGE sum {e['rouge_sum']:.2f} "
+               f"(R1 {e['rouge1']:.2f}, R2 {e['rouge2']:.2f}, RL {e['rougeL']:.2f}) against the folds' mean "
+               f"{summary['mean_dev']['rouge_sum']:.2f}; `{KFOLD_ENSEMBLE_DEV}`."]
+    if "ensemble_test" in summary:
+        md += ["", f"Test: the folds' consensus is in `{KFOLD_SUBMISSION}` (organizers' format)."]
     md += ["", "Ensemble the folds' test predictions: `dialsum ensemble " + str(parent) + " --split test "
            "--output ensemble.csv --submission submission.csv`."]
     (parent / KFOLD_REPORT_FILE).write_text("\n".join(md) + "\n", encoding="utf-8")
