@@ -87,6 +87,9 @@ def test_mbr_picks_the_consensus_candidate():
     rows = [["x y z w", "a b c d", "a b c e", "a b f d"]]
     result = mbr_select(rows, "whitespace")
     assert result.summaries == ["a b c d"] and result.winners == [1]
+    others = [t.split() for t in rows[0] if t != "a b c d"]
+    expected = sum(pair_utility("a b c d".split(), o) for o in others) / 3
+    assert result.expected_utility == [pytest.approx(expected)]
     # the same with the candidates in another order: content decides, not position
     assert mbr_select([["a b c e", "x y z w", "a b f d", "a b c d"]], "whitespace").winners == [3]
 

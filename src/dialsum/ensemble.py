@@ -444,6 +444,9 @@ def ensemble_files(
         "dialogues": len(sources.ids),
         "sources": [{"name": n, "path": p, "wins": w} for n, p, w in zip(names, sources.names, wins)],
         "counts": result.counts,
+        # how much the winners agree with the other candidates (utility per pair, 0 to the weights' sum): near the
+        # maximum means near-identical candidates, where MBR has little to choose from
+        "mean_expected_utility": float(np.mean(result.expected_utility)) if result.expected_utility else 0.0,
         "output": str(output),
     }
     title = f"MBR ensemble of {len(names)} sources over {len(sources.ids)} dialogues ({utility.describe()})"
@@ -485,7 +488,9 @@ def ensemble_files(
         f"{counts['candidates']} candidates: {counts['empty']} empty, "
         f"{counts['excluded_by_length']} excluded above the length percentile, "
         f"{counts['single_candidate']} dialogues with one candidate left, "
-        f"{counts['all_empty']} with none (empty summary written); wrote {output}"
+        f"{counts['all_empty']} with none (empty summary written); winners' mean utility against the others "
+        f"{report['mean_expected_utility']:.3f} of {sum((utility.rouge1, utility.rouge2, utility.rougeL)):g}; "
+        f"wrote {output}"
     )
     if json_out is not None:
         Path(json_out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
