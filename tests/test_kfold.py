@@ -101,6 +101,21 @@ def test_two_fold_run_then_killed_fold_resumes_then_ensemble(tmp_path):
     assert rows[0] == ["", "fname", "summary"] and [r[1] for r in rows[1:]] == _ids(SAMPLE / "test.csv")
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--folds", "1"], "--folds 1: need at least 2 folds"),
+    (["--folds", "2", "--fold", "2", "--output-dir", "x"], "--fold 2: expected 0..1"),
+    (["--folds", "2", "--fold", "0"], "--fold needs --output-dir"),
+    (["--folds", "2", "--resume"], "--resume needs --output-dir"),
+    (["--folds", "2", "--output-dir", "kf", "--set", "data.train=missing.csv"], "missing.csv: file not found"),
+    (["--folds", "41", "--output-dir", "kf", "--set", f"data.train={SAMPLE / 'train.csv'}"], "only 40 training"),
+])
+def test_bad_kfold_flags_are_one_line_before_anything_is_written(args, message, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dialsum.cli", "kfold", str(ROOT / "configs" / "demo.yaml"), *args],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_summary_table_and_fold_ensemble_from_fold_directories(tmp_path):
     """summarise_kfold reads only the fold directories: per-fold and mean scores, the joined OOF file, and with
     K >= 3 the folds' MBR consensus on dev (scored) and test (a submission). No training needed."""

@@ -137,6 +137,7 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
                 f"include_dev={old.get('include_dev')}); use another --output-dir"
             )
         return old
+    parent.mkdir(parents=True, exist_ok=True)  # only now: bad data or flags leave nothing behind
     csv_format = files[0].suffix.lower() == ".csv"
     suffix = ".csv" if csv_format else ".jsonl"
     for i in range(k):
@@ -199,13 +200,13 @@ def kfold(
         raise ConfigError(f"--folds {folds}: need at least 2 folds")
     if fold is not None and not 0 <= fold < folds:
         raise ConfigError(f"--fold {fold}: expected 0..{folds - 1}")
+    if resume and output_dir is None:
+        raise ConfigError("--resume needs --output-dir PARENT (the k-fold run to continue)")
     if fold is not None and output_dir is None:
         raise ConfigError("--fold needs --output-dir: every fold's job must write into the same parent directory")
     parent = Path(output_dir) if output_dir else Path(str(default_run_dir(config, config_path)) + f"-kfold{folds}")
     state = PartialState()
     with state.main_process_first():  # one process writes the split, the others read it
-        if state.is_main_process:
-            parent.mkdir(parents=True, exist_ok=True)
         spec = _prepare(config, parent, folds, include_dev)
 
     for entry in spec["folds"]:
