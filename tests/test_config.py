@@ -75,7 +75,7 @@ def test_cli_help_lists_every_command():
     # the first word of each row in the Commands box (a substring test passes for 'run' inside 'a run directory')
     box = result.stdout.split("Commands", 1)[1]
     listed = re.findall(r"^│ ([a-z][a-z-]*) {2,}", box, flags=re.MULTILINE)
-    assert listed == ["train", "plan", "run", "predict", "evaluate", "screen", "compare", "inspect", "config-keys", "make-tiny-model"]
+    assert listed == ["train", "plan", "run", "predict", "evaluate", "screen", "compare", "inspect", "config-keys", "kfold", "ensemble", "make-tiny-model"]
 
 
 @pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
@@ -267,6 +267,6 @@ def test_config_keys_command_prints_one_section_and_rejects_an_unknown_one():
     assert keys == ["lora.enabled", "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.load_in_4bit"]
     bad = subprocess.run([sys.executable, "-m", "dialsum.cli", "config-keys", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "error: config-keys nope: no such section; sections: data, evaluation, generation, logging, lora, model, "
+        "error: config-keys nope: no such section; sections: cleanup, data, evaluation, generation, logging, lora, model, "
         "prompt, training"
     ]

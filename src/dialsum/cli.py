@@ -90,11 +90,15 @@ def predict(
         help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json).")
     ] = None,
     set_: SetOption = None,
+    num_candidates: Annotated[int, typer.Option(
+        help="Candidates per dialogue (beams with generation.num_beams >= N, or samples with generation.do_sample); "
+        "N > 1 writes fname,candidate,summary for dialsum ensemble.", min=1)] = 1,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
     from dialsum.generate import predict as run_predict
 
-    run_predict(model, data, output, config=_config(config, set_) if config else None, overrides=set_ or [])
+    run_predict(model, data, output, config=_config(config, set_) if config else None, overrides=set_ or [],
+                num_candidates=num_candidates)
 
 
 @app.command()
@@ -213,6 +217,55 @@ def config_keys(
     for row in rows:
         table.add_row(row["key"], row["type"], row["default"], row["description"])
     Console().print(table)
+
+
+@app.command()
+def kfold(
+    config: Annotated[Path, typer.Argument(help="YAML run config (data.train is split into folds).")],
+    folds: Annotated[int, typer.Option(help="Number of folds K.")] = 5,
+    fold: Annotated[int | None, typer.Option(help="Run only fold I (0..K-1), e.g. one fold per GPU job.")] = None,
+    include_dev: Annotated[bool, typer.Option(help="Split train + dev into the folds (dev becomes training data).")]
+    = False,
+    set_: SetOption = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Parent directory (default runs/<config>-<time>-kfoldK).")]
+    = None,
+    resume: Annotated[bool, typer.Option(help="Continue unfinished folds from their last checkpoint.")] = False,
+) -> None:
+    """K runs on K folds: out-of-fold predictions and scores, test predictions from every fold, a summary table."""
+    from dialsum.kfold import kfold as run_kfold
+
+    run_kfold(_config(config, set_), folds, output_dir=output_dir, fold=fold, include_dev=include_dev, resume=resume,
+              config_path=config)
+
+
+@app.command()
+def ensemble(
+    sources: Annotated[list[Path] | None, typer.Argument(
+        help="Candidate sources: fname,summary CSVs, multi-candidate CSVs (fname,candidate,summary), "
+        "run directories or a kfold directory.")] = None,
+    output: Annotated[Path, typer.Option(help="Output CSV fname,summary: the chosen candidate per dialogue.")] = ...,
+    predictions: Annotated[list[Path] | None, typer.Option(help="A candidate source (repeatable), as SOURCES.")] = None,
+    references: Annotated[Path | None, typer.Option(help="Score every source and the ensemble against these.")] = None,
+    utility: Annotated[str, typer.Option(
+        help="MBR utility: sum (R1+R2+RL), rouge1, rouge2, rougeL, or weights R2,RL,R1 such as 2,1,1.")] = "sum",
+    length_percentile: Annotated[float | None, typer.Option(
+        help="Leave out candidates longer (in morphemes) than this percentile of their dialogue's candidates.")] = None,
+    scheme: Annotated[str, typer.Option(
+        help="Morpheme tokenizer of the utility and the scores: kiwi | mecab | whitespace")] = "kiwi",
+    split: Annotated[str, typer.Option(
+        help="Which predictions of run/kfold directories: dev, test (submission.csv) or oof.")] = "dev",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report (wins, scores) as JSON.")] = None,
+    choices: Annotated[Path | None, typer.Option(help="Write fname, winning source, expected utility as CSV.")] = None,
+    submission: Annotated[Path | None, typer.Option(help="Also write the organizers' submission format here.")] = None,
+) -> None:
+    """MBR consensus: per dialogue, the candidate that agrees most (Korean ROUGE) with the other candidates."""
+    from dialsum.ensemble import ensemble_files
+
+    paths = [*(sources or []), *(predictions or [])]
+    if not paths:
+        raise DialsumError("ensemble: no candidate sources; pass prediction CSVs or run/kfold directories")
+    ensemble_files(paths, output, references=references, utility=utility, length_percentile=length_percentile,
+                   scheme=scheme, split=split, json_out=json_out, choices_out=choices, submission=submission)
 
 
 @app.command("make-tiny-model")

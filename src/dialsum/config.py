@@ -161,7 +161,20 @@ class GenerationConfig(_Section):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="'hf': transformers generate with full suppression; 'vllm': faster on CUDA, static ban only.")
     batch_size: int = Field(8, ge=1, description="Dialogues generated together (sorted by length).")
-    max_new_tokens: int = Field(128, ge=1, description="Token limit per generated summary.")
+    max_new_tokens: int | Literal["auto"] = Field(
+        128, description="Token limit per summary; 'auto' gives each dialogue the limit of its length bucket from a "
+        "rule fitted on the training data (dialsum.length), stored in generation.length_rule.")
+    length_buckets: int = Field(
+        5, ge=1, description="With max_new_tokens=auto: how many dialogue-length buckets (training-data quantiles).")
+    length_quantile: float = Field(
+        0.95, gt=0, le=1, description="With max_new_tokens=auto: a bucket's limit is this quantile of its training "
+        "summaries' token counts (plus the stop token).")
+    max_new_tokens_cap: int = Field(
+        256, ge=1, description="With max_new_tokens=auto: the largest limit the rule may give, and the generation "
+        "budget the prompt leaves room for.")
+    length_rule: dict[str, Any] | None = Field(
+        None, description="The fitted length rule (bucket edges in dialogue characters, per-bucket token limits); "
+        "written by dialsum run when max_new_tokens=auto so the run's config.yaml reproduces its generation.")
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy (or sampling with do_sample).")
     do_sample: bool = Field(False, description="Sample instead of greedy/beam search; off means deterministic output.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
@@ -176,6 +189,31 @@ class GenerationConfig(_Section):
     forbidden_scripts: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FORBIDDEN_SCRIPTS),
         description="Scripts that never belong in a Korean summary (names from dialsum.scripts.SCRIPT_RANGES).")
+
+
+class CleanupConfig(_Section):
+    """Post-processing of every generated summary (dialsum.cleanup); the run report counts what each step changed."""
+
+    normalize_tags: bool = Field(
+        True, description="Rewrite '#Person 1#', '# Person1 #', 'Person1:' (and masks such as '# PhoneNumber #') "
+        "to the references' '#Person1#' / '#PhoneNumber#' spelling, which ROUGE matches token for token.")
+    remove_think: bool = Field(
+        True, description="Remove <think>...</think> blocks (Qwen3 writes them even with thinking off), an unclosed "
+        "<think> and stray think tags.")
+    remove_artifacts: bool = Field(
+        True, description="Remove unused/reserved vocabulary entries such as <unused68> and U+FFFD, which decoding "
+        "can leave behind.")
+    remove_foreign_chars: bool = Field(
+        False, description="Remove stray characters of generation.forbidden_scripts (e.g. Han). Off by default: "
+        "with suppression on none can appear, and otherwise the foreign-script rate should show them.")
+    drop_unfinished_sentence: bool = Field(
+        False, description="Cut a trailing fragment after the last full stop (a generation cut off by "
+        "max_new_tokens); a tail ending in -다/-요 is kept.")
+
+
+def token_budget(generation: "GenerationConfig") -> int:
+    """The most tokens a summary may get: max_new_tokens, or with 'auto' the cap (what the prompt leaves room for)."""
+    return generation.max_new_tokens_cap if generation.max_new_tokens == "auto" else generation.max_new_tokens
 
 
 class EvaluationConfig(_Section):
@@ -222,6 +260,8 @@ class Config(_Section):
         default_factory=GenerationConfig,
         description="Decoding settings; a checkpoint's own defaults never override them.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How dev scores are computed.")
+    cleanup: CleanupConfig = Field(
+        default_factory=CleanupConfig, description="Summary clean-up after decoding, one switch per step.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="What is logged and where runs go.")
 
     @model_validator(mode="after")

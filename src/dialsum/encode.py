@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dialsum.config import Config, PromptConfig
+from dialsum.config import Config, PromptConfig, token_budget
 from dialsum.data import Dialogue, Turn
 from dialsum.errors import ConfigError, DataError
 from dialsum.prompt import build_messages, seq2seq_source
@@ -187,9 +187,10 @@ def _prompt_ids(tokenizer, dialogue: Dialogue, config: Config, turns: list[Turn]
 
 def prompt_budget(config: Config, target_length: int = 0) -> int:
     """The one trimming rule, for training and inference alike: the prompt gets `training.max_length` minus
-    the answer's budget, which is `generation.max_new_tokens` (or the summary itself, when that is longer).
+    the answer's budget, which is `generation.max_new_tokens` (with `auto`: its cap; or the summary itself, when
+    that is longer).
     So a dialogue is cut by the same turns whether it is trained on, dev-scored or predicted."""
-    return config.training.max_length - max(target_length, config.generation.max_new_tokens)
+    return config.training.max_length - max(target_length, token_budget(config.generation))
 
 
 def encode_causal_with_info(tokenizer, dialogue: Dialogue, config: Config, end_token: str | None = None):

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from dialsum.config import Config, config_from_dict, load_config
+from dialsum.config import Config, config_from_dict, load_config, token_budget
 from dialsum.data import Dialogue, load_dialogues, write_predictions
 from dialsum.encode import encode_inference_inputs, encode_prompt, end_of_turn_token
 from dialsum.rundir import CONFIG_FILE, MODEL_DIR
@@ -54,6 +54,7 @@ __all__ = [
     "InferenceSource",
     "banned_bytes",
     "clean_summary",
+    "generate_candidates",
     "generate_summaries",
     "lead_baseline",
     "load_for_inference",
@@ -563,7 +564,7 @@ def _generation_kwargs(config: Config) -> dict[str, Any]:
     (sampling defaults, BART's min_length / num_beams=4) cannot change what the config says."""
     g = config.generation
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=g.max_new_tokens,
+        max_new_tokens=token_budget(g),
         min_length=0,
         num_beams=g.num_beams,
         do_sample=g.do_sample,
@@ -677,8 +678,15 @@ def generate_summaries(
     kind: Literal["causal", "seq2seq"] | None = None,
     progress: bool = True,
     info: dict | None = None,
+    cleanup_counts: dict[str, int] | None = None,
+    num_return_sequences: int = 1,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> list[str]:
     """One summary per dialogue, in input order (an empty generation is an empty string).
+
+    `num_return_sequences` n > 1: n candidates per dialogue (beams or samples), flat, dialogue i's at
+    [i*n, (i+1)*n) (`generate_candidates` groups them). `max_new_tokens`: a token limit per dialogue
+    (length control, dialsum.length); a batch generates to its largest and each row is cut to its own.
 
     Decoder-only: prompts from `encode_prompt` (token for token what training used), left-padded;
     seq2seq: the encoder source trimmed like training. Examples are batched by length (longest
@@ -714,7 +722,9 @@ def generate_summaries(
         )
         info.update(trimmed=trim.trimmed, turns_cut=trim.turns_cut, generation=described)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
-    results: list[str] = [""] * len(inputs)
+    per_input = num_return_sequences
+    results: list[str] = [""] * (len(inputs) * per_input)
+    limits = _token_limits(tokenizer, dialogues, config, max_new_tokens)
     device = next(model.parameters()).device
     was_training = model.training
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the model generate() reads
@@ -749,23 +759,66 @@ def generate_summaries(
                             keep_token_ids=stops + [pad_id],
                         )
                     )
+                per_batch = {"max_new_tokens": max(limits[i] for i in batch)} if limits is not None else {}
                 output = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=effective,
-                    logits_processor=processors,
+                    logits_processor=processors, num_return_sequences=per_input, **per_batch,
                 )
                 skip = width if kind == "causal" else 1  # the prompt, or the decoder start token
                 stop_set = set(stops)
-                for row, i in enumerate(batch):
+                for row, (i, c) in enumerate((i, c) for i in batch for c in range(per_input)):
                     generated = _cut_at_stop(output[row, skip:].tolist(), stop_set)
+                    if limits is not None:
+                        generated = generated[: limits[i]]
                     text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                    results[i] = clean_summary(text, tokenizer, end_token=closer)
+                    results[i * per_input + c] = clean_summary(text, tokenizer, end_token=closer)
                 bar.update(len(batch))
     finally:
         bar.close()
         inner.generation_config = own_generation_config
         if was_training:
             model.train()
-    return results
+    return _cleanup(results, config, cleanup_counts)
+
+
+def _token_limits(tokenizer, dialogues, config: Config, given: Sequence[int] | None) -> list[int] | None:
+    """Per-dialogue token limits: given, or from the length rule when generation.max_new_tokens is 'auto'."""
+    if given is not None:
+        if len(given) != len(dialogues):
+            raise ValueError(f"max_new_tokens: {len(given)} limits for {len(dialogues)} dialogues")
+        return [int(x) for x in given]
+    if config.generation.max_new_tokens != "auto":
+        return None
+    from dialsum.length import limits_for
+
+    return limits_for(config, tokenizer, dialogues)
+
+
+def _check_candidates(config: Config, n: int) -> None:
+    g = config.generation
+    if n > 1 and not g.do_sample and g.num_beams < n:
+        raise ConfigError(f"--num-candidates {n} needs generation.do_sample=true or generation.num_beams >= {n} "
+                          f"(now num_beams={g.num_beams}, do_sample=false): greedy decoding has one candidate")
+
+
+def generate_candidates(
+    model, tokenizer, dialogues: Sequence[Dialogue], config: Config, n: int, **kwargs
+) -> list[list[str]]:
+    """n candidates per dialogue (the n best beams, or n samples with generation.do_sample), in input order."""
+    _check_candidates(config, n)
+    flat = generate_summaries(model, tokenizer, dialogues, config, num_return_sequences=n, **kwargs)
+    return [flat[i * n : (i + 1) * n] for i in range(len(dialogues))]
+
+
+def _cleanup(summaries: list[str], config: Config, counts: dict[str, int] | None) -> list[str]:
+    """The config's clean-up steps (dialsum.cleanup); what each changed is added to `counts` when given."""
+    from dialsum.cleanup import clean_all
+
+    cleaned, changed = clean_all(summaries, config, config.generation.forbidden_scripts)
+    if counts is not None:
+        for step, n in changed.items():
+            counts[step] = counts.get(step, 0) + n
+    return cleaned
 
 
 # ==================================================================================================
@@ -897,6 +950,8 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
     if not has_cuda():
         raise DialsumError("generation.backend=vllm needs a CUDA GPU; none is available (use generation.backend=hf)")
 
+    if g.max_new_tokens == "auto":
+        raise ConfigError("generation.max_new_tokens=auto (per-dialogue limits) needs generation.backend=hf")
     tokenizer = load_tokenizer(source.model_dir, config)
     prompts = [{"prompt_token_ids": encode_prompt(tokenizer, d, config)} for d in dialogues]
     closer = end_of_turn_token(tokenizer)
@@ -935,12 +990,33 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
         lora = LoRARequest("dialsum", 1, str(source.model_dir))
     llm = LLM(**llm_kwargs)
     outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=progress)
-    return [clean_summary(output.outputs[0].text, tokenizer, end_token=closer) for output in outputs]
+    return _cleanup([clean_summary(output.outputs[0].text, tokenizer, end_token=closer) for output in outputs], config,
+                    None)
 
 
 # ==================================================================================================
 # predict
 # ==================================================================================================
+
+
+def _predict_candidates(source: InferenceSource, dialogues: Sequence[Dialogue], output_path: str | Path, n: int,
+                        progress: bool) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from dialsum.ensemble import write_candidates
+
+    config = source.config
+    if config.generation.backend != "hf":
+        raise ConfigError("--num-candidates needs generation.backend=hf")
+    _check_candidates(config, n)  # before the model loads
+    model, tokenizer = _load_source(source)
+    set_seed(config.training.seed)  # sampled candidates are reproducible
+    candidates = generate_candidates(model, tokenizer, dialogues, config, n, progress=progress)
+    write_candidates(output_path, [d.id for d in dialogues], candidates)
+    distinct = sum(len(set(c)) for c in candidates) / max(len(candidates), 1)
+    print(f"wrote {n} candidates for each of {len(dialogues)} dialogues to {output_path} "
+          f"({distinct:.1f} distinct per dialogue on average)")
+    return {"n": len(dialogues), "candidates": n, "distinct_per_dialogue": distinct, "output": str(output_path)}
 
 
 def predict(
@@ -950,6 +1026,7 @@ def predict(
     config: Config | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    num_candidates: int = 1,
 ) -> dict[str, Any]:
     """Summarise every dialogue of `data_path` into a `fname,summary` CSV at `output_path` (input ids,
     input order; an empty generation is an empty summary), or, for a DCS input and a .json/.jsonl output,
@@ -965,6 +1042,9 @@ def predict(
     for line in (note, topic_mismatch(config.prompt, dialogues, str(data_path))):
         if line:
             print(f"prompt: {line}", file=sys.stderr)
+    if num_candidates > 1:  # fname,candidate,summary rows for `dialsum ensemble`
+        return _predict_candidates(source, dialogues, output_path, num_candidates, progress)
+    cleanup: dict[str, int] = {}  # summaries each clean-up step changed
     info: dict[str, Any] = {}
     if config.generation.backend == "vllm":
         generate_started = time.perf_counter()
@@ -973,7 +1053,7 @@ def predict(
         model, tokenizer = _load_source(source)
         generate_started = time.perf_counter()
         summaries = generate_summaries(model, tokenizer, dialogues, config, kind=config.model.kind, progress=progress,
-                                       info=info)
+                                       info=info, cleanup_counts=cleanup)
     generate_seconds = time.perf_counter() - generate_started
     if is_dcs(output_path):  # the DCS input written back, `output` filled in
         write_dcs_submission(data_path, output_path, summaries)
@@ -989,7 +1069,10 @@ def predict(
         "output": str(output_path),
         "trimmed": info.get("trimmed", 0),
         "generation": info.get("generation"),
+        "cleanup": cleanup,
     }
+    if any(cleanup.values()):
+        print("clean-up changed: " + ", ".join(f"{step} {n}" for step, n in cleanup.items() if n))
     print(
         f"wrote {stats['n']} summaries to {output_path} ({stats['empty']} empty, {stats['foreign']} with a "
         f"foreign script) in {stats['seconds']:.1f}s ({stats['generate_seconds']:.1f}s generating)"

@@ -545,6 +545,43 @@ def _examples_section(examples: list[dict] | None, score_key: str | None, k: int
     return lines
 
 
+def _cleanup_section(run_dir: Path) -> list[str]:
+    """Summaries changed by each clean-up step (cleanup.json, written by `dialsum run`), per split."""
+    from dialsum.cleanup import STEPS
+    from dialsum.rundir import CLEANUP_FILE
+
+    path = run_dir / CLEANUP_FILE
+    if not path.is_file():
+        return []
+    counts = json.loads(path.read_text(encoding="utf-8"))
+    splits = [split for split in ("dev", "test") if split in counts]
+    rows = [[step] + [str(counts[split].get(step, "off")) for split in splits] for step in STEPS]
+    return ["", "## Clean-up", "", "Summaries each step changed (`cleanup.*` switches; off: not run).", "",
+            md_table(["step", *splits], rows)]
+
+
+def _length_section(run_dir: Path) -> list[str]:
+    """generation.max_new_tokens=auto: dev with the per-bucket rule beside one fixed limit (length_control.json)."""
+    from dialsum.rundir import LENGTH_CONTROL_FILE
+
+    path = run_dir / LENGTH_CONTROL_FILE
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for name, label in (("auto", "per-bucket rule (auto)"), ("fixed", "fixed, one limit")):
+        s = data[name]
+        rows.append([label, f"{s['mean_limit']:.1f}", *(f"{s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL",
+                     "rouge_sum")), f"{s['pred_len']:.1f}"])
+    buckets = [[("≤ %.0f" % b["max_chars"]) if b["max_chars"] is not None else "longer", str(b["n"]), str(b["limit"])]
+               for b in data["rule"]["buckets"]]
+    return ["", "## Length control", "",
+            f"Dev generated twice: with the length rule fitted on `{data['rule'].get('fitted_on', '')}` "
+            f"(quantile {data['rule']['quantile']}) and with its single global limit.", "",
+            md_table(["max_new_tokens", "mean limit", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE sum", "mean chars"], rows),
+            "", md_table(["dialogue chars", "training dialogues", "limit (tokens)"], buckets)]
+
+
 def write_run_report(
     run_dir: str | Path,
     dev_scores: dict | None = None,
@@ -577,6 +614,8 @@ def write_run_report(
     parts = [f"# Run report: {run.name}", "", header, "", "## Setup", "", md_table(["setting", "value"], _setup_rows(run))]
     parts += ["", "## Training", "", md_table(["measure", "value"], _training_rows(run)), "", "### Grad-norm spikes", "", *_spikes_section(run)]
     parts += ["", "## Dev scores", "", *_dev_scores_section(dev_scores)]
+    parts += _cleanup_section(run_dir)
+    parts += _length_section(run_dir)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({_relative(p, run_dir)})\n" for p in plots]
     parts += ["", "## Dev examples", "", *_examples_section(examples, score_key, n_examples)]

@@ -15,7 +15,7 @@ from dialsum.config import Config
 from dialsum.data import Dialogue, load_dialogues, write_predictions
 from dialsum.prompt import topic_mismatch
 from dialsum.rundir import (
-    DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, GENERATION_FILE, SUBMISSION_FILE,
+    CLEANUP_FILE, DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, GENERATION_FILE, SUBMISSION_FILE,
 )
 
 console = Console(stderr=True)
@@ -41,6 +41,29 @@ def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: C
                         e.bertscore_model, e.bertscore_layers)
 
 
+def _compare_length_control(run_dir: Path, model, tokenizer, labeled: list[Dialogue], config: Config,
+                            auto_scores: dict) -> None:
+    """Dev once more at the rule's single global limit: report.md shows the per-bucket rule beside it."""
+    from dialsum.generate import generate_summaries
+    from dialsum.length import limits_for
+    from dialsum.rundir import LENGTH_CONTROL_FILE
+
+    rule = config.generation.length_rule
+    fixed = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind,
+                               max_new_tokens=[rule["global_limit"]] * len(labeled))
+    fixed_scores, _ = score_dialogues(fixed, labeled, config)
+    keys = ("rouge1", "rouge2", "rougeL", "rouge_sum", "pred_len")
+    limits = limits_for(config, tokenizer, labeled)
+    result = {
+        "auto": {**{k: auto_scores[k] for k in keys}, "mean_limit": sum(limits) / len(limits)},
+        "fixed": {**{k: fixed_scores[k] for k in keys}, "mean_limit": float(rule["global_limit"])},
+        "rule": rule,
+    }
+    (run_dir / LENGTH_CONTROL_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    console.print(f"length control on dev: ROUGE sum {auto_scores['rouge_sum']:.2f} with the per-bucket rule, "
+                  f"{fixed_scores['rouge_sum']:.2f} with one fixed limit of {rule['global_limit']} tokens")
+
+
 def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False,
         overrides: list[str] | None = None) -> Path:
     from dialsum.generate import generate_summaries, load_for_inference
@@ -49,7 +72,13 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     from dialsum.submission import is_dcs, write_dcs_submission
     from dialsum.train import train
 
-    # 1. Train (the run directory holds the resolved config and the final model).
+    # 1. Train (the run directory holds the resolved config and the final model). With
+    #    generation.max_new_tokens=auto the length rule is fitted first, so config.yaml holds it.
+    if config.generation.max_new_tokens == "auto" and not resume:
+        from dialsum.length import with_length_rule
+        from dialsum.models import load_tokenizer
+
+        config = with_length_rule(config, load_tokenizer(config.model.name_or_path, config))
     run_dir = train(config, config_path=config_path, output_dir=output_dir, resume=resume, overrides=overrides)
     from accelerate import PartialState
 
@@ -60,11 +89,12 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
 
     # 2. Dev: generate, score, keep per-row scores for error analysis.
     dev_scores, examples = None, None
+    cleanup: dict[str, dict[str, int]] = {"dev": {}, "test": {}}  # what each clean-up step changed, per split
     if config.data.dev:
         dev = load_dialogues(config.data.dev)
         labeled = [d for d in dev if d.references]
         predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind,
-                                         info=generation_info)
+                                         info=generation_info, cleanup_counts=cleanup["dev"])
         write_predictions(run_dir / DEV_PREDICTIONS_FILE, [d.id for d in labeled], predictions)
         if labeled:
             dev_scores, rows = score_dialogues(predictions, labeled, config)
@@ -79,6 +109,8 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
                 writer.writeheader()
                 writer.writerows(examples)
             print_scheme_scores(dev_scores, title=f"dev scores — {config.data.dev}")
+            if config.generation.max_new_tokens == "auto":
+                _compare_length_control(run_dir, model, tokenizer, labeled, config, dev_scores)
 
     # 3. Test: a submission in the input's order, every id kept.
     if config.data.test:
@@ -86,7 +118,8 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
         mismatch = topic_mismatch(config.prompt, test, str(config.data.test))
         if mismatch:
             console.print(f"[yellow]prompt:[/] {mismatch}")
-        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind, info=generation_info)
+        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind, info=generation_info,
+                                         cleanup_counts=cleanup["test"])
         submission = run_dir / SUBMISSION_FILE
         if is_dcs(config.data.test):  # DCS: the test file back with `output` filled in (submission.json/.jsonl)
             submission = submission.with_suffix(Path(config.data.test).suffix.lower())
@@ -98,6 +131,8 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
 
     if generation_info:  # the settings generation really ran with, and the checkpoint's it ignored
         (run_dir / GENERATION_FILE).write_text(json.dumps(generation_info["generation"], indent=2), encoding="utf-8")
+
+    (run_dir / CLEANUP_FILE).write_text(json.dumps(cleanup, indent=2), encoding="utf-8")
 
     # 4. Report.
     report = write_run_report(run_dir, dev_scores, examples)

@@ -26,6 +26,8 @@ SUBMISSION_FILE = "submission.csv"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 GENERATION_FILE = "generation.json"  # the generation settings used, and the checkpoint's that were ignored
+LENGTH_CONTROL_FILE = "length_control.json"  # dev scores with the fitted length rule vs one fixed limit
+CLEANUP_FILE = "cleanup.json"  # per split, how many summaries each clean-up step changed
 
 
 # ---------------------------------------------------------------- reading a run

@@ -1,0 +1,335 @@
+"""`dialsum kfold`: K runs on K folds of the training data, each a normal run directory under one parent.
+
+The parent holds
+
+    kfold.json               the split (K, seed, which file each fold's rows came from) and the fold directories
+    data/fold-I-train.csv    the rows fold I trains on (the original rows, every column, verbatim)
+    data/fold-I-heldout.csv  the rows it holds out
+    fold-I/                  a normal `dialsum run` directory (config.yaml, model/, dev_*, submission.csv, report.md)
+                             plus oof_predictions.csv / oof_scores.json: its predictions for its held-out rows
+    oof_predictions.csv      every training row predicted by the fold that never saw it (once all folds are done)
+    kfold.md, kfold_scores.json   per-fold and mean scores (and, K >= 3, the folds' MBR ensemble on dev)
+    ensemble_dev.csv, ensemble_test.csv, submission.csv   the folds' consensus (K >= 3, all folds done)
+
+Folds train one after another, or one per job with `--fold I` (same `--output-dir`), e.g. on separate GPUs.
+Each fold trains through `run.run`, so the accelerate/torchrun path and `--resume` work as for any run: a killed
+fold continues from its last checkpoint with `--resume`; finished folds are skipped.
+
+With every fold done (K >= 3) the parent also gets the folds' MBR consensus (`dialsum ensemble PARENT`, default
+utility) on dev, scored, and on test as a submission; `dialsum ensemble` runs it with other settings or sources.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from dialsum.config import Config, config_from_dict
+from dialsum.data import load_dialogues, read_table, write_predictions
+from dialsum.errors import ConfigError, DataError, RunDirError
+from dialsum.rundir import DEV_SCORES_FILE, REPORT_FILE
+
+__all__ = ["KFOLD_FILE", "OOF_PREDICTIONS_FILE", "OOF_SCORES_FILE", "assign_folds", "kfold", "summarise_kfold"]
+
+KFOLD_FILE = "kfold.json"
+OOF_PREDICTIONS_FILE = "oof_predictions.csv"
+OOF_SCORES_FILE = "oof_scores.json"
+KFOLD_SCORES_FILE = "kfold_scores.json"
+KFOLD_REPORT_FILE = "kfold.md"
+KFOLD_ENSEMBLE_DEV = "ensemble_dev.csv"  # the folds' MBR consensus on dev (K >= 3)
+KFOLD_ENSEMBLE_TEST = "ensemble_test.csv"  # ... on test, fname,summary
+KFOLD_SUBMISSION = "submission.csv"  # ... on test, in the organizers' format
+
+console = Console(stderr=True)
+
+
+def assign_folds(ids: Sequence[str], k: int, seed: int) -> list[int]:
+    """Fold index per id: a seeded shuffle dealt round-robin, so fold sizes differ by at most one."""
+    order = list(range(len(ids)))
+    random.Random(seed).shuffle(order)
+    folds = [0] * len(ids)
+    for position, index in enumerate(order):
+        folds[index] = position % k
+    return folds
+
+
+def _read_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """(ids, raw records) of a data file, to write subsets back verbatim: CSV rows or DCS JSON objects."""
+    dialogues = load_dialogues(path)  # validates; bad data fails before anything is written
+    if path.suffix.lower() == ".csv":
+        rows = read_table(path, required=["fname", "dialogue"])
+    elif path.suffix.lower() == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    else:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return [d.id for d in dialogues], rows
+
+
+def _write_records(path: Path, records: list[dict[str, Any]], csv_format: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if csv_format:
+        columns = list(dict.fromkeys(key for record in records for key in record))
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+    else:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+
+def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[str, Any]:
+    """Write (or check) kfold.json and the fold data files; the same call twice gives the same split."""
+    if config.data.train is None:
+        raise ConfigError("data.train is not set: kfold needs a training file")
+    if include_dev and not config.data.dev:
+        raise ConfigError("--include-dev needs data.dev in the config")
+    files = [Path(config.data.train)] + ([Path(config.data.dev)] if include_dev else [])
+    kinds = {p.suffix.lower() == ".csv" for p in files}
+    if len(kinds) > 1:
+        raise DataError(f"--include-dev: {files[0]} and {files[1]} must both be CSV or both DCS JSON/JSONL")
+    ids: list[str] = []
+    records: list[dict[str, Any]] = []
+    origin: list[str] = []
+    for path in files:
+        file_ids, file_records = _read_records(path)
+        ids += file_ids
+        records += file_records
+        origin += [str(path)] * len(file_ids)
+    seen: set[str] = set()
+    for id_, source in zip(ids, origin):
+        if id_ in seen:
+            raise DataError(f"{source}: id {id_!r} also appears in an earlier training file; ids must be unique")
+        seen.add(id_)
+    if len(ids) < k:
+        raise ConfigError(f"--folds {k}: only {len(ids)} training dialogues")
+
+    seed = config.training.seed
+    folds = assign_folds(ids, k, seed)
+    spec = {
+        "k": k,
+        "seed": seed,
+        "include_dev": include_dev,
+        "files": [str(p) for p in files],
+        "dev": None if include_dev else config.data.dev,  # the labeled set every fold predicts (for the ensemble)
+        "test": config.data.test,
+        "n": len(ids),
+        "folds": [
+            {"fold": i, "dir": f"fold-{i}", "heldout": sum(1 for f in folds if f == i),
+             "train": sum(1 for f in folds if f != i)}
+            for i in range(k)
+        ],
+        "assignment": dict(zip(ids, folds)),
+    }
+    spec_path = parent / KFOLD_FILE
+    if spec_path.is_file():
+        old = json.loads(spec_path.read_text(encoding="utf-8"))
+        if {key: old.get(key) for key in ("k", "seed", "include_dev", "assignment")} != {
+            key: spec[key] for key in ("k", "seed", "include_dev", "assignment")
+        }:
+            raise RunDirError(
+                f"{parent}: holds a different k-fold split ({KFOLD_FILE}: k={old.get('k')}, seed={old.get('seed')}, "
+                f"include_dev={old.get('include_dev')}); use another --output-dir"
+            )
+        return old
+    parent.mkdir(parents=True, exist_ok=True)  # only now: bad data or flags leave nothing behind
+    csv_format = files[0].suffix.lower() == ".csv"
+    suffix = ".csv" if csv_format else ".jsonl"
+    for i in range(k):
+        train_rows = [r for r, f in zip(records, folds) if f != i]
+        heldout_rows = [r for r, f in zip(records, folds) if f == i]
+        _write_records(parent / "data" / f"fold-{i}-train{suffix}", train_rows, csv_format)
+        _write_records(parent / "data" / f"fold-{i}-heldout{suffix}", heldout_rows, csv_format)
+    for fold in spec["folds"]:
+        fold["train_file"] = str(parent / "data" / f"fold-{fold['fold']}-train{suffix}")
+        fold["heldout_file"] = str(parent / "data" / f"fold-{fold['fold']}-heldout{suffix}")
+    spec_path.write_text(json.dumps(spec, indent=2, ensure_ascii=False), encoding="utf-8")
+    return spec
+
+
+def _fold_config(config: Config, fold: dict[str, Any], include_dev: bool) -> Config:
+    raw = config.to_dict()
+    raw["data"]["train"] = fold["train_file"]
+    if include_dev:  # the real dev set is training data now: the fold's dev is its held-out part
+        raw["data"]["dev"] = fold["heldout_file"]
+    return config_from_dict(raw, source="kfold")
+
+
+def _predict_heldout(run_dir: Path, fold: dict[str, Any], include_dev: bool) -> dict[str, Any]:
+    """The fold's predictions for its held-out rows (out-of-fold) and their scores."""
+    from dialsum.generate import generate_summaries, load_for_inference
+    from dialsum.run import score_dialogues
+
+    if include_dev:  # the run already predicted and scored them as its dev set
+        from dialsum.rundir import DEV_PREDICTIONS_FILE
+
+        (run_dir / OOF_PREDICTIONS_FILE).write_bytes((run_dir / DEV_PREDICTIONS_FILE).read_bytes())
+        scores = json.loads((run_dir / DEV_SCORES_FILE).read_text(encoding="utf-8"))
+    else:
+        heldout = [d for d in load_dialogues(fold["heldout_file"]) if d.references]
+        model, tokenizer, config = load_for_inference(run_dir, None)
+        predictions = generate_summaries(model, tokenizer, heldout, config, kind=config.model.kind)
+        write_predictions(run_dir / OOF_PREDICTIONS_FILE, [d.id for d in heldout], predictions)
+        scores, _ = score_dialogues(predictions, heldout, config)
+        del model
+    (run_dir / OOF_SCORES_FILE).write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
+    return scores
+
+
+def kfold(
+    config: Config,
+    folds: int,
+    output_dir: str | Path | None = None,
+    fold: int | None = None,
+    include_dev: bool = False,
+    resume: bool = False,
+    config_path: str | Path | None = None,
+) -> Path:
+    """Train and predict the folds (all, or only `fold`); returns the parent directory."""
+    from accelerate import PartialState
+
+    from dialsum.run import run
+    from dialsum.train import default_run_dir
+
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: need at least 2 folds")
+    if fold is not None and not 0 <= fold < folds:
+        raise ConfigError(f"--fold {fold}: expected 0..{folds - 1}")
+    if resume and output_dir is None:
+        raise ConfigError("--resume needs --output-dir PARENT (the k-fold run to continue)")
+    if fold is not None and output_dir is None:
+        raise ConfigError("--fold needs --output-dir: every fold's job must write into the same parent directory")
+    parent = Path(output_dir) if output_dir else Path(str(default_run_dir(config, config_path)) + f"-kfold{folds}")
+    state = PartialState()
+    with state.main_process_first():  # one process writes the split, the others read it
+        spec = _prepare(config, parent, folds, include_dev)
+
+    for entry in spec["folds"]:
+        if fold is not None and entry["fold"] != fold:
+            continue
+        run_dir = parent / entry["dir"]
+        if (run_dir / OOF_SCORES_FILE).is_file():
+            console.print(f"fold {entry['fold']}: done already ({run_dir}), skipped")
+            continue
+        if not (run_dir / REPORT_FILE).is_file():
+            if run_dir.exists() and not resume:
+                raise RunDirError(f"{run_dir}: fold {entry['fold']} started but did not finish; pass --resume to "
+                                  "continue it from its last checkpoint")
+            console.rule(f"fold {entry['fold']} of {folds}: train {entry['train']}, held out {entry['heldout']}")
+            run(_fold_config(config, entry, include_dev), config_path=config_path, output_dir=run_dir,
+                resume=resume and run_dir.exists())
+        if state.is_main_process:
+            _predict_heldout(run_dir, entry, include_dev)
+    if state.is_main_process:
+        summarise_kfold(parent)
+    return parent
+
+
+def _ensemble_folds(parent: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """MBR over the folds: dev (scored against the references) and test (as a submission), where every fold has them."""
+    import io
+
+    from dialsum.ensemble import ensemble_files
+    from dialsum.rundir import DEV_PREDICTIONS_FILE, SUBMISSION_FILE
+
+    quiet = Console(file=io.StringIO())
+    dirs = [parent / entry["dir"] for entry in spec["folds"]]
+    result: dict[str, Any] = {}
+    if spec.get("dev") and all((d / DEV_PREDICTIONS_FILE).is_file() for d in dirs):
+        report = ensemble_files([d / DEV_PREDICTIONS_FILE for d in dirs], parent / KFOLD_ENSEMBLE_DEV,
+                                references=spec["dev"], console=quiet)
+        result["ensemble_dev"] = {k: report["ensemble"][k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+    if all((d / SUBMISSION_FILE).is_file() for d in dirs):
+        ensemble_files([d / SUBMISSION_FILE for d in dirs], parent / KFOLD_ENSEMBLE_TEST,
+                       submission=parent / KFOLD_SUBMISSION, console=quiet)
+        result["ensemble_test"] = str(parent / KFOLD_SUBMISSION)
+    return result
+
+
+def summarise_kfold(parent: str | Path) -> dict[str, Any]:
+    """Per-fold out-of-fold and dev scores, their means, and (all folds done) the joint OOF file and score."""
+    from rich.table import Table
+
+    parent = Path(parent)
+    spec = json.loads((parent / KFOLD_FILE).read_text(encoding="utf-8"))
+    keys = ("rouge1", "rouge2", "rougeL", "rouge_sum")
+    rows: list[dict[str, Any]] = []
+    for entry in spec["folds"]:
+        run_dir = parent / entry["dir"]
+        row: dict[str, Any] = {"fold": entry["fold"], "train": entry["train"], "heldout": entry["heldout"]}
+        for name, file in (("oof", OOF_SCORES_FILE), ("dev", DEV_SCORES_FILE)):
+            path = run_dir / file
+            if path.is_file() and not (name == "dev" and spec["include_dev"]):
+                scores = json.loads(path.read_text(encoding="utf-8"))
+                row.update({f"{name}_{k}": scores[k] for k in keys})
+        row["test_predictions"] = (run_dir / "submission.csv").is_file()
+        rows.append(row)
+    done = [r for r in rows if "oof_rouge_sum" in r]
+    summary: dict[str, Any] = {"k": spec["k"], "include_dev": spec["include_dev"], "folds": rows,
+                               "folds_done": len(done)}
+    for name in ("oof", "dev"):
+        present = [r for r in done if f"{name}_rouge_sum" in r]
+        if present:
+            summary[f"mean_{name}"] = {k: sum(r[f"{name}_{k}"] for r in present) / len(present) for k in keys}
+
+    if len(done) == len(rows) and len(rows) >= 3:  # the folds' consensus (two sources would always tie)
+        summary.update(_ensemble_folds(parent, spec))
+
+    if len(done) == len(rows):  # every training row predicted by the fold that held it out, in input order
+        predicted: dict[str, str] = {}
+        for entry in spec["folds"]:
+            for record in read_table(parent / entry["dir"] / OOF_PREDICTIONS_FILE, required=["fname", "summary"]):
+                predicted[record["fname"]] = record["summary"]
+        ids = [i for i in spec["assignment"] if i in predicted]
+        write_predictions(parent / OOF_PREDICTIONS_FILE, ids, [predicted[i] for i in ids])
+        summary["oof_predictions"] = len(ids)
+        summary["oof_without_reference"] = len(spec["assignment"]) - len(ids)
+
+    table = Table(title=f"{spec['k']}-fold run {parent} ({len(done)}/{len(rows)} folds done)")
+    columns = ["fold", "train", "held out", "OOF R1", "OOF R2", "OOF RL", "OOF sum"]
+    if not spec["include_dev"]:
+        columns += ["dev sum"]
+    columns += ["test preds"]
+    for column in columns:
+        table.add_column(column, justify="right")
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        values = [r.get(f"oof_{k}") for k in keys] + ([r.get("dev_rouge_sum")] if not spec["include_dev"] else [])
+        return [f"{v:.2f}" if isinstance(v, (int, float)) else "-" for v in values]
+
+    for r in rows:
+        table.add_row(str(r["fold"]), str(r["train"]), str(r["heldout"]), *cells(r),
+                      "yes" if r["test_predictions"] else "no")
+    if done:
+        mean = {f"oof_{k}": summary["mean_oof"][k] for k in keys}
+        if "mean_dev" in summary:
+            mean["dev_rouge_sum"] = summary["mean_dev"]["rouge_sum"]
+        table.add_section()
+        table.add_row("mean", "", "", *cells(mean), "")
+    Console().print(table)
+
+    (parent / KFOLD_SCORES_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    md = [f"# {spec['k']}-fold run", "", f"`{parent}` · seed {spec['seed']} · include_dev {spec['include_dev']} · "
+          f"{len(done)}/{len(rows)} folds done", "", "| " + " | ".join(columns) + " |",
+          "|" + "---|" * len(columns)]
+    for r in rows:
+        md.append("| " + " | ".join([str(r["fold"]), str(r["train"]), str(r["heldout"]), *cells(r),
+                                     "yes" if r["test_predictions"] else "no"]) + " |")
+    if done:
+        md.append("| mean |  |  | " + " | ".join(cells(mean)) + " |  |")
+    if "ensemble_dev" in summary:
+        e = summary["ensemble_dev"]
+        md += ["", f"MBR ensemble of the {len(rows)} folds on dev: ROUGE sum {e['rouge_sum']:.2f} "
+               f"(R1 {e['rouge1']:.2f}, R2 {e['rouge2']:.2f}, RL {e['rougeL']:.2f}) against the folds' mean "
+               f"{summary['mean_dev']['rouge_sum']:.2f}; `{KFOLD_ENSEMBLE_DEV}`."]
+    if "ensemble_test" in summary:
+        md += ["", f"Test: the folds' consensus is in `{KFOLD_SUBMISSION}` (organizers' format)."]
+    md += ["", "Ensemble the folds' test predictions: `dialsum ensemble " + str(parent) + " --split test "
+           "--output ensemble.csv --submission submission.csv`."]
+    (parent / KFOLD_REPORT_FILE).write_text("\n".join(md) + "\n", encoding="utf-8")
+    return summary
