@@ -15,7 +15,6 @@ import random
 import time
 
 from common import real_dev_or_sample
-
 from dialsum import metrics
 from dialsum.data import load_dialogues
 from dialsum.ensemble import Utility, mbr_select

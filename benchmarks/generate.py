@@ -31,8 +31,8 @@ def main() -> None:
 
     from dialsum.config import config_from_dict
     from dialsum.data import load_dialogues
-    from dialsum.generate import generate_summaries, load_for_inference
-    from dialsum.models import resolve_model_path
+    from dialsum.generate import generate_summaries
+    from dialsum.models import load_for_inference, resolve_model_path
 
     data = real_dev_or_sample()
     dialogues = load_dialogues(data)[: args.n]

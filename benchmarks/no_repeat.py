@@ -20,7 +20,7 @@ def main() -> None:
 
     from dialsum.data import load_dialogues
     from dialsum.encode import add_seq2seq_special_tokens
-    from dialsum.generate import NoRepeatNGramExceptTags, tag_token_ids
+    from dialsum.suppress import NoRepeatNGramExceptTags, tag_token_ids
 
     folder = ROOT.parent / "shared" / "models" / "kobart"
     if not folder.is_dir():

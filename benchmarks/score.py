@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from common import real_dev_or_sample
-
 from dialsum import metrics
 
 

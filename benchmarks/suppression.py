@@ -29,8 +29,8 @@ def end_to_end(args) -> None:
 
     from dialsum.config import config_from_dict
     from dialsum.data import load_dialogues
-    from dialsum.generate import generate_summaries, load_for_inference
-    from dialsum.models import resolve_model_path
+    from dialsum.generate import generate_summaries
+    from dialsum.models import load_for_inference, resolve_model_path
 
     data = real_dev_or_sample()
     dialogues = load_dialogues(data)[: args.n]
@@ -51,7 +51,7 @@ def end_to_end(args) -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    from dialsum.generate import ForeignScriptSuppressor
+    from dialsum.suppress import ForeignScriptSuppressor
 
     spent = [0.0]
     original = ForeignScriptSuppressor.__call__
@@ -111,7 +111,7 @@ def per_step(tokenizer, title: str, width: int, batch: int) -> None:
     """Table build time and banned count, then the processor's per-step cost on a batch mid-syllable."""
     import torch
 
-    from dialsum.generate import ForeignScriptSuppressor, _bytes_to_unicode, _is_byte_level, suppression_table
+    from dialsum.suppress import ForeignScriptSuppressor, _bytes_to_unicode, _is_byte_level, suppression_table
 
     start = time.perf_counter()
     table = suppression_table(tokenizer)

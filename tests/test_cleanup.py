@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SAMPLE, shared_file
 
+from conftest import SAMPLE, shared_file
 from dialsum.cleanup import (
     clean,
     clean_all,

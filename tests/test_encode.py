@@ -7,8 +7,17 @@ import pytest
 from dialsum.config import config_from_dict
 from dialsum.data import Dialogue, Turn, load_dialogues
 from dialsum.encode import (
-    IGNORE_INDEX, TargetTooLong, add_seq2seq_special_tokens, check_chat_template, encode_causal,
-    encode_dialogues, encode_prompt, encode_seq2seq, end_of_turn_token, ensure_pad_token, render_prompt,
+    IGNORE_INDEX,
+    TargetTooLong,
+    add_seq2seq_special_tokens,
+    check_chat_template,
+    encode_causal,
+    encode_dialogues,
+    encode_prompt,
+    encode_seq2seq,
+    end_of_turn_token,
+    ensure_pad_token,
+    render_prompt,
 )
 from dialsum.models import load_tokenizer
 from dialsum.prompt import build_messages, user_message

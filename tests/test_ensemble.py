@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE, shared_file
 
+from conftest import ROOT, SAMPLE, shared_file
 from dialsum.data import load_dialogues, write_predictions
 from dialsum.ensemble import Utility, load_sources, mbr_select, pair_utility, parse_utility
 from dialsum.errors import DialsumError

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from conftest import shared_file
+from dialsum.cleanup import clean_summary
 from dialsum.config import config_from_dict, save_config
 from dialsum.data import Dialogue, Turn, load_dialogues
 from dialsum.errors import DialsumError
-from dialsum.generate import (
-    ForeignScriptSuppressor, banned_bytes, clean_summary, decode_utf8, generate_summaries, lead_baseline,
-    load_for_inference, predict, suppression_table,
-)
+from dialsum.generate import generate_summaries, lead_baseline, predict
+from dialsum.models import load_for_inference
 from dialsum.scripts import foreign_script_chars, has_foreign_script
+from dialsum.suppress import ForeignScriptSuppressor, banned_bytes, decode_utf8, suppression_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TEST = ROOT / "src" / "dialsum" / "sample_data" / "test.csv"
@@ -108,7 +108,7 @@ def test_vocabulary_masks_agree_with_the_byte_rule(llama_tokenizer):
 
 
 def _gpt2_byte_chars():
-    from dialsum.generate import _bytes_to_unicode
+    from dialsum.suppress import _bytes_to_unicode
 
     return _bytes_to_unicode()
 
@@ -207,7 +207,7 @@ def test_batched_equals_one_by_one_in_input_order(arch, sample_dialogues):
     config = make_config(path, max_new_tokens=12, no_repeat_ngram_size=1, batch_size=4)
     model, tokenizer, config = load_for_inference(path, config)
     records = sample_dialogues[:7]
-    hooks = _copy_encoder_words(model, tokenizer) if arch == "bart" else []
+    hooks = _favour_own_input_words(model, tokenizer)
     try:
         batched = generate_summaries(model, tokenizer, records, config, progress=False)
         config.generation.batch_size = 1
@@ -219,15 +219,19 @@ def test_batched_equals_one_by_one_in_input_order(arch, sample_dialogues):
     assert len(set(batched)) == len(records)  # distinct per dialogue, so order is really checked
 
 
-def _copy_encoder_words(model, tokenizer) -> list:
-    """Random BART barely attends to its encoder (the same text for every input). These hooks make each row's
-    decoder favour the non-special tokens of its own encoder input, so each dialogue gets its own summary and a
-    row that lands at the wrong position shows."""
+def _favour_own_input_words(model, tokenizer) -> list:
+    """A random tiny model writes nearly the same text for every input (BART barely attends to its encoder; a
+    decoder-only model drifts into the same tokens). These hooks make each row favour the non-special tokens of
+    its own input (the encoder source, or the prompt at prefill), so each dialogue gets its own summary and a row
+    that lands at the wrong position shows."""
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    seq2seq = model.config.is_encoder_decoder
     state = {}
 
-    def on_encoder(module, args, kwargs, output):
+    def on_input(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None or (not seq2seq and ids.shape[1] == 1):  # causal decoding steps: keep the prompt's bonus
+            return
         bonus = torch.zeros(ids.shape[0], model.get_output_embeddings().out_features)
         bonus.scatter_(1, ids, 20.0)
         bonus[:, special] = 0.0
@@ -236,7 +240,8 @@ def _copy_encoder_words(model, tokenizer) -> list:
     def on_lm_head(module, args, output):
         return output + state["bonus"][:, None, :].to(output.dtype)
 
-    return [model.get_encoder().register_forward_hook(on_encoder, with_kwargs=True),
+    source = model.get_encoder() if seq2seq else model.get_decoder()
+    return [source.register_forward_pre_hook(on_input, with_kwargs=True),
             model.get_output_embeddings().register_forward_hook(on_lm_head)]
 
 
@@ -511,7 +516,7 @@ def test_no_repeat_processor_equals_transformers_without_exemptions_and_spares_t
     Mutations caught: an off-by-one in the prefix window; exempt ids ignored."""
     from transformers import NoRepeatNGramLogitsProcessor
 
-    from dialsum.generate import NoRepeatNGramExceptTags
+    from dialsum.suppress import NoRepeatNGramExceptTags
 
     rng = random.Random(0)
     for size in (1, 2, 3):
@@ -547,7 +552,7 @@ def test_byte_level_detection_does_not_silently_weaken_suppression(llama):
 
     from tokenizers import decoders
 
-    from dialsum.generate import _is_byte_level
+    from dialsum.suppress import _is_byte_level
 
     tokenizer = copy.deepcopy(llama[1])
     tokenizer.backend_tokenizer.decoder = decoders.Fuse()

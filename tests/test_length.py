@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, shared_file
 
+from conftest import SAMPLE, shared_file
 from dialsum.config import config_from_dict, token_budget
 from dialsum.data import load_dialogues
 from dialsum.errors import ConfigError, DialsumError
@@ -82,7 +82,8 @@ def test_rule_is_written_into_the_config_and_used(tiny_llama):
 def test_per_dialogue_limits_equal_generating_each_with_its_own_limit(tiny_llama):
     """A batch generates to its largest limit and cuts each row to its own: the same text as generating that
     dialogue alone with max_new_tokens = its limit. Catches the cut left out (every row gets the batch maximum)."""
-    from dialsum.generate import generate_summaries, load_for_inference
+    from dialsum.generate import generate_summaries
+    from dialsum.models import load_for_inference
 
     config = _config(tiny_llama, max_new_tokens=12, no_repeat_ngram_size=1, batch_size=4)
     model, tokenizer, config = load_for_inference(tiny_llama, config)
@@ -106,7 +107,6 @@ def test_num_candidates_writes_beams_for_the_ensemble(tiny_llama, tmp_path):
     import sys
 
     from conftest import ROOT
-
     from dialsum.config import save_config
     from dialsum.ensemble import load_sources
     from dialsum.generate import predict

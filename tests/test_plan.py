@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from tests.conftest import ROOT, shared_file
 from typer.testing import CliRunner
 
 from dialsum.cli import app
 from dialsum.config import config_from_dict
 from dialsum.plan import Architecture, memory_estimate
-from tests.conftest import ROOT, shared_file
 
 
 def llama_3b() -> Architecture:

@@ -173,7 +173,7 @@ def test_test_prompts_look_like_dev_prompts_under_the_default_topic_policy(tmp_p
 
 def impossible_share(tokenizer, references: list[str], size: int, exempt: set[int]) -> float:
     """Share of references that a no-repeat-n-gram ban of `size` could never produce."""
-    from dialsum.generate import NoRepeatNGramExceptTags
+    from dialsum.suppress import NoRepeatNGramExceptTags
 
     ban = NoRepeatNGramExceptTags(size, sorted(exempt))
     impossible = 0
@@ -187,7 +187,7 @@ def test_no_repeat_ngram_spares_speaker_tags_on_real_dev_references(dev):
     """koBART preset: no_repeat_ngram_size=2 with '#Person1#' one token forbids '#Person1#은 ... #Person1#은'.
     Measured on the real dev references: the share the ban makes impossible, with and without the tag
     exemption. Mutation caught: an exemption that does not apply (tag_token_ids returning nothing)."""
-    from dialsum.generate import tag_token_ids
+    from dialsum.suppress import tag_token_ids
 
     tokenizer = real_tokenizer("kobart")
     add_seq2seq_special_tokens(tokenizer, dev)
@@ -210,7 +210,7 @@ def test_no_repeat_ngram_spares_speaker_tags_on_real_dev_references(dev):
 def test_suppression_table_on_real_vocabulary(folder):
     """The table builds in seconds on the 128k/151k vocabularies; it bans whole-token Han/kana/Cyrillic and
     byte fragments that can only become Han, and keeps Hangul, Latin and the stop tokens."""
-    from dialsum.generate import ForeignScriptSuppressor, suppression_table
+    from dialsum.suppress import ForeignScriptSuppressor, suppression_table
 
     tokenizer = real_tokenizer(folder)
     start = time.perf_counter()
@@ -225,8 +225,8 @@ def test_suppression_table_on_real_vocabulary(folder):
         assert not any(table.static_bad[i] for i in tokenizer(text, add_special_tokens=False)["input_ids"]), text
     import torch
 
-    from dialsum.generate import REPLACEMENT, decode_utf8
     from dialsum.scripts import has_foreign_script
+    from dialsum.suppress import REPLACEMENT, decode_utf8
 
     closer = tokenizer.convert_tokens_to_ids(CAUSAL[folder])
     assert not table.static_bad[closer]

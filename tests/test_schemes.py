@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SAMPLE, shared_file
 
+from conftest import ROOT, SAMPLE, shared_file
 from dialsum.config import config_from_dict
 from dialsum.data import load_dialogues, write_predictions
 from dialsum.errors import ConfigError, DialsumError

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE, shared_file
 
+from conftest import ROOT, SAMPLE, shared_file
 from dialsum.errors import DataError, DialsumError
 from dialsum.schemes import evaluate_scheme_files
 from dialsum.submission import check_output_path, read_dcs_outputs, write_dcs_submission

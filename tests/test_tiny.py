@@ -211,9 +211,9 @@ def test_build_is_seeded_and_takes_a_corpus(tmp_path):
 
 
 def test_without_sample_data_the_fallback_corpus_is_used(tmp_path, monkeypatch):
-    import dialsum.data
     from transformers import AutoTokenizer
 
+    import dialsum.data
     from dialsum.tiny import FALLBACK_CORPUS, sample_corpus
 
     monkeypatch.setattr(dialsum.data, "SAMPLE_DIR", tmp_path / "missing")

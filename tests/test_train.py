@@ -557,7 +557,7 @@ def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_pat
     env = json.loads((run_dir / "env.json").read_text())
     assert env["world_size"] == 2 and env["distributed"] == "MULTI_CPU"
     assert env["precision"]["compute"] == "float32"  # training.bf16=auto on a CPU; the launcher does not override it
-    from dialsum.generate import load_for_inference
+    from dialsum.models import load_for_inference
 
     model, _, _ = load_for_inference(run_dir, None)
     assert sum(p.numel() for p in model.parameters()) > 0

@@ -163,3 +163,45 @@ def clean_all(
             counts[step] += 1
         cleaned.append(result)
     return cleaned, counts
+
+
+# ---------------------------------------------------------------- decoded text to one line
+
+_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
+_ROLE_HEADERS = [
+    re.compile(r"^\s*<\|start_header_id\|>\s*assistant\s*<\|end_header_id\|>", re.IGNORECASE),
+    re.compile(r"^\s*<\|im_start\|>\s*assistant\b", re.IGNORECASE),
+    re.compile(r"^\s*<start_of_turn>\s*model\b", re.IGNORECASE),
+    re.compile(r"^\s*#{2,}\s*assistant\s*:", re.IGNORECASE),
+]
+# A bare role name on its own line: what a header leaves once its special tokens are stripped.
+_BARE_ROLE = re.compile(r"^\s*assistant[ \t]*(?:\n|$)", re.IGNORECASE)
+_LABEL = re.compile(
+    r"^\s*(?:\[\s*(?:요약|summary)\s*\]|【\s*요약\s*】|\**\s*(?:대화\s*)?(?:요약|summary)\s*\**\s*[:：]\**)\s*",
+    re.IGNORECASE,
+)
+
+
+def clean_summary(text: str, tokenizer=None, end_token: str | None = None) -> str:
+    """A generated summary as one clean line: special tokens, role headers ("assistant\\n\\n",
+    "<|start_header_id|>assistant<|end_header_id|>"), an empty <think> block and leading labels
+    ("요약:", "Summary:", "[요약]") removed, a character left broken by a stop mid-sequence (U+FFFD)
+    dropped, whitespace collapsed. Empty stays empty. `end_token` (the turn closer, `encode.end_of_turn_token`)
+    ends the summary: nothing after it is kept."""
+    text = (text or "").replace("\ufffd", "")
+    if end_token:
+        text = text.split(end_token, 1)[0]
+    for _ in range(4):  # headers and labels can stack ("assistant\n\n요약: ...")
+        before = text
+        text = _THINK.sub("", text)
+        for pattern in _ROLE_HEADERS:
+            text = pattern.sub("", text)
+        if tokenizer is not None:
+            for token in sorted(set(tokenizer.all_special_tokens), key=len, reverse=True):
+                if token:
+                    text = text.replace(token, " ")
+        text = _BARE_ROLE.sub("", text)
+        text = _LABEL.sub("", text)
+        if text == before:
+            break
+    return " ".join(text.split())

@@ -80,7 +80,7 @@ def end_of_turn_token(tokenizer) -> str:
     (`<|eot_id|>` for Llama-3, `<|im_end|>` for Qwen) — not by looking for EOS among the named special
     tokens: a base model's EOS (`<|end_of_text|>`, `<|endoftext|>`) is not what its template closes turns with.
     Without a template (or when the template closes with plain text), EOS. The same token ends every
-    training label, stops generation and cuts a generated summary (`generate.clean_summary`)."""
+    training label, stops generation and cuts a generated summary (`cleanup.clean_summary`)."""
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": "안녕"}]
         full = _full_rendering(tokenizer, messages, _PROBE_SUMMARY)

@@ -8,7 +8,13 @@ from rich.text import Text
 
 from dialsum.config import Config
 from dialsum.data import load_dialogues
-from dialsum.encode import IGNORE_INDEX, add_seq2seq_special_tokens, check_chat_template, encode_dialogues, ensure_pad_token
+from dialsum.encode import (
+    IGNORE_INDEX,
+    add_seq2seq_special_tokens,
+    check_chat_template,
+    encode_dialogues,
+    ensure_pad_token,
+)
 from dialsum.errors import ConfigError
 from dialsum.models import load_tokenizer
 from dialsum.prompt import resolve_topic_policy
@@ -45,7 +51,7 @@ def inspect_data(config: Config, data_path: str | None = None, n: int = 3, conso
     console = console or Console()
     if model is not None:
         from dialsum.config import config_from_dict
-        from dialsum.generate import checkpoint_kind
+        from dialsum.models import checkpoint_kind
 
         raw = config.to_dict()
         raw["model"] = {**raw["model"], "name_or_path": model, "kind": checkpoint_kind(model, config)}

@@ -162,7 +162,8 @@ def _fold_config(config: Config, fold: dict[str, Any], include_dev: bool) -> Con
 
 def _predict_heldout(run_dir: Path, fold: dict[str, Any], include_dev: bool) -> dict[str, Any]:
     """The fold's predictions for its held-out rows (out-of-fold) and their scores."""
-    from dialsum.generate import generate_summaries, load_for_inference
+    from dialsum.generate import generate_summaries
+    from dialsum.models import load_for_inference
     from dialsum.run import score_dialogues
 
     if include_dev:  # the run already predicted and scored them as its dev set

@@ -1,14 +1,21 @@
-"""Load tokenizers and models the safe way: safetensors only, remote code off unless the config turns it on."""
+"""Load tokenizers and models the safe way, and resolve what to generate with.
+
+Weights load as safetensors, or a `.bin` through torch's `weights_only=True` loader (which refuses pickled
+code); remote code stays off unless the config turns it on. `resolve_inference_source` turns a run directory,
+its `model/`, or any checkpoint into the config and weights `predict` uses (a LoRA adapter merged on its base).
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dialsum.config import Config
-from dialsum.errors import ConfigError
+from dialsum.config import Config, config_from_dict, load_config
+from dialsum.errors import ConfigError, RunDirError
+from dialsum.rundir import CONFIG_FILE, MODEL_DIR
 
 
 def has_cuda() -> bool:
@@ -185,3 +192,105 @@ def load_model(name_or_path: str | Path, config: Config, for_training: bool = Fa
     elif fmt == "safetensors":
         print(f"loaded {name_or_path}: weights from safetensors", file=sys.stderr)
     return model
+
+
+# ---------------------------------------------------------------- a run (or any checkpoint) for inference
+
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter directory holds this
+
+
+@dataclass
+class InferenceSource:
+    """Where the weights and the tokenizer of a model to generate with come from."""
+
+    config: Config
+    model_dir: Path | str  # full model weights, or the adapter directory
+    adapter: bool  # model_dir holds a PEFT adapter on config.model.name_or_path
+    run_dir: Path | None = None
+
+
+def checkpoint_kind(model_path: str | Path, config: Config | None = None) -> str:
+    """'seq2seq' when the checkpoint's config.json says is_encoder_decoder, else 'causal'."""
+    from transformers import AutoConfig
+
+    trust = config.model.trust_remote_code if config else False
+    try:
+        model_config = AutoConfig.from_pretrained(resolve_model_path(model_path), trust_remote_code=trust)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{model_path}: cannot read the model's config.json: {str(error).splitlines()[0]}") from None
+    return "seq2seq" if getattr(model_config, "is_encoder_decoder", False) else "causal"
+
+
+def resolve_inference_source(model_path: str | Path, config: Config | None = None, overrides: list[str] | None = None) -> InferenceSource:
+    """A run directory (config.yaml + model/), a run's model/ directory, or any HF model path / hub id.
+
+    For a run, the config is the run's config.yaml; a `config` given as well supplies everything but the
+    `model` and `prompt` sections, which stay the run's (the prompt must be the one trained on). For
+    anything else, `config` (default: the defaults) with `model.name_or_path` set to the path and
+    `model.kind` read from the checkpoint (`is_encoder_decoder`). `overrides` (`key=value`) apply on top.
+    """
+    path = Path(model_path)
+    run_dir: Path | None = None
+    if (path / CONFIG_FILE).is_file():
+        run_dir = path
+        model_dir: Path | str = path / MODEL_DIR
+        if not model_dir.is_dir():
+            raise RunDirError(
+                f"{path}: run directory has no {MODEL_DIR}/ (training did not finish); "
+                f"generate from a checkpoint with --config {path / CONFIG_FILE} and the checkpoint path"
+            )
+    elif path.name == MODEL_DIR and (path.parent / CONFIG_FILE).is_file():
+        run_dir, model_dir = path.parent, path
+    else:
+        model_dir = str(model_path)
+    if run_dir is not None:
+        run_config = load_config(run_dir / CONFIG_FILE)
+        if config is None:
+            config = run_config
+        else:
+            raw = config.to_dict()
+            raw["model"], raw["prompt"] = run_config.to_dict()["model"], run_config.to_dict()["prompt"]
+            config = config_from_dict(raw, source=str(run_dir / CONFIG_FILE))
+    adapter = (Path(model_dir) / ADAPTER_CONFIG).is_file()  # on the base model config.model.name_or_path
+    if run_dir is None:
+        raw = config.to_dict() if config is not None else {"model": {}}
+        if not adapter:  # a bare checkpoint: it names itself, and its config.json says its kind
+            kind = checkpoint_kind(model_dir, config)
+            if config is not None and config.model.kind != kind:
+                print(f"{model_path}: the checkpoint is {kind} (config.json), not model.kind={config.model.kind}; "
+                      f"using {kind}", file=sys.stderr)
+            raw["model"] = {**raw.get("model", {}), "name_or_path": str(model_dir), "kind": kind}
+        elif config is None:
+            raise ConfigError(f"{model_path}: a LoRA adapter outside a run directory needs --config naming its "
+                              "base model")
+        config = config_from_dict(raw, source=str(model_path))
+    if overrides:
+        config = config_from_dict(config.to_dict(), overrides, source="--set")
+    return InferenceSource(config=config, model_dir=Path(model_dir) if adapter else model_dir, adapter=adapter, run_dir=run_dir)
+
+
+def load_source(source: InferenceSource):
+    config = source.config
+    tokenizer = load_tokenizer(source.model_dir, config)
+    if source.adapter:
+        from peft import PeftModel
+
+        base = load_model(config.model.name_or_path, config)
+        if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # training added a pad token
+            base.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(base, str(source.model_dir)).merge_and_unload()
+    else:
+        model = load_model(source.model_dir, config)
+    if config.model.kind == "causal":
+        tokenizer.padding_side = "left"
+    if has_cuda():
+        model.to("cuda")
+    model.eval()
+    return model, tokenizer
+
+
+def load_for_inference(model_path: str | Path, config: Config | None = None):
+    """(model, tokenizer, config) ready to generate: adapter merged, eval mode, left padding for causal."""
+    source = resolve_inference_source(model_path, config)
+    model, tokenizer = load_source(source)
+    return model, tokenizer, source.config

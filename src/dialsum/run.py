@@ -15,7 +15,12 @@ from dialsum.config import Config
 from dialsum.data import Dialogue, load_dialogues, write_predictions
 from dialsum.prompt import topic_mismatch
 from dialsum.rundir import (
-    CLEANUP_FILE, DEV_PER_SAMPLE_FILE, DEV_PREDICTIONS_FILE, DEV_SCORES_FILE, GENERATION_FILE, SUBMISSION_FILE,
+    CLEANUP_FILE,
+    DEV_PER_SAMPLE_FILE,
+    DEV_PREDICTIONS_FILE,
+    DEV_SCORES_FILE,
+    GENERATION_FILE,
+    SUBMISSION_FILE,
 )
 
 console = Console(stderr=True)
@@ -66,7 +71,8 @@ def _compare_length_control(run_dir: Path, model, tokenizer, labeled: list[Dialo
 
 def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False,
         overrides: list[str] | None = None) -> Path:
-    from dialsum.generate import generate_summaries, load_for_inference
+    from dialsum.generate import generate_summaries
+    from dialsum.models import load_for_inference
     from dialsum.report import write_run_report
     from dialsum.schemes import print_scheme_scores
     from dialsum.submission import is_dcs, write_dcs_submission
@@ -150,7 +156,8 @@ def screen(model_names: list[str], data_path: str | Path, config: Config | None 
     from rich.table import Table
 
     from dialsum.config import config_from_dict
-    from dialsum.generate import generate_summaries, lead_baseline, load_for_inference
+    from dialsum.generate import generate_summaries, lead_baseline
+    from dialsum.models import load_for_inference
 
     dialogues = [d for d in load_dialogues(data_path) if d.references][:limit]
     results = []

@@ -194,7 +194,17 @@ def sample_corpus() -> list[str]:
 def build_tokenizer(arch: str, corpus: list[str], vocab_size: int = 2000):
     """A byte-level BPE (any text encodes, through byte fragments when needed) with the family's
     special tokens, pre-tokenizer, BOS behaviour and chat template. `vocab_size` counts the specials."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials, added = VOCAB[arch]
@@ -243,7 +253,13 @@ def build_model(arch: str, tokenizer, seed: int = 0):
     """A 2-layer, 64-wide random model whose config and generation config carry the real ids and defaults."""
     import torch
     from transformers import (
-        AutoModelForCausalLM, AutoModelForSeq2SeqLM, BartConfig, GenerationConfig, LlamaConfig, Qwen2Config, Qwen3Config,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        BartConfig,
+        GenerationConfig,
+        LlamaConfig,
+        Qwen2Config,
+        Qwen3Config,
     )
 
     torch.manual_seed(seed)

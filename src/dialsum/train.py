@@ -32,8 +32,13 @@ from rich.table import Table
 
 from dialsum.config import Config, config_from_dict, load_config, save_config
 from dialsum.data import Dialogue, load_dialogues
-from dialsum.prompt import resolve_topic_policy
-from dialsum.encode import EncodeStats, add_seq2seq_special_tokens, check_chat_template, encode_dialogues, ensure_pad_token
+from dialsum.encode import (
+    EncodeStats,
+    add_seq2seq_special_tokens,
+    check_chat_template,
+    encode_dialogues,
+    ensure_pad_token,
+)
 from dialsum.errors import ConfigError, RunDirError
 from dialsum.models import (
     PRECISION_POLICY,
@@ -53,6 +58,7 @@ from dialsum.packing import (
     packing_layout,
     pop_batch_meta,
 )
+from dialsum.prompt import resolve_topic_policy
 from dialsum.rundir import CHECKPOINT_DIR, CONFIG_FILE, ENV_FILE, METRICS_FILE, MODEL_DIR, SPIKES_FILE, SUMMARY_FILE
 
 console = Console(stderr=True)
