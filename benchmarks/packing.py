@@ -95,7 +95,8 @@ def analytic(args) -> None:
 def cpu(args) -> None:
     import dialsum.train as train_module
     from dialsum.config import config_from_dict
-    from dialsum.train import read_metrics, train
+    from dialsum.rundir import read_jsonl
+    from dialsum.train import train
 
     data = real_dev_or_sample()
     base = {
@@ -112,7 +113,7 @@ def cpu(args) -> None:
     def throughput(variant: str, out: Path) -> tuple[float, float, float]:
         train_module.packing_layout = (lambda attn: "flat") if variant == "flattened" else real_layout
         run = train(config_from_dict(base, [f"training.packing={str(variant != 'padded').lower()}"]), output_dir=out)
-        rows = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r][1:]
+        rows = [r for r in read_jsonl(run / "metrics.jsonl")[0] if "loss" in r][1:]
         real = sum(r["real_tokens"] for r in rows)
         examples = sum(r["examples"] for r in rows) / len(rows)
         return real / sum(r["train_seconds"] for r in rows), real / sum(r["processed_tokens"] for r in rows), examples

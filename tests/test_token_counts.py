@@ -1,11 +1,11 @@
-"""train.count_tokens on batches whose padding is known: what the tokens/s and real-token-fraction logs count."""
+"""monitor.count_tokens on batches whose padding is known: what the tokens/s and real-token-fraction logs count."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dialsum.train import count_tokens
+from dialsum.monitor import count_tokens
 
 LENGTHS = (3, 5, 2)  # 10 real tokens; padded to 5 per row: 15 positions
 

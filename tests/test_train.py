@@ -16,7 +16,8 @@ from dialsum.data import load_dialogues
 from dialsum.encode import encode_dialogues, ensure_pad_token
 from dialsum.errors import RunDirError
 from dialsum.models import load_model, load_tokenizer
-from dialsum.train import build_trainer, read_metrics, train
+from dialsum.rundir import read_jsonl
+from dialsum.train import build_trainer, train
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ def encoded(config, n):
 
 
 def train_losses(run_dir: Path) -> list[float]:
-    return [row["loss"] for row in read_metrics(run_dir / "metrics.jsonl") if "loss" in row]
+    return [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl")[0] if "loss" in row]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -160,7 +161,7 @@ def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
     assert summary["optimizer_steps_per_epoch"] >= 1
     for name in ("config.yaml", "env.json", "metrics.jsonl", "model/config.json", "model/model.safetensors"):
         assert (run_dir / name).is_file(), name
-    row = read_metrics(run_dir / "metrics.jsonl")[1]
+    row = read_jsonl(run_dir / "metrics.jsonl")[0][1]
     assert {"step", "epoch", "loss", "grad_norm", "learning_rate", "tokens_per_second", "real_token_fraction"} <= row.keys()
 
 
@@ -199,7 +200,7 @@ def test_grad_norm_spikes_are_logged(tiny_llama, real_dev_path, tmp_path):
     jumps (observed 1.00, 7.98, 0.85), so a threshold of 3 splits the run into spike and not-spike steps."""
     config = make_config(tiny_llama, real_dev_path, max_steps=3, learning_rate=3e-2, grad_norm_threshold=3.0)
     run_dir = train(config, output_dir=tmp_path / "run")
-    norms = {row["step"]: row["grad_norm"] for row in read_metrics(run_dir / "metrics.jsonl") if "grad_norm" in row}
+    norms = {row["step"]: row["grad_norm"] for row in read_jsonl(run_dir / "metrics.jsonl")[0] if "grad_norm" in row}
     assert sorted(norms) == [1, 2, 3]
     assert norms[2] > 3.0 > max(norms[1], norms[3]), norms
     spikes = json.loads((run_dir / "summary.json").read_text())["grad_norm_spikes"]
@@ -219,7 +220,7 @@ def test_resume_matches_uninterrupted_run(tiny_llama, real_dev_path, tmp_path):
     with pytest.raises(RunDirError):
         train(config, output_dir=interrupted)  # never overwritten without --resume
     train(config, output_dir=interrupted, resume=True)
-    steps = [row["step"] for row in read_metrics(interrupted / "metrics.jsonl") if "loss" in row]
+    steps = [row["step"] for row in read_jsonl(interrupted / "metrics.jsonl")[0] if "loss" in row]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert train_losses(interrupted) == pytest.approx(train_losses(full), abs=1e-4)
     from safetensors.torch import load_file
@@ -368,13 +369,13 @@ def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_
     config.evaluation.select_best_by = "eval_rouge_sum"
     config.generation.max_new_tokens = 8
     run_dir = train(config, output_dir=tmp_path / "run")
-    rouge_rows = [row for row in read_metrics(run_dir / "metrics.jsonl") if "eval_rouge_sum" in row]
+    rouge_rows = [row for row in read_jsonl(run_dir / "metrics.jsonl")[0] if "eval_rouge_sum" in row]
     assert [(row["step"], row["eval_rouge_sum"]) for row in rouge_rows] == [(2, 30.0), (4, 10.0)]
     assert all({"eval_rouge1", "eval_rouge2", "eval_rougeL"} <= row.keys() for row in rouge_rows)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["best_step"], summary["best_metric"], summary["best_metric_value"]) == (2, "eval_rouge_sum", 30.0)
     assert "highest eval_rouge_sum" in summary["best_checkpoint_rule"]
-    eval_rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_loss" in r]
+    eval_rows = [r for r in read_jsonl(run_dir / "metrics.jsonl")[0] if "eval_loss" in r]
     assert summary["best_eval_loss"] == next(r["eval_loss"] for r in eval_rows if r["step"] == 2)
     final = load_file(run_dir / "model" / "model.safetensors")
     first = load_file(run_dir / "checkpoints" / "checkpoint-2" / "model.safetensors")
@@ -431,7 +432,7 @@ def test_failed_start_leaves_no_dead_end(tiny_llama, real_dev_path, tmp_path, ca
     import shutil
 
     from dialsum.errors import ConfigError
-    from dialsum.train import MonitorMixin
+    from dialsum.monitor import MonitorMixin
 
     run_dir = tmp_path / "run"
     good = make_config(tiny_llama, real_dev_path, max_steps=1)
@@ -487,7 +488,7 @@ def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, rea
     with pytest.raises(RunDirError, match="already finished at step 2"):  # transformers would train a step 3
         train(config, output_dir=run_dir, resume=True)
     train(config, output_dir=run_dir, resume=True, overrides=["training.max_steps=4", "logging.steps=2"])
-    steps = [row["step"] for row in read_metrics(run_dir / "metrics.jsonl") if "loss" in row]
+    steps = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")[0] if "loss" in row]
     assert steps == [1, 2, 4]  # logging.steps=2 from the resume on
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 4
     from dialsum.config import load_config
@@ -543,7 +544,7 @@ def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_pat
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")[0]
     assert [row["step"] for row in rows if "eval_rouge_sum" in row] == [2, 4]
     assert [row["step"] for row in rows if "eval_loss" in row] == [2, 4]
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -195,7 +195,7 @@ def kfold(
     from accelerate import PartialState
 
     from dialsum.run import run
-    from dialsum.train import default_run_dir
+    from dialsum.rundir import default_run_dir
 
     if folds < 2:
         raise ConfigError(f"--folds {folds}: need at least 2 folds")

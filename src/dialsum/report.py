@@ -33,6 +33,7 @@ from dialsum.rundir import (
     SUMMARY_FILE,
     RunData,
     load_run,
+    summary_rows,
 )
 
 console = Console(stderr=True)
@@ -454,21 +455,6 @@ def _setup_rows(run: RunData) -> list[list[str]]:
     ]
 
 
-def _training_rows(run: RunData) -> list[list[str]]:
-    s = run.summary.get
-    best = f"{_fmt(s('best_eval_loss'), '.4f')} (step {_fmt(s('best_step'))})"
-    return [
-        ["steps / epochs", f"{_fmt(s('steps'))} / {_fmt(s('epochs'))}"],
-        ["train time", f"{_fmt(s('train_seconds'), '.1f')} s"],
-        ["tokens/s (real tokens)", _fmt(s("tokens_per_second"), ".1f")],
-        ["real-token fraction", _fmt(s("real_token_fraction"), ".3f")],
-        ["examples / optimizer step (mean)", _fmt(s("examples_per_optimizer_step"), ".1f")],
-        ["optimizer steps / epoch", _fmt(s("optimizer_steps_per_epoch"))],
-        ["final train loss", _fmt(s("final_train_loss"), ".4f")],
-        ["final / best eval loss", f"{_fmt(s('final_eval_loss'), '.4f')} / {best}"],
-    ]
-
-
 def _spikes_section(run: RunData, limit: int = 20) -> list[str]:
     spikes = run.summary.get("grad_norm_spikes")
     if not isinstance(spikes, list):  # no summary: the spikes file is the record
@@ -612,7 +598,7 @@ def write_run_report(
         ] if part
     )
     parts = [f"# Run report: {run.name}", "", header, "", "## Setup", "", md_table(["setting", "value"], _setup_rows(run))]
-    parts += ["", "## Training", "", md_table(["measure", "value"], _training_rows(run)), "", "### Grad-norm spikes", "", *_spikes_section(run)]
+    parts += ["", "## Training", "", md_table(["measure", "value"], summary_rows(run.summary)), "", "### Grad-norm spikes", "", *_spikes_section(run)]
     parts += ["", "## Dev scores", "", *_dev_scores_section(dev_scores)]
     parts += _cleanup_section(run_dir)
     parts += _length_section(run_dir)

@@ -1,16 +1,25 @@
-"""The run directory's on-disk contract: the name of every file a run writes, and how to read them back.
+"""The run directory's on-disk contract: the name of every file a run writes, how a run directory is chosen,
+started, reused after a failed start and resumed, and how its files are read back.
 
-train, run, generate and report all go through these names, so a file is renamed in one place.
+train, run, generate and report all go through here, so a file is renamed in one place. Nothing here imports
+torch at module level: reading runs (`dialsum compare`) stays quick.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dialsum.errors import RunDirError
 
 CONFIG_FILE = "config.yaml"  # the fully resolved config
 ENV_FILE = "env.json"  # versions, device, git commit, command line
@@ -28,6 +37,139 @@ PLOTS_DIR = "plots"
 GENERATION_FILE = "generation.json"  # the generation settings used, and the checkpoint's that were ignored
 LENGTH_CONTROL_FILE = "length_control.json"  # dev scores with the fitted length rule vs one fixed limit
 CLEANUP_FILE = "cleanup.json"  # per split, how many summaries each clean-up step changed
+
+
+# ---------------------------------------------------------------- writing a run
+
+
+def default_run_dir(config, config_path: str | Path | None) -> Path:
+    name = Path(config_path).stem if config_path else "run"
+    return Path(config.logging.output_root) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+# What a start writes before its first checkpoint: a directory holding only these is a failed start, safe to reuse.
+STARTUP_FILES = (CONFIG_FILE, ENV_FILE, METRICS_FILE, SPIKES_FILE)
+
+
+def failed_start(run_dir: Path) -> bool:
+    """True when `run_dir` holds what a start writes and nothing more: no checkpoint, no model, no other file."""
+    if not run_dir.is_dir():
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name == CHECKPOINT_DIR and entry.is_dir() and not any(entry.glob("checkpoint-*")):
+            continue
+        if entry.name not in STARTUP_FILES:
+            return False
+    return True
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> bool:
+    """A run directory is never overwritten: resume it, or choose another. A directory left by a start that failed
+    before its first checkpoint (no checkpoint, no model) is reused; returns True when that is the case."""
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
+    if exists and not resume:
+        if failed_start(run_dir):
+            return True
+        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to "
+                          "start another")
+    return False
+
+
+def clear_failed_start(run_dir: Path) -> list[str]:
+    """Remove what a failed start left (see `failed_start`); returns the names removed, to be reported."""
+    removed = []
+    for name in STARTUP_FILES:
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(name)
+    if (run_dir / CHECKPOINT_DIR).is_dir():
+        import shutil
+
+        shutil.rmtree(run_dir / CHECKPOINT_DIR)
+        removed.append(CHECKPOINT_DIR + "/")
+    return removed
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = run_dir / CHECKPOINT_DIR
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout dialsum runs from (an editable install or the source tree). None for an
+    installed copy: its files are in no repository of their own, and a virtual environment that happens to sit
+    inside some other checkout must not lend it that checkout's commit."""
+    here = Path(__file__).resolve()
+    try:
+        top = subprocess.run(["git", "-C", str(here.parent), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not top or here.relative_to(Path(top).resolve()).as_posix() != "src/dialsum/rundir.py":
+            return None
+        out = subprocess.run(["git", "-C", top, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def _dialsum_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dialsum")
+    except PackageNotFoundError:
+        return None
+
+
+def write_env(run_dir: Path, precision: dict | None = None, distributed: str | None = None) -> None:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "distributed": distributed,
+        "dialsum": _dialsum_version(),
+        "git_commit": git_commit(),
+        "command": sys.argv,
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "precision": precision,
+        "resumes": [],
+    }
+    (run_dir / ENV_FILE).write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def append_resume(run_dir: Path, step: int, overrides: list[str]) -> None:
+    """env.json keeps the first start and appends one entry per resume: command, time, step, overrides."""
+    path = run_dir / ENV_FILE
+    env = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    env.setdefault("resumes", []).append({
+        "command": sys.argv,
+        "time": datetime.now().isoformat(timespec="seconds"),
+        "step": step,
+        "overrides": overrides,
+    })
+    path.write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def drop_metrics_after(path: Path, step: int) -> int:
+    """On resume, forget log lines past the checkpoint so each step is logged once. Returns how many unreadable
+    lines (a run killed mid-write) went with them, for the caller to report."""
+    rows, bad = read_jsonl(path)
+    if path.is_file():
+        kept = [row for row in rows if row.get("step", 0) <= step]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    return len(bad)
 
 
 # ---------------------------------------------------------------- reading a run
@@ -133,3 +275,46 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     run.metrics = _read_rows(run, METRICS_FILE)
     run.spikes = _read_rows(run, SPIKES_FILE)
     return run
+
+
+# ---------------------------------------------------------------- presenting a run
+
+
+def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """summary.json's training numbers as [label, value] rows ("—" where one is missing). The console summary of
+    `dialsum train` and the Training table of report.md both show exactly these rows, so they cannot disagree."""
+    s = summary.get
+
+    def fmt(value: Any, spec: str = "") -> str:
+        if value is None or value == "":
+            return "—"
+        return format(value, spec) if isinstance(value, float) and spec else str(value)
+
+    rows = [
+        ["steps / epochs", f"{fmt(s('steps'))} / {fmt(s('epochs'))}"],
+        ["examples / optimizer step (mean)", fmt(s("examples_per_optimizer_step"), ".1f")],
+        ["optimizer steps / epoch", fmt(s("optimizer_steps_per_epoch"))],
+        ["train time", f"{fmt(s('train_seconds'), '.1f')} s"],
+        ["tokens/s (real tokens)", fmt(s("tokens_per_second"), ".1f")],
+        ["real-token fraction", fmt(s("real_token_fraction"), ".3f")],
+        ["final train loss", fmt(s("final_train_loss"), ".4f")],
+        ["final eval loss", fmt(s("final_eval_loss"), ".4f")],
+    ]
+    if s("best_step") is not None:
+        rows.append(["model/ = best checkpoint", f"step {s('best_step')}, {s('best_metric')} "
+                     f"{fmt(s('best_metric_value'), '.4f')} (eval loss there {fmt(s('best_eval_loss'), '.4f')})"])
+    precision = s("precision") or {}
+    if precision:
+        frozen = "/".join(precision.get("frozen_weights", [])) or "—"
+        rows.append(["precision", f"weights {'/'.join(precision.get('trainable_weights', []))} (frozen {frozen}), "
+                     f"compute {precision.get('compute')}, optimizer state "
+                     f"{'/'.join(precision.get('optimizer_state', []))}"])
+    spikes = [x for x in s("grad_norm_spikes") or [] if isinstance(x, list) and len(x) == 2]
+    worst = max(spikes, key=lambda x: x[1]) if spikes else None
+    rows.append([f"grad-norm > {fmt(s('grad_norm_threshold'))}", f"{len(spikes)} step(s)"
+                 + (f", max {worst[1]:.2f} at step {int(worst[0])}" if worst else "")])
+    encode = s("encode") or {}
+    if s("train_examples") is not None:
+        rows.append(["examples", f"{s('train_examples')} train ({encode.get('trimmed', 0)} trimmed, "
+                     f"{len(encode.get('skipped_ids', []))} skipped), {fmt(s('dev_examples'))} dev"])
+    return rows

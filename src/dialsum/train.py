@@ -8,7 +8,7 @@ Packing: TRL's best-fit-decreasing packing; dialsum's collator (packing.py) keep
 row on sdpa/eager (TRL's flattened row only on flash-attention), with `position_ids` restarting per sample
 and *no* attention mask; TRL calls the model with `use_cache=False`. That is the one combination under
 which transformers 5 builds a block-diagonal mask per row on sdpa/eager (and varlen kernels on
-flash-attention), so packed samples never attend to each other. `MonitorMixin.training_step` refuses any
+flash-attention), so packed samples never attend to each other. `monitor.MonitorMixin.training_step` refuses any
 packed batch that carries an attention mask. Micro-batches hold `per_device_train_batch_size` examples on
 average (`training.packing_batch_unit`), so packing leaves the recipe's effective batch unchanged.
 """
@@ -16,14 +16,8 @@ average (`training.packing_batch_unit`), so packing leaves the recipe's effectiv
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -49,89 +43,37 @@ from dialsum.models import (
     load_tokenizer,
     precision_warning,
 )
+from dialsum.monitor import MonitorMixin, RougeEvalMixin, WarmupRatioMixin, configured_steps_callback, metrics_callback
 from dialsum.packing import (
-    EXAMPLES_KEY,
-    REAL_TOKENS_KEY,
     PackedBatchCollator,
     PackedBatchesMixin,
     example_budget_note,
     packing_layout,
-    pop_batch_meta,
 )
 from dialsum.prompt import resolve_topic_policy
-from dialsum.rundir import CHECKPOINT_DIR, CONFIG_FILE, ENV_FILE, METRICS_FILE, MODEL_DIR, SPIKES_FILE, SUMMARY_FILE
+from dialsum.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    SPIKES_FILE,
+    SUMMARY_FILE,
+    append_resume,
+    check_run_dir,
+    clear_failed_start,
+    default_run_dir,
+    drop_metrics_after,
+    last_checkpoint,
+    read_jsonl,
+    summary_rows,
+    write_env,
+)
 
 console = Console(stderr=True)
 
 
 
-# ---------------------------------------------------------------- run directory
-
-
-def default_run_dir(config: Config, config_path: str | Path | None) -> Path:
-    name = Path(config_path).stem if config_path else "run"
-    return Path(config.logging.output_root) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-# What a start writes before its first checkpoint: a directory holding only these is a failed start, safe to reuse.
-STARTUP_FILES = (CONFIG_FILE, ENV_FILE, METRICS_FILE, SPIKES_FILE)
-
-
-def failed_start(run_dir: Path) -> bool:
-    """True when `run_dir` holds what a start writes and nothing more: no checkpoint, no model, no other file."""
-    if not run_dir.is_dir():
-        return False
-    for entry in run_dir.iterdir():
-        if entry.name == CHECKPOINT_DIR and entry.is_dir() and not any(entry.glob("checkpoint-*")):
-            continue
-        if entry.name not in STARTUP_FILES:
-            return False
-    return True
-
-
-def check_run_dir(run_dir: Path, resume: bool) -> bool:
-    """A run directory is never overwritten: resume it, or choose another. A directory left by a start that failed
-    before its first checkpoint (no checkpoint, no model) is reused; returns True when that is the case."""
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if resume and not (run_dir / CONFIG_FILE).is_file():
-        raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
-    if exists and not resume:
-        if failed_start(run_dir):
-            return True
-        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to "
-                          "start another")
-    return False
-
-
-def clear_failed_start(run_dir: Path) -> list[str]:
-    """Remove what a failed start left (see `failed_start`); returns the names removed, to be reported."""
-    removed = []
-    for name in STARTUP_FILES:
-        if (run_dir / name).is_file():
-            (run_dir / name).unlink()
-            removed.append(name)
-    if (run_dir / CHECKPOINT_DIR).is_dir():
-        import shutil
-
-        shutil.rmtree(run_dir / CHECKPOINT_DIR)
-        removed.append(CHECKPOINT_DIR + "/")
-    return removed
-
-
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = run_dir / CHECKPOINT_DIR
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-
-
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+# ---------------------------------------------------------------- run directory and resume
 
 
 def precision_record(trainer) -> dict:
@@ -154,42 +96,6 @@ def precision_record(trainer) -> dict:
     }
 
 
-def write_env(run_dir: Path, precision: dict | None = None, distributed: str | None = None) -> None:
-    import peft
-    import transformers
-    import trl
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "peft": peft.__version__,
-        "device": torch.cuda.get_device_name(0) if has_cuda() else f"cpu ({os.cpu_count()} cores)",
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "distributed": distributed,
-        "git_commit": _git_commit(),
-        "command": sys.argv,
-        "started": datetime.now().isoformat(timespec="seconds"),
-        "precision": precision,
-        "resumes": [],
-    }
-    (run_dir / ENV_FILE).write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def append_resume(run_dir: Path, step: int, overrides: list[str]) -> None:
-    """env.json keeps the first start and appends one entry per resume: command, time, step, overrides."""
-    path = run_dir / ENV_FILE
-    env = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    env.setdefault("resumes", []).append({
-        "command": sys.argv,
-        "time": datetime.now().isoformat(timespec="seconds"),
-        "step": step,
-        "overrides": overrides,
-    })
-    path.write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
 # Config keys a resume may change: they do not alter the model, the data or the optimizer's state.
 RESUME_SAFE_KEYS = (
     "training.num_train_epochs", "training.max_steps", "training.save_total_limit", "training.dataloader_num_workers",
@@ -208,172 +114,6 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
                 + ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_SAFE_KEYS)
             )
     return load_config(run_dir / CONFIG_FILE, overrides)
-
-
-# ---------------------------------------------------------------- monitoring
-
-
-@dataclass
-class TokenCounts:
-    real: int = 0  # tokens that are not padding
-    processed: int = 0  # every position the model computed
-    examples: int = 0  # training examples (a packed row holds several)
-
-
-def count_tokens(inputs: dict, meta: dict | None = None) -> TokenCounts:
-    """Real vs processed tokens of one micro-batch, as the collator built it (before it moves to the device).
-    `meta` is the packed collator's bookkeeping (`packing.pop_batch_meta`): real tokens and examples."""
-    if meta:
-        return TokenCounts(meta[REAL_TOKENS_KEY], inputs["input_ids"].numel(), meta[EXAMPLES_KEY])
-    if "attention_mask" in inputs:
-        real = int(inputs["attention_mask"].sum())
-        processed = inputs["attention_mask"].numel()
-        if "decoder_input_ids" in inputs or ("labels" in inputs and inputs["labels"].shape != inputs["attention_mask"].shape):
-            labels = inputs["labels"]
-            real += int((labels != -100).sum())
-            processed += labels.numel()
-        return TokenCounts(real, processed, inputs["attention_mask"].shape[0])
-    # TRL's padding-free packing: one flattened row, nothing padded
-    n = inputs["input_ids"].numel()
-    return TokenCounts(n, n, int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else 1)
-
-
-class MonitorMixin:
-    """Counts real tokens, measures throughput and records every grad-norm spike with its step."""
-
-    grad_norm_threshold: float = 1.5
-    packing: bool = False
-
-    def _monitor_init(self, grad_norm_threshold: float, packing: bool, spikes_path: Path) -> None:
-        self.grad_norm_threshold = grad_norm_threshold
-        self.packing = packing
-        self.spikes_path = spikes_path
-        self._window = TokenCounts()
-        self._window_start = time.perf_counter()
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.packing and "position_ids" in inputs and "attention_mask" in inputs:
-            raise RuntimeError("packed batch carries an attention_mask: samples would attend to each other")
-        counts = count_tokens(inputs, pop_batch_meta(inputs))
-        self._window.real += counts.real
-        self._window.processed += counts.processed
-        self._window.examples += counts.examples
-        return super().training_step(model, inputs, num_items_in_batch)
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        value = super()._get_grad_norm(model, grad_norm)
-        if value is not None and float(value) > self.grad_norm_threshold and self.is_world_process_zero():
-            with self.spikes_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": self.state.global_step + 1, "grad_norm": float(value)}) + "\n")
-        return value
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            window = torch.tensor([self._window.real, self._window.processed, self._window.examples],
-                                  dtype=torch.float64)
-            if self.accelerator.num_processes > 1:
-                window = self.accelerator.reduce(window.to(self.accelerator.device), reduction="sum").cpu()
-            elapsed = time.perf_counter() - self._window_start
-            logs["tokens_per_second"] = round(float(window[0]) / max(elapsed, 1e-9), 2)
-            logs["real_token_fraction"] = round(float(window[0]) / max(float(window[1]), 1.0), 4)
-            logs["real_tokens"] = int(window[0])
-            logs["processed_tokens"] = int(window[1])
-            logs["examples"] = int(window[2])
-            logs["train_seconds"] = round(elapsed, 3)
-            self._window = TokenCounts()
-        super().log(logs, start_time)
-        if "loss" in logs:
-            self._window_start = time.perf_counter()  # evaluation time is not training time
-
-
-class WarmupRatioMixin:
-    """`training.warmup_ratio` as a ratio for every value in [0, 1]: transformers reads a `warmup_steps` >= 1 as a
-    step count, so a ratio of 1.0 would become a one-step warmup."""
-
-    warmup_ratio: float = 0.0
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        self.args.warmup_steps = math.ceil(num_training_steps * self.warmup_ratio)
-        return super().create_scheduler(num_training_steps, optimizer)
-
-
-class RougeEvalMixin:
-    """At each evaluation, generate summaries for a dev subset and log `eval_rouge1/2/L/sum`,
-    so checkpoints can be selected by what the competition scores, not by loss."""
-
-    rouge_dialogues: list[Dialogue] = []
-    dialsum_config: Config | None = None
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        if not self.rouge_dialogues or metric_key_prefix != "eval":
-            return metrics
-        from dialsum.generate import generate_summaries
-        from dialsum.metrics import score
-
-        config = self.dialsum_config
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        # Under DDP every process holds the same weights: the main process generates and scores, and every process
-        # receives its scores (each needs them to select the best checkpoint). Sharded weights (FSDP, ZeRO-3) need
-        # every process in each forward pass, so there all of them generate the same subset.
-        once = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
-        rouge = None
-        if not once or self.accelerator.is_main_process:
-            predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config,
-                                             kind=config.model.kind, progress=False)
-            scores = score(predictions, [d.references for d in self.rouge_dialogues],
-                           tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
-            rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
-        if once:
-            from accelerate.utils import broadcast_object_list
-
-            rouge = broadcast_object_list([rouge])[0]
-        self.log(rouge)  # while the model is in eval mode, so TRL files these under eval
-        model.train(was_training)
-        metrics.update(rouge)
-        return metrics
-
-
-def metrics_callback(path: Path):
-    """Appends every log line (train and eval) to metrics.jsonl on the main process."""
-    from transformers import TrainerCallback
-
-    class MetricsFile(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    return MetricsFile()
-
-
-def configured_steps_callback():
-    """On resume transformers restores logging/eval/save steps from the checkpoint's trainer state (and only logs a
-    warning); the run's config, with the --set overrides of this resume, wins."""
-    from transformers import TrainerCallback
-
-    class ConfiguredSteps(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            state.compute_steps(args, state.max_steps)
-
-    return ConfiguredSteps()
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def drop_metrics_after(path: Path, step: int) -> None:
-    """On resume, forget log lines past the checkpoint so each step is logged once."""
-    if path.is_file():
-        rows = [row for row in read_metrics(path) if row.get("step", 0) <= step]
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- building the trainer
@@ -541,7 +281,7 @@ class RunSummary:
 
 
 def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats, n_dev: int, notes: list[str]) -> RunSummary:
-    rows = read_metrics(run_dir / METRICS_FILE)
+    rows, _ = read_jsonl(run_dir / METRICS_FILE)
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "eval_loss" in r]
     grad_norms = [r["grad_norm"] for r in train_rows if r.get("grad_norm") is not None]
@@ -559,7 +299,7 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
                 "(saved at each evaluation)")
     examples_seen = sum(r.get("examples", 0) for r in train_rows)
     packing = config.training.packing and config.model.kind == "causal"
-    spikes = [[r["step"], r["grad_norm"]] for r in read_metrics(run_dir / SPIKES_FILE)]
+    spikes = [[r["step"], r["grad_norm"]] for r in read_jsonl(run_dir / SPIKES_FILE)[0]]
     return RunSummary(
         run_dir=str(run_dir),
         model_kind=config.model.kind,
@@ -593,36 +333,13 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
     )
 
 
-def print_summary(summary: RunSummary, packing: bool) -> None:
-    def fmt(value, spec=".4f"):
-        return "—" if value is None else format(value, spec)
-
+def print_summary(summary: RunSummary) -> None:
     table = Table(title=f"dialsum train — {summary.run_dir}", show_header=False)
-    table.add_row("steps / epochs", f"{summary.steps} / {summary.epochs}")
     unit = "packed rows" if summary.effective_batch_unit == "rows" else "examples"
     table.add_row("effective batch", f"{summary.effective_batch_size} {unit} ({summary.world_size} process(es))"
                   + (f", packed in {summary.packing_layout} layout" if summary.packing_layout else ""))
-    table.add_row("examples / optimizer step", f"{fmt(summary.examples_per_optimizer_step, '.1f')} (mean, measured)")
-    table.add_row("optimizer steps / epoch", str(summary.optimizer_steps_per_epoch or "—"))
-    table.add_row("train time", f"{summary.train_seconds:.1f} s")
-    table.add_row("tokens/s (real)", fmt(summary.tokens_per_second, ".1f"))
-    table.add_row("real-token fraction", fmt(summary.real_token_fraction, ".3f"))
-    table.add_row("final train loss", fmt(summary.final_train_loss))
-    table.add_row("final eval loss", fmt(summary.final_eval_loss))
-    if summary.best_step is not None:
-        table.add_row("model/ = best checkpoint",
-                      f"step {summary.best_step}, {summary.best_metric} {fmt(summary.best_metric_value)}")
-    p = summary.precision
-    if p:
-        frozen = "/".join(p["frozen_weights"]) or "—"
-        table.add_row("precision", f"weights {'/'.join(p['trainable_weights'])} (frozen {frozen}), "
-                      f"compute {p['compute']}, optimizer state {'/'.join(p['optimizer_state'])}")
-    spikes = summary.grad_norm_spikes
-    table.add_row(
-        f"grad-norm > {summary.grad_norm_threshold}",
-        f"{len(spikes)} step(s)" + (f", max {max(s[1] for s in spikes):.2f} at step {int(max(spikes, key=lambda s: s[1])[0])}" if spikes else ""),
-    )
-    table.add_row("examples", f"{summary.train_examples} train ({summary.encode.get('trimmed', 0)} trimmed, {len(summary.encode.get('skipped_ids', []))} skipped), {summary.dev_examples} dev")
+    for label, value in summary_rows(asdict(summary)):
+        table.add_row(label, value)
     console.print(table)
 
 
@@ -792,13 +509,14 @@ def train(
     # 5. Train (from the last checkpoint on resume), save, summarise.
     if checkpoint and is_main:
         resumed_step = int(Path(checkpoint).name.split("-")[-1])
-        drop_metrics_after(run_dir / METRICS_FILE, resumed_step)
-        drop_metrics_after(run_dir / SPIKES_FILE, resumed_step)
+        unreadable = sum(drop_metrics_after(run_dir / name, resumed_step) for name in (METRICS_FILE, SPIKES_FILE))
+        if unreadable:
+            console.print(f"[yellow]resume:[/] dropped {unreadable} unreadable log line(s) (left by the interrupted run)")
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final_model(trainer, run_dir / MODEL_DIR)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run_dir / MODEL_DIR))
         summary = summarise(trainer, run_dir, config, encode_stats, len(dev_examples), notes)
         (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2, ensure_ascii=False), encoding="utf-8")
-        print_summary(summary, packing=config.training.packing and not seq2seq)
+        print_summary(summary)
     return run_dir

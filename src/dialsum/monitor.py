@@ -1,0 +1,168 @@
+"""What the trainer reports while it trains: real vs processed tokens and throughput, grad-norm spikes, dev
+ROUGE at each evaluation, every log line in metrics.jsonl, warmup as a true ratio, and the configured logging
+/ eval / save steps kept on resume. Mixed into TRL's SFTTrainer or Seq2SeqTrainer by `train.build_trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dialsum.config import Config
+from dialsum.data import Dialogue
+from dialsum.packing import EXAMPLES_KEY, REAL_TOKENS_KEY, pop_batch_meta
+
+
+@dataclass
+class TokenCounts:
+    real: int = 0  # tokens that are not padding
+    processed: int = 0  # every position the model computed
+    examples: int = 0  # training examples (a packed row holds several)
+
+
+def count_tokens(inputs: dict, meta: dict | None = None) -> TokenCounts:
+    """Real vs processed tokens of one micro-batch, as the collator built it (before it moves to the device).
+    `meta` is the packed collator's bookkeeping (`packing.pop_batch_meta`): real tokens and examples."""
+    if meta:
+        return TokenCounts(meta[REAL_TOKENS_KEY], inputs["input_ids"].numel(), meta[EXAMPLES_KEY])
+    if "attention_mask" in inputs:
+        real = int(inputs["attention_mask"].sum())
+        processed = inputs["attention_mask"].numel()
+        if "decoder_input_ids" in inputs or ("labels" in inputs and inputs["labels"].shape != inputs["attention_mask"].shape):
+            labels = inputs["labels"]
+            real += int((labels != -100).sum())
+            processed += labels.numel()
+        return TokenCounts(real, processed, inputs["attention_mask"].shape[0])
+    # TRL's padding-free packing: one flattened row, nothing padded
+    n = inputs["input_ids"].numel()
+    return TokenCounts(n, n, int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else 1)
+
+
+class MonitorMixin:
+    """Counts real tokens, measures throughput and records every grad-norm spike with its step."""
+
+    grad_norm_threshold: float = 1.5
+    packing: bool = False
+
+    def _monitor_init(self, grad_norm_threshold: float, packing: bool, spikes_path: Path) -> None:
+        self.grad_norm_threshold = grad_norm_threshold
+        self.packing = packing
+        self.spikes_path = spikes_path
+        self._window = TokenCounts()
+        self._window_start = time.perf_counter()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.packing and "position_ids" in inputs and "attention_mask" in inputs:
+            raise RuntimeError("packed batch carries an attention_mask: samples would attend to each other")
+        counts = count_tokens(inputs, pop_batch_meta(inputs))
+        self._window.real += counts.real
+        self._window.processed += counts.processed
+        self._window.examples += counts.examples
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        value = super()._get_grad_norm(model, grad_norm)
+        if value is not None and float(value) > self.grad_norm_threshold and self.is_world_process_zero():
+            with self.spikes_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": self.state.global_step + 1, "grad_norm": float(value)}) + "\n")
+        return value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            window = torch.tensor([self._window.real, self._window.processed, self._window.examples],
+                                  dtype=torch.float64)
+            if self.accelerator.num_processes > 1:
+                window = self.accelerator.reduce(window.to(self.accelerator.device), reduction="sum").cpu()
+            elapsed = time.perf_counter() - self._window_start
+            logs["tokens_per_second"] = round(float(window[0]) / max(elapsed, 1e-9), 2)
+            logs["real_token_fraction"] = round(float(window[0]) / max(float(window[1]), 1.0), 4)
+            logs["real_tokens"] = int(window[0])
+            logs["processed_tokens"] = int(window[1])
+            logs["examples"] = int(window[2])
+            logs["train_seconds"] = round(elapsed, 3)
+            self._window = TokenCounts()
+        super().log(logs, start_time)
+        if "loss" in logs:
+            self._window_start = time.perf_counter()  # evaluation time is not training time
+
+
+class WarmupRatioMixin:
+    """`training.warmup_ratio` as a ratio for every value in [0, 1]: transformers reads a `warmup_steps` >= 1 as a
+    step count, so a ratio of 1.0 would become a one-step warmup."""
+
+    warmup_ratio: float = 0.0
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        self.args.warmup_steps = math.ceil(num_training_steps * self.warmup_ratio)
+        return super().create_scheduler(num_training_steps, optimizer)
+
+
+class RougeEvalMixin:
+    """At each evaluation, generate summaries for a dev subset and log `eval_rouge1/2/L/sum`,
+    so checkpoints can be selected by what the competition scores, not by loss."""
+
+    rouge_dialogues: list[Dialogue] = []
+    dialsum_config: Config | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if not self.rouge_dialogues or metric_key_prefix != "eval":
+            return metrics
+        from dialsum.generate import generate_summaries
+        from dialsum.metrics import score
+
+        config = self.dialsum_config
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        # Under DDP every process holds the same weights: the main process generates and scores, and every process
+        # receives its scores (each needs them to select the best checkpoint). Sharded weights (FSDP, ZeRO-3) need
+        # every process in each forward pass, so there all of them generate the same subset.
+        once = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        rouge = None
+        if not once or self.accelerator.is_main_process:
+            predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config,
+                                             kind=config.model.kind, progress=False)
+            scores = score(predictions, [d.references for d in self.rouge_dialogues],
+                           tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
+            rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+        if once:
+            from accelerate.utils import broadcast_object_list
+
+            rouge = broadcast_object_list([rouge])[0]
+        self.log(rouge)  # while the model is in eval mode, so TRL files these under eval
+        model.train(was_training)
+        metrics.update(rouge)
+        return metrics
+
+
+def metrics_callback(path: Path):
+    """Appends every log line (train and eval) to metrics.jsonl on the main process."""
+    from transformers import TrainerCallback
+
+    class MetricsFile(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    return MetricsFile()
+
+
+def configured_steps_callback():
+    """On resume transformers restores logging/eval/save steps from the checkpoint's trainer state (and only logs a
+    warning); the run's config, with the --set overrides of this resume, wins."""
+    from transformers import TrainerCallback
+
+    class ConfiguredSteps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            state.compute_steps(args, state.max_steps)
+
+    return ConfiguredSteps()
