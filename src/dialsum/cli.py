@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from dialsum.errors import DialsumError
+from dialsum.tiny import ARCHES as TINY_ARCHES
 
 app = typer.Typer(
     help="Fine-tune, generate, score and compare Korean dialogue summarizers.",
@@ -271,8 +272,8 @@ def ensemble(
 @app.command("make-tiny-model")
 def make_tiny_model(
     output: Annotated[Path, typer.Option(help="Directory to write the model and tokenizer to.")],
-    arch: Annotated[str | None, typer.Option(help="llama | qwen2 | qwen3 | bart (default with --tokenizer: "
-                                                  "from its config.json).")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"{' | '.join(TINY_ARCHES)} (default with --tokenizer: from its "
+                                                  "config.json).")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="A real tokenizer folder (e.g. ../shared/models/"
                                                         "llama-3.2-korean-bllossom-3b) to build around.")] = None,
 ) -> None:
@@ -289,8 +290,8 @@ def make_tiny_model(
                 arch = arch_of(tokenizer)
             except ValueError as error:
                 raise DialsumError(f"--tokenizer {error}") from None
-    if arch not in ("llama", "qwen2", "qwen3", "bart"):
-        raise DialsumError(f"--arch {arch}: expected one of llama, qwen2, qwen3, bart")
+    if arch not in TINY_ARCHES:
+        raise DialsumError(f"--arch {arch}: expected one of {', '.join(TINY_ARCHES)}")
     if output.exists() and any(output.iterdir()):
         raise DialsumError(f"{output}: directory exists and is not empty; choose another --output")
     path = build(arch, output, tokenizer_dir=tokenizer)

@@ -147,6 +147,22 @@ def check_chat_template(tokenizer, prompt: PromptConfig) -> TemplateCheck:
 # ---------------------------------------------------------------- causal
 
 
+def prepare_tokenizer(config: Config, dialogues: list[Dialogue]):
+    """The tokenizer exactly as training uses it (and `dialsum inspect` shows it): loaded, a pad token that is not
+    the turn closer, seq2seq speaker/mask tags added as tokens, the chat template checked.
+
+    Returns (tokenizer, added_tokens, template_notes): the tags added (seq2seq) and what the template does that
+    could corrupt the label mask (decoder-only), for the caller to print and record."""
+    from dialsum.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model.name_or_path, config)
+    ensure_pad_token(tokenizer)
+    if config.model.kind == "seq2seq":
+        return tokenizer, add_seq2seq_special_tokens(tokenizer, dialogues), []
+    check = check_chat_template(tokenizer, config.prompt)
+    return tokenizer, [], check.notes + check.problems
+
+
 def _target_ids(tokenizer, summary: str, end_token: str) -> list[int]:
     return tokenizer(summary, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids(end_token)]
 

@@ -8,15 +8,8 @@ from rich.text import Text
 
 from dialsum.config import Config
 from dialsum.data import load_dialogues
-from dialsum.encode import (
-    IGNORE_INDEX,
-    add_seq2seq_special_tokens,
-    check_chat_template,
-    encode_dialogues,
-    ensure_pad_token,
-)
+from dialsum.encode import IGNORE_INDEX, encode_dialogues, prepare_tokenizer
 from dialsum.errors import ConfigError
-from dialsum.models import load_tokenizer
 from dialsum.prompt import resolve_topic_policy
 from dialsum.stats import length_percentiles, pack_lengths, packed_waste, padded_waste
 
@@ -63,16 +56,11 @@ def inspect_data(config: Config, data_path: str | None = None, n: int = 3, conso
     config, topic_note = resolve_topic_policy(config, dialogues)
     if topic_note:
         console.print(f"[yellow]prompt:[/] {topic_note}")
-    tokenizer = load_tokenizer(config.model.name_or_path, config)
-    ensure_pad_token(tokenizer)
-    if config.model.kind == "seq2seq":
-        added = add_seq2seq_special_tokens(tokenizer, dialogues)
-        if added:
-            console.print(f"added {len(added)} special tokens: {', '.join(added[:10])}")
-    else:
-        check = check_chat_template(tokenizer, config.prompt)
-        for line in check.notes + check.problems:
-            console.print(f"[yellow]chat template:[/] {line}")
+    tokenizer, added, notes = prepare_tokenizer(config, dialogues)
+    if added:
+        console.print(f"added {len(added)} speaker/mask tokens to the vocabulary: {', '.join(added[:8])}")
+    for line in notes:
+        console.print(f"[yellow]chat template:[/] {line}")
     labeled = [d for d in dialogues if d.references]
     examples, stats = encode_dialogues(tokenizer, labeled, config)
     skipped = set(stats.skipped_ids)

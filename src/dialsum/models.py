@@ -81,11 +81,12 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     """`tiny:llama` (qwen2, qwen3, bart) names a tiny offline model built on first use (demos, tests)."""
     name = str(name_or_path)
     if name.startswith(TINY_PREFIX):
-        from dialsum.tiny import tiny_model_cached
+        from dialsum.tiny import ARCHES, tiny_model_cached
 
         arch = name[len(TINY_PREFIX):]
-        if arch not in ("llama", "qwen2", "qwen3", "bart"):
-            raise ConfigError(f"model.name_or_path={name}: tiny models are tiny:llama, tiny:qwen2, tiny:qwen3, tiny:bart")
+        if arch not in ARCHES:
+            raise ConfigError(f"model.name_or_path={name}: tiny models are "
+                              + ", ".join(TINY_PREFIX + a for a in ARCHES))
         return str(tiny_model_cached(arch))
     return name
 

@@ -24,11 +24,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 TINY_VERSION = 2  # bump whenever the output changes: cached models are keyed by it
-ARCHES = ("llama", "qwen2", "qwen3", "bart")
 Arch = Literal["llama", "qwen2", "qwen3", "bart"]
+ARCHES: tuple[str, ...] = get_args(Arch)
 
 # ---------------------------------------------------------------- chat templates
 # The real templates minus tool calling, formatted as in the real tokenizer_config.json files

@@ -26,13 +26,7 @@ from rich.table import Table
 
 from dialsum.config import Config, config_from_dict, load_config, save_config
 from dialsum.data import Dialogue, load_dialogues
-from dialsum.encode import (
-    EncodeStats,
-    add_seq2seq_special_tokens,
-    check_chat_template,
-    encode_dialogues,
-    ensure_pad_token,
-)
+from dialsum.encode import EncodeStats, encode_dialogues, prepare_tokenizer
 from dialsum.errors import ConfigError, RunDirError
 from dialsum.models import (
     PRECISION_POLICY,
@@ -40,7 +34,6 @@ from dialsum.models import (
     has_cuda,
     kbit_training_settings,
     load_model,
-    load_tokenizer,
     precision_warning,
 )
 from dialsum.monitor import MonitorMixin, RougeEvalMixin, WarmupRatioMixin, configured_steps_callback, metrics_callback
@@ -452,18 +445,11 @@ def train(
     config, topic_note = resolve_topic_policy(config, train_dialogues, dev_dialogues)  # saved resolved, for inference
     if topic_note:
         console.print(f"[yellow]prompt:[/] {topic_note}")
-    seq2seq = config.model.kind == "seq2seq"
-    tokenizer = load_tokenizer(config.model.name_or_path, config)
-    ensure_pad_token(tokenizer)
-    added_tokens = add_seq2seq_special_tokens(tokenizer, train_dialogues + dev_dialogues) if seq2seq else []
+    tokenizer, added_tokens, notes = prepare_tokenizer(config, train_dialogues + dev_dialogues)
     if added_tokens:
         console.print(f"added {len(added_tokens)} speaker/mask tokens to the vocabulary: {', '.join(added_tokens[:8])}")
-    notes: list[str] = []
-    if not seq2seq:
-        check = check_chat_template(tokenizer, config.prompt)
-        notes = check.notes + check.problems
-        for line in notes:
-            console.print(f"[yellow]chat template:[/] {line}")
+    for line in notes:
+        console.print(f"[yellow]chat template:[/] {line}")
     train_examples, encode_stats = encode_dialogues(tokenizer, train_dialogues, config)
     dev_examples, dev_stats = encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
     console.print(f"train: {encode_stats.describe()}")
