@@ -44,7 +44,7 @@ def test_unmasked_labels_decode_to_exactly_summary_plus_end_of_turn(arch, reques
     end = end_of_turn_token(tokenizer)
     assert end == {"llama": "<|eot_id|>", "qwen2": "<|im_end|>", "qwen3": "<|im_end|>"}[arch]
     for record in dev[:5]:
-        example = encode_causal(tokenizer, record, config)
+        example = encode_causal(tokenizer, record, config)[0]
         trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
         assert tokenizer.decode(trained) == record.references[0].strip() + end
         # the prompt part is exactly the generation prompt, so training and inference see the same tokens
@@ -85,9 +85,9 @@ def test_a_dialogue_20x_too_long_keeps_its_whole_summary(tiny_llama, dev):
     ensure_pad_token(tokenizer)
     record = dev[0]
     long = Dialogue("long", record.turns * 40, record.topic, record.references)
-    normal = encode_causal(tokenizer, record, config)
+    normal = encode_causal(tokenizer, record, config)[0]
     assert len(tokenizer(render_prompt(tokenizer, build_messages(long, config.prompt)))["input_ids"]) > 20 * 512 // 2
-    example = encode_causal(tokenizer, long, config)
+    example = encode_causal(tokenizer, long, config)[0]
     assert len(example["input_ids"]) <= 512
     trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
     assert trained == [t for t, label in zip(normal["input_ids"], normal["labels"]) if label != IGNORE_INDEX]
@@ -104,7 +104,7 @@ def test_summary_that_cannot_fit_is_an_error_or_a_counted_skip(tiny_llama, dev):
     ensure_pad_token(tokenizer)
     record = Dialogue("huge", dev[0].turns, "x", [dev[0].references[0] * 10])
     with pytest.raises(TargetTooLong, match="huge"):
-        encode_causal(tokenizer, record, config)
+        encode_causal(tokenizer, record, config)[0]
     config.training.skip_too_long = True
     examples, stats = encode_dialogues(tokenizer, [record, dev[1]], config)
     assert stats.skipped_ids == ["huge"] and "1 skipped" in stats.describe()
@@ -137,7 +137,7 @@ def test_tokenizer_without_template_uses_documented_fallback(tiny_llama, dev):
     ensure_pad_token(tokenizer)
     text = render_prompt(tokenizer, build_messages(dev[0], config.prompt))
     assert "### User:\n[Conversation]" in text and text.endswith("### Assistant:\n")
-    example = encode_causal(tokenizer, dev[0], config)
+    example = encode_causal(tokenizer, dev[0], config)[0]
     trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
     assert tokenizer.decode(trained) == dev[0].references[0].strip() + tokenizer.eos_token
 
@@ -149,7 +149,7 @@ def test_seq2seq_adds_speaker_and_mask_tokens_and_labels_the_summary(tiny_bart, 
     assert "#Person1#" in added or "#Person1#" in tokenizer.get_vocab()
     ids = tokenizer("#Person1#: 안녕", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(ids[0]) == "#Person1#"
-    example = encode_seq2seq(tokenizer, dev[0], config)
+    example = encode_seq2seq(tokenizer, dev[0], config)[0]
     assert tokenizer.decode(example["labels"], skip_special_tokens=True) == dev[0].references[0].strip()
     # koBART's tokenizer adds no </s>: without it appended the model would never learn to stop
     assert example["labels"][-1] == tokenizer.eos_token_id and example["input_ids"][-1] == tokenizer.eos_token_id
@@ -167,7 +167,7 @@ def test_inference_prompt_is_trimmed_by_the_training_rule_and_keeps_the_preamble
     tokenizer = load_tokenizer(tiny_llama, config)
     ensure_pad_token(tokenizer)
     long = Dialogue("long", dev[0].turns * 12, dev[0].topic, dev[0].references, preamble="[회의실에서]")
-    example = encode_causal(tokenizer, long, config)
+    example = encode_causal(tokenizer, long, config)[0]
     trained_prompt = [t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE_INDEX]
     inputs, stats = encode_inference_inputs(tokenizer, [dev[0], long], config, "causal")
     assert inputs[1] == trained_prompt  # byte for byte the prompt training used
@@ -175,7 +175,7 @@ def test_inference_prompt_is_trimmed_by_the_training_rule_and_keeps_the_preamble
     assert "[회의실에서]" in tokenizer.decode(inputs[1]) and len(inputs[1]) <= 512 - 64
     # a dialogue that fits untrimmed at training is not trimmed at inference either
     short = Dialogue("short", dev[0].turns * 5, dev[0].topic, dev[0].references)
-    fits = encode_causal(tokenizer, short, config)
+    fits = encode_causal(tokenizer, short, config)[0]
     inputs, stats = encode_inference_inputs(tokenizer, [short], config, "causal")
     assert inputs[0] == [t for t, label in zip(fits["input_ids"], fits["labels"]) if label == IGNORE_INDEX]
 
@@ -188,7 +188,7 @@ def test_closer_comes_from_the_template_when_eos_is_not_it(tiny_llama, dev):
     tokenizer.eos_token = "<|end_of_text|>"
     ensure_pad_token(tokenizer)
     assert end_of_turn_token(tokenizer) == "<|eot_id|>"
-    example = encode_causal(tokenizer, dev[0], config)
+    example = encode_causal(tokenizer, dev[0], config)[0]
     assert tokenizer.convert_ids_to_tokens(example["labels"][-1]) == "<|eot_id|>"
     assert tokenizer.pad_token not in ("<|eot_id|>", "<|end_of_text|>")
 

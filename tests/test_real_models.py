@@ -86,7 +86,7 @@ def test_real_causal_labels_prompt_bos_and_pad(folder, base, dev):
     assert closer == CAUSAL[folder]
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token != closer
     for record in dev[:3]:
-        example = encode_causal(tokenizer, record, config)
+        example = encode_causal(tokenizer, record, config)[0]
         trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
         assert tokenizer.decode(trained) == record.references[0].strip() + closer
         prompt = [t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE_INDEX]
@@ -110,7 +110,7 @@ def test_real_kobart_labels_end_with_eos_and_tags_are_single_tokens(dev):
     add_seq2seq_special_tokens(tokenizer, dev[:50])
     ensure_pad_token(tokenizer)
     assert tokenizer.pad_token == "<pad>" and end_of_turn_token(tokenizer) == "</s>"
-    example = encode_seq2seq(tokenizer, dev[0], config)
+    example = encode_seq2seq(tokenizer, dev[0], config)[0]
     assert example["labels"][0] == tokenizer.bos_token_id and example["labels"].count(tokenizer.bos_token_id) == 1
     assert tokenizer.decode(example["labels"][1:]) == dev[0].references[0].strip() + "</s>"
     first = tokenizer("#Person1#은", add_special_tokens=False)["input_ids"][0]

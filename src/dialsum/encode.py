@@ -152,7 +152,7 @@ def prepare_tokenizer(config: Config, dialogues: list[Dialogue]):
     the turn closer, seq2seq speaker/mask tags added as tokens, the chat template checked.
 
     Returns (tokenizer, added_tokens, template_notes): the tags added (seq2seq) and what the template does that
-    could corrupt the label mask (decoder-only), for the caller to print and record."""
+    could corrupt the label mask (decoder-only), for the caller to print and dialogue."""
     from dialsum.models import load_tokenizer
 
     tokenizer = load_tokenizer(config.model.name_or_path, config)
@@ -209,7 +209,7 @@ def prompt_budget(config: Config, target_length: int = 0) -> int:
     return config.training.max_length - max(target_length, token_budget(config.generation))
 
 
-def encode_causal_with_info(tokenizer, dialogue: Dialogue, config: Config, end_token: str | None = None):
+def encode_causal(tokenizer, dialogue: Dialogue, config: Config, end_token: str | None = None):
     """Returns ({"input_ids", "labels"}, number of turns cut). Raises TargetTooLong."""
     end_token = end_token or end_of_turn_token(tokenizer)
     target = _target_ids(tokenizer, _summary_of(dialogue), end_token)
@@ -225,27 +225,22 @@ def encode_causal_with_info(tokenizer, dialogue: Dialogue, config: Config, end_t
     return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target}, cut
 
 
-def encode_causal(tokenizer, record: Dialogue, config: Config) -> dict[str, list[int]]:
-    """Prompt (chat template, generation prompt) + summary + end-of-turn; labels on the summary only."""
-    return encode_causal_with_info(tokenizer, record, config)[0]
-
-
-def encode_prompt_with_info(tokenizer, record: Dialogue, config: Config) -> tuple[list[int], int]:
+def encode_prompt_with_info(tokenizer, dialogue: Dialogue, config: Config) -> tuple[list[int], int]:
     """The generation prompt for inference and the number of turns cut, by the training rule (`prompt_budget`)."""
     budget = prompt_budget(config)
-    ids, cut = _fit_turns(record, budget, lambda t: _prompt_ids(tokenizer, record, config, t))
+    ids, cut = _fit_turns(dialogue, budget, lambda t: _prompt_ids(tokenizer, dialogue, config, t))
     if cut < 0:
         raise ConfigError(
             f"training.max_length={config.training.max_length} minus generation.max_new_tokens="
             f"{config.generation.max_new_tokens} leaves {budget} tokens, less than the prompt of record "
-            f"{record.id} without any turn ({len(ids)} tokens): raise max_length or lower max_new_tokens"
+            f"{dialogue.id} without any turn ({len(ids)} tokens): raise max_length or lower max_new_tokens"
         )
     return ids, cut
 
 
-def encode_prompt(tokenizer, record: Dialogue, config: Config) -> list[int]:
+def encode_prompt(tokenizer, dialogue: Dialogue, config: Config) -> list[int]:
     """The generation prompt for inference, trimmed like training so the question block always survives."""
-    return encode_prompt_with_info(tokenizer, record, config)[0]
+    return encode_prompt_with_info(tokenizer, dialogue, config)[0]
 
 
 # ---------------------------------------------------------------- seq2seq
@@ -299,25 +294,25 @@ def _with_bos_eos(tokenizer, ids: list[int]) -> list[int]:
     return ids
 
 
-def _source_with_cut(tokenizer, record: Dialogue, config: Config) -> tuple[list[int], int]:
+def _source_with_cut(tokenizer, dialogue: Dialogue, config: Config) -> tuple[list[int], int]:
     """Encoder input ids trimmed by turns to `training.max_length`; when not even the first turn fits,
     the text itself is truncated (a cut dialogue summarises better than none)."""
     max_length = config.training.max_length
 
     def source_ids(turns):
-        text = seq2seq_source(record, config.prompt, turns)
+        text = seq2seq_source(dialogue, config.prompt, turns)
         return _with_bos_eos(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    ids, cut = _fit_turns(record, max_length, source_ids)
-    if cut < 0 or (record.turns and cut == len(record.turns)):
-        ids = tokenizer(seq2seq_source(record, config.prompt), add_special_tokens=False)["input_ids"]
-        return _with_bos_eos(tokenizer, ids[: max_length - 2]), len(record.turns)
+    ids, cut = _fit_turns(dialogue, max_length, source_ids)
+    if cut < 0 or (dialogue.turns and cut == len(dialogue.turns)):
+        ids = tokenizer(seq2seq_source(dialogue, config.prompt), add_special_tokens=False)["input_ids"]
+        return _with_bos_eos(tokenizer, ids[: max_length - 2]), len(dialogue.turns)
     return ids, cut
 
 
-def encode_source(tokenizer, record: Dialogue, config: Config) -> list[int]:
+def encode_source(tokenizer, dialogue: Dialogue, config: Config) -> list[int]:
     """Encoder input ids for seq2seq inference, exactly as in training."""
-    return _source_with_cut(tokenizer, record, config)[0]
+    return _source_with_cut(tokenizer, dialogue, config)[0]
 
 
 def encode_inference_inputs(
@@ -339,7 +334,8 @@ def encode_inference_inputs(
     return inputs, stats
 
 
-def encode_seq2seq_with_info(tokenizer, dialogue: Dialogue, config: Config):
+def encode_seq2seq(tokenizer, dialogue: Dialogue, config: Config):
+    """Returns ({"input_ids", "labels"}, number of turns cut from the source). Raises TargetTooLong."""
     summary = _summary_of(dialogue)
     labels = _with_bos_eos(tokenizer, tokenizer(summary, add_special_tokens=False)["input_ids"])
     if len(labels) > config.training.max_target_length:
@@ -349,11 +345,6 @@ def encode_seq2seq_with_info(tokenizer, dialogue: Dialogue, config: Config):
         )
     source, cut = _source_with_cut(tokenizer, dialogue, config)
     return {"input_ids": source, "labels": labels}, cut
-
-
-def encode_seq2seq(tokenizer, record: Dialogue, config: Config) -> dict[str, list[int]]:
-    """Encoder input = the formatted dialogue (trimmed by turns); labels = the whole summary + </s>."""
-    return encode_seq2seq_with_info(tokenizer, record, config)[0]
 
 
 # ---------------------------------------------------------------- datasets
@@ -388,9 +379,9 @@ def encode_dialogues(tokenizer, dialogues: list[Dialogue], config: Config) -> tu
     for dialogue in dialogues:
         try:
             if causal:
-                example, cut = encode_causal_with_info(tokenizer, dialogue, config, end_token)
+                example, cut = encode_causal(tokenizer, dialogue, config, end_token)
             else:
-                example, cut = encode_seq2seq_with_info(tokenizer, dialogue, config)
+                example, cut = encode_seq2seq(tokenizer, dialogue, config)
         except TargetTooLong:
             if not config.training.skip_too_long:
                 raise
