@@ -32,11 +32,14 @@ def test_weights_and_optimizer_state_match_the_hand_calculation():
     arch = llama_3b()
     assert arch.params == params
 
-    config = config_from_dict({"model": {"name_or_path": "x"}})  # defaults: bf16, LoRA r=16 all-linear, dropout 0.05
+    config = config_from_dict({"model": {"name_or_path": "x"}})  # defaults: dtype auto, LoRA r=16 all-linear
     full = memory_estimate(arch, config, "full", tokens=1024, row_length=1024)
-    assert full["weights"] == 2 * params  # bf16
-    assert full["gradients"] == 2 * params
-    assert full["optimizer"] == 2 * 2 * params  # AdamW: two moments in the parameter dtype
+    assert full["weights"] == 4 * params  # fp32 master weights (the precision policy), bf16 compute
+    assert full["gradients"] == 4 * params
+    assert full["optimizer"] == 2 * 4 * params  # AdamW: two fp32 moments
+    explicit = memory_estimate(arch, config_from_dict({"model": {"name_or_path": "x", "dtype": "bfloat16"}}), "full",
+                               tokens=1024, row_length=1024)
+    assert explicit["weights"] == 2 * params and explicit["optimizer"] == 2 * 2 * params  # what the user asked for
 
     adapters = 28 * 16 * ((3072 + 3072) + (3072 + 1024) * 2 + (3072 + 3072) + (3072 + 8192) * 2 + (8192 + 3072))
     assert adapters == 24_313_856
@@ -83,7 +86,7 @@ def test_plan_command_runs_offline(tmp_path):
     assert padded["padding_waste"] > 0.3 and rows["padding_waste"] < 0.015 and flat["padding_waste"] == 0
     assert rows["flops_per_real_token"] <= 0.8 * padded["flops_per_real_token"]
     assert flat["flops_per_real_token"] <= 0.7 * padded["flops_per_real_token"]
-    assert plan["memory_gb"]["full"]["weights"] == pytest.approx(2 * 3_212_749_824 / 1e9)
+    assert plan["memory_gb"]["full"]["weights"] == pytest.approx(4 * 3_212_749_824 / 1e9)  # fp32 master weights
     assert plan["hours"]["packed rows"]["H100"] < plan["hours"]["packed rows"]["A100"]
 
 

@@ -6,8 +6,9 @@ training file give examples, tokens, steps and padding waste; the architecture g
 epoch, turned into hours at a stated MFU.
 
 The arithmetic, per token of a decoder layer (hidden d, KV width k = kv_heads · head_dim, MLP width I):
-- weights and optimizer: full fine-tuning in bf16 keeps weights, gradients and AdamW's two moments in the
-  parameter dtype (2 + 2 + 4 bytes per parameter); LoRA keeps the base frozen (2 bytes) and trains fp32
+- weights and optimizer: full fine-tuning keeps fp32 master weights, gradients and AdamW's two moments (4 + 4 + 8
+  bytes per parameter; the precision policy: bf16 weights would lose AdamW's small updates, so only the compute
+  runs in bf16); LoRA keeps the base frozen in bf16 (2 bytes) and trains fp32
   adapters (4 + 4 + 8 bytes per adapter parameter, PEFT's default upcast); QLoRA stores the block linears
   in NF4 with double quantisation (0.5 + 1/64 bytes per parameter; embeddings and norms stay bf16) and
   trains bf16 adapters (TRL casts them: 2 + 2 + 4 bytes);
@@ -99,14 +100,19 @@ class Architecture:
         return self.layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)
 
 
-def _bytes_per_weight(config: Config) -> int:
-    return 4 if config.model.dtype == "float32" else 2  # auto trains in bf16 on a GPU
+def _bytes_per_weight(config: Config, method: str) -> int:
+    """Bytes per weight under dialsum's precision policy (`models.training_weight_dtype`) on a bf16 GPU: full
+    fine-tuning keeps fp32 master weights (AdamW's small updates round away in bf16); a frozen LoRA base loads in
+    bf16. An explicit model.dtype wins."""
+    if config.model.dtype != "auto":
+        return 4 if config.model.dtype == "float32" else 2
+    return 4 if method == "full" else 2
 
 
 def memory_estimate(arch: Architecture, config: Config, method: str, tokens: int, row_length: int) -> dict[str, float]:
     """Bytes per GPU for `method` ('full', 'lora', 'qlora') with `tokens` positions in the largest micro-batch,
     in rows of at most `row_length` (for eager attention's probabilities)."""
-    weight_bytes = _bytes_per_weight(config)
+    weight_bytes = _bytes_per_weight(config, method)
     lora = config.lora
     adapters = arch.lora_params(lora.r, lora.target_modules)
     if method == "full":
