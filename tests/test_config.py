@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from dialsum.config import DEFAULT_SYSTEM_PROMPT, config_from_dict, load_config
 from dialsum.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_follow_the_baseline():

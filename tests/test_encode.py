@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import SAMPLE
 from dialsum.config import config_from_dict
 from dialsum.data import Dialogue, Turn, load_dialogues
 from dialsum.encode import (
@@ -70,9 +71,8 @@ def test_prompt_has_conversation_lines_and_question():
 
 
 def test_dcs_topic_comes_from_subject_keyword():
-    from pathlib import Path
 
-    sample = Path(__file__).resolve().parents[1] / "src" / "dialsum" / "sample_data" / "dcs_sample.jsonl"
+    sample = SAMPLE / "dcs_sample.jsonl"
     record = load_dialogues(sample)[0]
     config = config_for("x")
     assert f"위 {record.topic} 주제에 대한" in user_message(record, config.prompt)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import shared_file
+from conftest import ROOT, SAMPLE, SHARED, shared_file
 from dialsum.cleanup import clean_summary
 from dialsum.config import config_from_dict, save_config
 from dialsum.data import Dialogue, Turn, load_dialogues
@@ -21,9 +21,8 @@ from dialsum.models import load_for_inference
 from dialsum.scripts import foreign_script_chars, has_foreign_script
 from dialsum.suppress import ForeignScriptSuppressor, banned_bytes, decode_utf8, suppression_table
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_TEST = ROOT / "src" / "dialsum" / "sample_data" / "test.csv"
-SHARED_TEST = ROOT.parent / "shared" / "data" / "dialogsum-ko" / "test.csv"
+SAMPLE_TEST = SAMPLE / "test.csv"
+SHARED_TEST = SHARED / "data" / "dialogsum-ko" / "test.csv"
 
 
 def make_config(model_path, **generation):
@@ -266,7 +265,7 @@ def test_predict_on_sample_keeps_ids_in_order(tiny_llama, tmp_path):
     assert stats["n"] == len(rows) and stats["foreign"] == 0 and stats["empty"] == sum(not r["summary"] for r in rows)
 
 
-SHARED_MODELS = ROOT.parent / "shared" / "models"
+SHARED_MODELS = SHARED / "models"
 
 
 def real_generation_config(folder: str, tiny_tokenizer) -> dict:
@@ -480,7 +479,7 @@ def test_screen_takes_a_lora_run_directory(tiny_llama, tmp_path):
     adapter.save_pretrained(run / "model")
     tokenizer.save_pretrained(run / "model")
     save_config(config, run / "config.yaml")
-    labeled = ROOT / "src" / "dialsum" / "sample_data" / "dev.csv"
+    labeled = SAMPLE / "dev.csv"
     results = screen([str(run), "lead"], labeled, limit=3)
     assert {r["model"] for r in results} == {str(run), "lead"}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from dialsum.config import config_from_dict
 from dialsum.data import Dialogue, load_dialogues
 from dialsum.encode import (
@@ -24,7 +25,6 @@ from dialsum.encode import (
     ensure_pad_token,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT.parent / "shared" / "models"
 DATA = ROOT.parent / "shared" / "data" / "dialogsum-ko"
 CAUSAL = {"llama-3.2-korean-bllossom-3b": "<|eot_id|>", "qwen2.5-1.5b-instruct": "<|im_end|>",

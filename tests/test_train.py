@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT
 from dialsum.config import config_from_dict
 from dialsum.data import load_dialogues
 from dialsum.encode import encode_dialogues, ensure_pad_token
@@ -391,7 +392,7 @@ def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_p
 
     from dialsum.config import load_config
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     config = load_config(root / "configs" / "llama-3.2-korean-3b.yaml", [
         f"model.name_or_path={tiny_llama}", f"data.train={real_dev_path}", "data.dev=null", "data.test=null",
         "training.bf16=true", "training.max_steps=10", "training.per_device_train_batch_size=2",
@@ -536,7 +537,7 @@ def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_pat
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     accelerate = Path(sys.executable).parent / "accelerate"
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     result = subprocess.run(
         [str(accelerate), "launch", "--config_file", str(root / "configs" / "accelerate" / "ddp.yaml"),
          "--num_processes", "2", "--main_process_port", str(port),
