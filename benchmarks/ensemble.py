@@ -83,8 +83,10 @@ def main() -> None:
         start = time.perf_counter()
         mbr_select(subset, "kiwi", Utility())
         ours = time.perf_counter() - start
-        print(f"{len(subset)} dialogues, tokens cached: rouge-score per pair {naive:.2f} s, cached features "
-              f"{ours:.2f} s ({naive / ours:.1f}x)")
+        print(
+            f"{len(subset)} dialogues, tokens cached: rouge-score per pair {naive:.2f} s, cached features "
+            f"{ours:.2f} s ({naive / ours:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ def main() -> None:
     config = config_from_dict({"model": {"name_or_path": path}, "generation": {"max_new_tokens": args.max_new_tokens}})
     model, tokenizer, config = load_for_inference(path, config)
     device = next(model.parameters()).device
-    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads), {len(dialogues)} dialogues from "
-          f"{data.name}, max_new_tokens={args.max_new_tokens}, greedy, suppression on", file=sys.stderr)
+    print(
+        f"model {args.model} on {device} ({torch.get_num_threads()} threads), {len(dialogues)} dialogues from "
+        f"{data.name}, max_new_tokens={args.max_new_tokens}, greedy, suppression on",
+        file=sys.stderr,
+    )
 
     def run(batch_size: int) -> float:
         config.generation.batch_size = batch_size

@@ -5,7 +5,8 @@ attention mask, as dialsum trains: rows of --max-length on sdpa/eager, one flatt
 AdamW, gradient checkpointing optional. Also prints `dialsum plan`'s memory estimate for the same batch next to
 the measured peak, and their ratio.
 
-    python benchmarks/gpu_step.py [--tokens 16384] [--max-length 1024] [--steps 10] [--attn sdpa|flash_attention_2] [--peak-tflops 989]
+    python benchmarks/gpu_step.py [--tokens 16384] [--max-length 1024] [--steps 10]
+        [--attn sdpa|flash_attention_2] [--peak-tflops 989]
 
 Exits with a clear message when no CUDA GPU is present. MFU = 6 · params · tokens/s (+ attention FLOPs)
 divided by the GPU's dense bf16 peak (H100 SXM: 989 TFLOP/s; pass --peak-tflops for others).
@@ -23,9 +24,16 @@ def llama_3_2_3b_config():
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-        num_attention_heads=24, num_key_value_heads=8, max_position_embeddings=131072,
-        rope_theta=500000.0, tie_word_embeddings=True, use_cache=False,
+        vocab_size=128256,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        use_cache=False,
     )
 
 
@@ -60,7 +68,9 @@ def main() -> int:
     lengths, total = [], 0
     generator = torch.Generator().manual_seed(0)
     while total < args.tokens:
-        n = min(int(torch.randint(args.max_length // 4, args.max_length, (1,), generator=generator)), args.tokens - total)
+        n = min(
+            int(torch.randint(args.max_length // 4, args.max_length, (1,), generator=generator)), args.tokens - total
+        )
         lengths.append(n)
         total += n
     position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
@@ -97,10 +107,15 @@ def main() -> int:
     attention_flops = 6 * 2 * config.num_hidden_layers * config.hidden_size * sum(n * n for n in lengths) / total
     flops_per_token = 6 * params + attention_flops
     mfu = tokens_per_second * flops_per_token / (args.peak_tflops * 1e12)
-    print(f"device: {torch.cuda.get_device_name(0)}; params {params / 1e9:.2f} B; attn={args.attn}; "
-          f"checkpointing={args.checkpointing}; {len(lengths)} samples, {total} tokens/step")
-    print(f"step time (median of {args.steps}): {seconds * 1000:.0f} ms; tokens/s: {tokens_per_second:,.0f}; MFU: {mfu:.1%}; "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print(
+        f"device: {torch.cuda.get_device_name(0)}; params {params / 1e9:.2f} B; attn={args.attn}; "
+        f"checkpointing={args.checkpointing}; {len(lengths)} samples, {total} tokens/step"
+    )
+    print(
+        f"step time (median of {args.steps}): {seconds * 1000:.0f} ms; tokens/s: {tokens_per_second:,.0f}; "
+        f"MFU: {mfu:.1%}; "
+        f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+    )
 
     # dialsum plan's estimate for the same batch. This script computes the loss from full logits (no fused LM head):
     # add bf16 logits, their fp32 copy for the loss and its gradient (10 bytes per position and vocab entry).
@@ -114,11 +129,13 @@ def main() -> int:
     estimate = parts["weights"] + parts["gradients"] + parts["optimizer"] + activations
     estimate += input_ids.numel() * config.vocab_size * 10
     measured = torch.cuda.max_memory_allocated()
-    print(f"memory: estimate {estimate / 1e9:.1f} GB (weights {parts['weights'] / 1e9:.1f}, gradients "
-          f"{parts['gradients'] / 1e9:.1f}, optimizer {parts['optimizer'] / 1e9:.1f}, "
-          f"activations {activations / 1e9:.1f}, "
-          f"logits {input_ids.numel() * config.vocab_size * 10 / 1e9:.1f}); measured peak {measured / 1e9:.1f} GB; "
-          f"measured / estimate = {measured / estimate:.2f}")
+    print(
+        f"memory: estimate {estimate / 1e9:.1f} GB (weights {parts['weights'] / 1e9:.1f}, gradients "
+        f"{parts['gradients'] / 1e9:.1f}, optimizer {parts['optimizer'] / 1e9:.1f}, "
+        f"activations {activations / 1e9:.1f}, "
+        f"logits {input_ids.numel() * config.vocab_size * 10 / 1e9:.1f}); measured peak {measured / 1e9:.1f} GB; "
+        f"measured / estimate = {measured / estimate:.2f}"
+    )
     return 0
 
 

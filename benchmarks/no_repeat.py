@@ -38,8 +38,9 @@ def main() -> None:
             ban = NoRepeatNGramExceptTags(size, exempt)
             impossible = sum(any(ids[i] in ban.banned(ids[:i]) for i in range(len(ids))) for ids in encoded)
             shares.append(impossible / len(encoded))
-        print(f"no_repeat_ngram_size={size}: {shares[0]:.1%} of references impossible; "
-              f"with tags exempt {shares[1]:.1%}")
+        print(
+            f"no_repeat_ngram_size={size}: {shares[0]:.1%} of references impossible; with tags exempt {shares[1]:.1%}"
+        )
 
 
 if __name__ == "__main__":

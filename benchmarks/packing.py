@@ -40,9 +40,16 @@ from common import ROOT, real_dev_or_sample
 
 MODELS = ROOT.parent / "shared" / "models"
 # Qwen2.5-3B-Instruct: figures from its model card (../shared/models/README.md); it shares the 1.5B tokenizer.
-QWEN25_3B = {"model_type": "qwen2", "vocab_size": 151_936, "hidden_size": 2048, "num_hidden_layers": 36,
-             "num_attention_heads": 16, "num_key_value_heads": 2, "intermediate_size": 11_008,
-             "tie_word_embeddings": True}
+QWEN25_3B = {
+    "model_type": "qwen2",
+    "vocab_size": 151_936,
+    "hidden_size": 2048,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "intermediate_size": 11_008,
+    "tie_word_embeddings": True,
+}
 
 
 def analytic(args) -> None:
@@ -57,21 +64,29 @@ def analytic(args) -> None:
     data = real_dev_or_sample()
     dialogues = load_dialogues(data)
     qwen_15b = Architecture.from_config(json.loads((MODELS / "qwen2.5-1.5b-instruct" / "config.json").read_text()))
-    print(f"check: Qwen2.5-1.5B config.json gives {qwen_15b.params / 1e9:.3f} B parameters (published 1.54 B; "
-          "qkv biases left out)")
+    print(
+        f"check: Qwen2.5-1.5B config.json gives {qwen_15b.params / 1e9:.3f} B parameters (published 1.54 B; "
+        "qkv biases left out)"
+    )
     models = [
-        ("Bllossom Llama-3.2-3B", "llama-3.2-korean-bllossom-3b",
-         json.loads((MODELS / "llama-3.2-korean-bllossom-3b" / "config.json").read_text())),
+        (
+            "Bllossom Llama-3.2-3B",
+            "llama-3.2-korean-bllossom-3b",
+            json.loads((MODELS / "llama-3.2-korean-bllossom-3b" / "config.json").read_text()),
+        ),
         ("Qwen2.5-3B", "qwen2.5-1.5b-instruct", QWEN25_3B),
     ]
-    print(f"data: {data} ({len(dialogues)} dialogues); max_length {args.max_length}; {args.batch} examples per "
-          "micro-batch in every layout")
+    print(
+        f"data: {data} ({len(dialogues)} dialogues); max_length {args.max_length}; {args.batch} examples per "
+        "micro-batch in every layout"
+    )
     print()
     print(f"{'model':24}{'params':>9}{'layout':>16}{'waste':>8}{'GFLOP/real tok':>16}{'vs padded':>11}")
     for label, tokenizer_dir, arch_config in models:
         arch = Architecture.from_config(arch_config)
-        config = config_from_dict({"model": {"name_or_path": str(MODELS / tokenizer_dir)},
-                                   "training": {"max_length": args.max_length}})
+        config = config_from_dict(
+            {"model": {"name_or_path": str(MODELS / tokenizer_dir)}, "training": {"max_length": args.max_length}}
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(MODELS / tokenizer_dir))
         ensure_pad_token(tokenizer)
         examples, _ = encode_dialogues(tokenizer, dialogues, config)
@@ -87,8 +102,10 @@ def analytic(args) -> None:
         for name, epoch in layouts.items():
             per_token = 3 * forward_flops(arch, epoch, trained) / epoch.real_tokens
             base = base or per_token
-            print(f"{label:24}{arch.params / 1e9:8.2f}B{name:>16}{epoch.padding_waste:8.1%}{per_token / 1e9:16.2f}"
-                  f"{per_token / base:10.2f}x")
+            print(
+                f"{label:24}{arch.params / 1e9:8.2f}B{name:>16}{epoch.padding_waste:8.1%}{per_token / 1e9:16.2f}"
+                f"{per_token / base:10.2f}x"
+            )
             label = ""
 
 
@@ -102,10 +119,17 @@ def cpu(args) -> None:
     base = {
         "model": {"name_or_path": args.model, "attn_implementation": args.attn},
         "data": {"train": str(data)},
-        "training": {"max_length": args.max_length, "max_steps": -1 if args.epoch else args.steps,
-                     "num_train_epochs": 1, "gradient_accumulation_steps": 1,
-                     "per_device_train_batch_size": args.batch, "gradient_checkpointing": False,
-                     "learning_rate": 1e-4, "warmup_ratio": 0.0, "save_steps": 10_000},
+        "training": {
+            "max_length": args.max_length,
+            "max_steps": -1 if args.epoch else args.steps,
+            "num_train_epochs": 1,
+            "gradient_accumulation_steps": 1,
+            "per_device_train_batch_size": args.batch,
+            "gradient_checkpointing": False,
+            "learning_rate": 1e-4,
+            "warmup_ratio": 0.0,
+            "save_steps": 10_000,
+        },
         "logging": {"steps": 1},
     }
     real_layout = train_module.packing_layout
@@ -136,8 +160,10 @@ def cpu(args) -> None:
     print(f"{'padding waste (measured)':26}" + "".join(f"{1 - fraction[v]:14.1%}" for v in variants))
     print(f"{'examples per step (mean)':26}" + "".join(f"{examples[v]:14.1f}" for v in variants))
     length = "1 epoch" if args.epoch else f"steps={args.steps}"
-    print(f"device: cpu, {os.cpu_count()} cores; repeats={args.repeats}, {length}; all runs: "
-          + ", ".join(f"{v} {[round(t) for t in tps[v]]}" for v in variants))
+    print(
+        f"device: cpu, {os.cpu_count()} cores; repeats={args.repeats}, {length}; all runs: "
+        + ", ".join(f"{v} {[round(t) for t in tps[v]]}" for v in variants)
+    )
 
 
 def main() -> None:

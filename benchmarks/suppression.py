@@ -35,12 +35,23 @@ def end_to_end(args) -> None:
     data = real_dev_or_sample()
     dialogues = load_dialogues(data)[: args.n]
     path = resolve_model_path(args.model)
-    config = config_from_dict({"model": {"name_or_path": path}, "generation": {
-        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch, "do_sample": True, "temperature": 1.0}})
+    config = config_from_dict(
+        {
+            "model": {"name_or_path": path},
+            "generation": {
+                "max_new_tokens": args.max_new_tokens,
+                "batch_size": args.batch,
+                "do_sample": True,
+                "temperature": 1.0,
+            },
+        }
+    )
     model, tokenizer, config = load_for_inference(path, config)
     device = next(model.parameters()).device
-    print(f"[1] {args.model} on {device} ({torch.get_num_threads()} threads), {len(dialogues)} dialogues, batch "
-          f"{args.batch}, {args.max_new_tokens} new tokens, sampling (so rows visit many byte states)")
+    print(
+        f"[1] {args.model} on {device} ({torch.get_num_threads()} threads), {len(dialogues)} dialogues, batch "
+        f"{args.batch}, {args.max_new_tokens} new tokens, sampling (so rows visit many byte states)"
+    )
 
     def run(on: bool) -> float:
         config.generation.suppress_foreign_scripts = on
@@ -70,11 +81,15 @@ def end_to_end(args) -> None:
         for on in (False, True):
             times[on].append(run(on))
     off, on = statistics.median(times[False]), statistics.median(times[True])
-    print(f"    off {off:.2f}s  on {on:.2f}s  (medians of {args.repeats})  on/off = {on / off:.3f}  "
-          f"overhead {100 * (on / off - 1):+.1f}%")
+    print(
+        f"    off {off:.2f}s  on {on:.2f}s  (medians of {args.repeats})  on/off = {on / off:.3f}  "
+        f"overhead {100 * (on / off - 1):+.1f}%"
+    )
     share = spent[0] / sum(times[True])
-    print(f"    time inside the processor: {100 * share:.1f}% of the suppressed runs' time "
-          f"(the overhead without timing noise)")
+    print(
+        f"    time inside the processor: {100 * share:.1f}% of the suppressed runs' time "
+        f"(the overhead without timing noise)"
+    )
     ForeignScriptSuppressor.__call__ = original
 
 
@@ -85,7 +100,12 @@ def processor_alone(args) -> None:
     for path in [SHARED / "train.csv", SHARED / "dev.csv", SAMPLE / "train.csv"]:
         if path.is_file():
             with path.open(encoding="utf-8", newline="") as handle:
-                texts += [value for row in csv.DictReader(handle) for key, value in row.items() if key in ("dialogue", "summary")]
+                texts += [
+                    value
+                    for row in csv.DictReader(handle)
+                    for key, value in row.items()
+                    if key in ("dialogue", "summary")
+                ]
             break
     start = time.perf_counter()
     tokenizer = build_tokenizer("llama", texts, vocab_size=args.vocab)
@@ -117,8 +137,10 @@ def per_step(tokenizer, title: str, width: int, batch: int) -> None:
     table = suppression_table(tokenizer)
     built = time.perf_counter() - start
     fragments = sum(1 for b in table.token_bytes if b and (0x80 <= b[0] <= 0xBF or b[-1] >= 0xC0))
-    print(f"{title}: table built in {built:.2f}s, {int(table.static_bad.sum())} tokens banned always "
-          f"({table.static_bad.mean():.1%}), {fragments} byte-fragment tokens")
+    print(
+        f"{title}: table built in {built:.2f}s, {int(table.static_bad.sum())} tokens banned always "
+        f"({table.static_bad.mean():.1%}), {fragments} byte-fragment tokens"
+    )
     if not _is_byte_level(tokenizer):
         print("    (not byte-level: no mid-character states to time)")
         return
@@ -137,7 +159,7 @@ def per_step(tokenizer, title: str, width: int, batch: int) -> None:
         rows.append(prompt + ids[:cut] + [byte_token[b] for b in split])
     length = max(len(r) for r in rows)
     generated = torch.tensor([[filler] * (length - len(r)) + r for r in rows])
-    pending = sum(1 for r in rows if table.pending_after(r[len(prompt):], complete=True))
+    pending = sum(1 for r in rows if table.pending_after(r[len(prompt) :], complete=True))
     scores = torch.randn(batch, width)
     processor = ForeignScriptSuppressor(tokenizer, prompt_length=len(prompt))
     start = time.perf_counter()
@@ -151,9 +173,11 @@ def per_step(tokenizer, title: str, width: int, batch: int) -> None:
     for _ in range(steps):
         scores.masked_fill(torch.zeros(width, dtype=torch.bool), float("-inf"))
     floor = (time.perf_counter() - start) / steps
-    print(f"    per step, batch {batch} ({pending} rows mid-character), width {width}: {1e3 * per_call:.3f} ms "
-          f"(a bare masked_fill of the same scores: {1e3 * floor:.3f} ms); first call, computing "
-          f"{len(table._state_masks)} prefix masks: {1e3 * cold:.1f} ms")
+    print(
+        f"    per step, batch {batch} ({pending} rows mid-character), width {width}: {1e3 * per_call:.3f} ms "
+        f"(a bare masked_fill of the same scores: {1e3 * floor:.3f} ms); first call, computing "
+        f"{len(table._state_masks)} prefix masks: {1e3 * cold:.1f} ms"
+    )
 
 
 def main() -> None:

@@ -25,13 +25,17 @@ TAG_CASES = [
     ("#Person 1#은 #Person 2#에게 회의 일정을 묻습니다.", "#Person1#은 #Person2#에게 회의 일정을 묻습니다."),
     ("# Person1 #는 # Person2 #와 저녁을 먹기로 합니다.", "#Person1#는 #Person2#와 저녁을 먹기로 합니다."),
     ("Person1: 비행기 표를 예약하고 싶어합니다.", "#Person1#: 비행기 표를 예약하고 싶어합니다."),
-    ("#person2#는 #Person1#의 전화번호가 # PhoneNumber #인지 확인합니다.",
-     "#Person2#는 #Person1#의 전화번호가 #PhoneNumber#인지 확인합니다."),
+    (
+        "#person2#는 #Person1#의 전화번호가 # PhoneNumber #인지 확인합니다.",
+        "#Person2#는 #Person1#의 전화번호가 #PhoneNumber#인지 확인합니다.",
+    ),
     ("#Person1#은 #Date Of Birth#를 알려줍니다.", "#Person1#은 #DateOfBirth#를 알려줍니다."),
-    ("Person1은 컴퓨터 화면에 나타나는 광고 때문에 집중이 어렵습니다. "
-     "Person2는 저렴한 가격의 앱을 사서 광고를 막을 것을 추천합니다.",
-     "#Person1#은 컴퓨터 화면에 나타나는 광고 때문에 집중이 어렵습니다. "
-     "#Person2#는 저렴한 가격의 앱을 사서 광고를 막을 것을 추천합니다."),
+    (
+        "Person1은 컴퓨터 화면에 나타나는 광고 때문에 집중이 어렵습니다. "
+        "Person2는 저렴한 가격의 앱을 사서 광고를 막을 것을 추천합니다.",
+        "#Person1#은 컴퓨터 화면에 나타나는 광고 때문에 집중이 어렵습니다. "
+        "#Person2#는 저렴한 가격의 앱을 사서 광고를 막을 것을 추천합니다.",
+    ),
 ]
 
 
@@ -40,12 +44,15 @@ def test_tag_spellings_become_the_references_spelling(raw, expected):
     assert normalize_tags(raw) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "Salesperson1 모델은 단종되었습니다.",  # inside a word
-    "Ms. Dawson은 person 2명을 더 고용합니다.",  # the English word, no tag
-    "#Person1#은 #Person2#에게 #PhoneNumber#로 연락하라고 합니다.",  # already right
-    "#Person1#과 #Person2#는 #Hashtag# 캠페인을 이야기합니다.",  # an unknown '#Word#' is not a mask
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Salesperson1 모델은 단종되었습니다.",  # inside a word
+        "Ms. Dawson은 person 2명을 더 고용합니다.",  # the English word, no tag
+        "#Person1#은 #Person2#에게 #PhoneNumber#로 연락하라고 합니다.",  # already right
+        "#Person1#과 #Person2#는 #Hashtag# 캠페인을 이야기합니다.",  # an unknown '#Word#' is not a mask
+    ],
+)
 def test_tag_normalization_leaves_other_text_alone(text):
     assert normalize_tags(text) == text
 
@@ -96,8 +103,13 @@ def test_switches_and_counts():
     ]
     cleaned, counts = clean_all(texts, ALL_ON)
     assert cleaned == ["#Person1#은 표를 삽니다.", "#Person1#은 를 삽니다.", "#Person1#은 표를 삽니다."]
-    assert counts == {"normalize_tags": 1, "remove_think": 1, "remove_artifacts": 1, "remove_foreign_chars": 1,
-                      "drop_unfinished_sentence": 1}
+    assert counts == {
+        "normalize_tags": 1,
+        "remove_think": 1,
+        "remove_artifacts": 1,
+        "remove_foreign_chars": 1,
+        "drop_unfinished_sentence": 1,
+    }
     off = CleanupConfig(normalize_tags=False, remove_think=False, remove_artifacts=False)
     cleaned, counts = clean_all(texts, off)
     assert cleaned == [" ".join(t.split()) for t in texts] and counts == {}
@@ -109,10 +121,19 @@ def test_switches_and_counts():
 def test_no_reference_summary_changes_except_the_one_with_bare_tags():
     """Every step on (unfinished-sentence cut included) over the real dev references and the sample: nothing a human
     wrote changes, except the dev reference that spells the tags 'Person1', which gets the dataset's spelling."""
-    references = [r for path in (shared_file("data/dialogsum-ko/dev.csv"), SAMPLE / "train.csv")
-                  for d in load_dialogues(path) for r in d.references]
+    references = [
+        r
+        for path in (shared_file("data/dialogsum-ko/dev.csv"), SAMPLE / "train.csv")
+        for d in load_dialogues(path)
+        for r in d.references
+    ]
     cleaned, counts = clean_all(references, ALL_ON, forbidden_scripts=["Han"])
     changed = [(a, b) for a, b in zip(references, cleaned) if " ".join(a.split()) != b]
-    assert counts == {"normalize_tags": 1, "remove_think": 0, "remove_artifacts": 0, "remove_foreign_chars": 0,
-                      "drop_unfinished_sentence": 0}
+    assert counts == {
+        "normalize_tags": 1,
+        "remove_think": 0,
+        "remove_artifacts": 0,
+        "remove_foreign_chars": 0,
+        "drop_unfinished_sentence": 0,
+    }
     assert len(changed) == 1 and changed[0][0].startswith("Person1은")

@@ -32,7 +32,10 @@ def test_presets_validate(preset):
 
 
 def test_overrides_are_typed_by_the_schema():
-    config = load_config(ROOT / "configs" / "demo.yaml", ["training.learning_rate=1e-5", "training.packing=false", "lora.target_modules=[q_proj,v_proj]"])
+    config = load_config(
+        ROOT / "configs" / "demo.yaml",
+        ["training.learning_rate=1e-5", "training.packing=false", "lora.target_modules=[q_proj,v_proj]"],
+    )
     assert config.training.learning_rate == 1e-5 and isinstance(config.training.learning_rate, float)
     assert config.training.packing is False
     assert config.lora.target_modules == ["q_proj", "v_proj"]
@@ -58,7 +61,9 @@ def test_wrong_type_names_the_key():
 def test_cli_config_error_is_one_line_exit_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "dialsum.cli", "inspect", str(ROOT / "configs" / "demo.yaml"), "--set", "training.lr=1"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -73,7 +78,20 @@ def test_cli_help_lists_every_command():
     # the first word of each row in the Commands box (a substring test passes for 'run' inside 'a run directory')
     box = result.stdout.split("Commands", 1)[1]
     listed = re.findall(r"^│ ([a-z][a-z-]*) {2,}", box, flags=re.MULTILINE)
-    assert listed == ["train", "plan", "run", "predict", "evaluate", "screen", "compare", "inspect", "config-keys", "kfold", "ensemble", "make-tiny-model"]
+    assert listed == [
+        "train",
+        "plan",
+        "run",
+        "predict",
+        "evaluate",
+        "screen",
+        "compare",
+        "inspect",
+        "config-keys",
+        "kfold",
+        "ensemble",
+        "make-tiny-model",
+    ]
 
 
 @pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
@@ -125,9 +143,20 @@ def test_every_allowed_scheduler_is_one_transformers_builds():
 def test_cli_scheduler_typo_is_one_line_before_anything_is_written(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "dialsum.cli", "train", str(ROOT / "configs" / "demo.yaml"), "--set",
-         "training.lr_scheduler_type=cosin", "--output-dir", str(run_dir)],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "dialsum.cli",
+            "train",
+            str(ROOT / "configs" / "demo.yaml"),
+            "--set",
+            "training.lr_scheduler_type=cosin",
+            "--output-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -186,8 +215,12 @@ def test_precision_policy_on_a_gpu(monkeypatch, bf16_gpu):
     assert training_weight_dtype(explicit) == torch.bfloat16
     warning = precision_warning(explicit)
     assert "\n" not in warning and "model.dtype=bfloat16 with full fine-tuning" in warning and "round away" in warning
-    assert precision_warning(load_config(ROOT / "configs" / "llama-3.2-korean-3b.yaml",
-                                         ["model.dtype=bfloat16", "lora.enabled=true"])) is None
+    assert (
+        precision_warning(
+            load_config(ROOT / "configs" / "llama-3.2-korean-3b.yaml", ["model.dtype=bfloat16", "lora.enabled=true"])
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize("bf16_gpu,expected", [(True, "bfloat16"), (False, "float16")])
@@ -201,16 +234,24 @@ def test_qlora_settings_follow_the_gpu(monkeypatch, bf16_gpu, expected):
     from dialsum.train import lora_config
 
     _gpu(monkeypatch, bf16_gpu)
-    config = load_config(ROOT / "configs" / "llama-3.2-korean-3b.yaml",
-                         ["lora.enabled=true", "lora.load_in_4bit=true", "lora.target_modules=[q_proj,v_proj]"])
+    config = load_config(
+        ROOT / "configs" / "llama-3.2-korean-3b.yaml",
+        ["lora.enabled=true", "lora.load_in_4bit=true", "lora.target_modules=[q_proj,v_proj]"],
+    )
     settings = qlora_settings(config)
-    assert settings == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-                        "bnb_4bit_compute_dtype": getattr(torch, expected)}
+    assert settings == {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": getattr(torch, expected),
+    }
     bnb = BitsAndBytesConfig(**settings)
     assert bnb.load_in_4bit and bnb.bnb_4bit_compute_dtype == getattr(torch, expected)
     assert compute_dtype(config) == training_weight_dtype(config) == getattr(torch, expected)
-    assert kbit_training_settings(config) == {"use_gradient_checkpointing": True,
-                                              "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    assert kbit_training_settings(config) == {
+        "use_gradient_checkpointing": True,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    }
     config.training.gradient_checkpointing = False
     assert kbit_training_settings(config)["use_gradient_checkpointing"] is False
     peft_config = lora_config(config)
@@ -218,8 +259,10 @@ def test_qlora_settings_follow_the_gpu(monkeypatch, bf16_gpu, expected):
     assert peft_config.task_type == "CAUSAL_LM"
 
 
-@pytest.mark.parametrize("launcher,bf16,ok", [("no", "true", True), ("bf16", "true", True), ("bf16", "false", False),
-                                              ("fp16", "true", False)])
+@pytest.mark.parametrize(
+    "launcher,bf16,ok",
+    [("no", "true", True), ("bf16", "true", True), ("bf16", "false", False), ("fp16", "true", False)],
+)
 def test_accelerate_mixed_precision_must_agree_with_the_config(monkeypatch, launcher, bf16, ok):
     """transformers lets ACCELERATE_MIXED_PRECISION (set by `accelerate launch`) win over training.bf16."""
     from dialsum.train import check_launcher_precision
@@ -249,7 +292,9 @@ def test_every_config_field_describes_itself():
     rows = config_fields()
     assert len(rows) > 60 and [row["key"] for row in rows if not row["description"].strip()] == []
     by_key = {row["key"]: row for row in rows}
-    assert by_key["training.learning_rate"]["default"] == "2e-05" and by_key["training.learning_rate"]["type"] == "float"
+    assert (
+        by_key["training.learning_rate"]["default"] == "2e-05" and by_key["training.learning_rate"]["type"] == "float"
+    )
     assert by_key["lora.target_modules"]["type"] == "list[str] | 'all-linear'"
     assert by_key["model.name_or_path"]["default"] == "(required)"
 
@@ -265,6 +310,7 @@ def test_config_keys_command_prints_one_section_and_rejects_an_unknown_one():
     assert keys == ["lora.enabled", "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.load_in_4bit"]
     bad = subprocess.run([sys.executable, "-m", "dialsum.cli", "config-keys", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "error: config-keys nope: no such section; sections: cleanup, data, evaluation, generation, logging, lora, model, "
+        "error: config-keys nope: no such section; sections: cleanup, data, evaluation, generation, logging, lora, "
+        "model, "
         "prompt, training"
     ]

@@ -178,8 +178,15 @@ def test_unnamed_index_column_is_ignored(tmp_path):
 
 def test_dcs_json_list(tmp_path):
     records = [
-        {"id": "r1", "input": {"conversation": [{"speaker": "A", "utterance": " 하나 "}, {"speaker": "A", "utterance": "둘"}]}},
-        {"id": "r2", "input": {"conversation": [{"speaker": "B", "utterance": "셋"}], "subject_keyword": ["가", "나"]}, "output": "요약"},
+        {
+            "id": "r1",
+            "input": {"conversation": [{"speaker": "A", "utterance": " 하나 "}, {"speaker": "A", "utterance": "둘"}]},
+        },
+        {
+            "id": "r2",
+            "input": {"conversation": [{"speaker": "B", "utterance": "셋"}], "subject_keyword": ["가", "나"]},
+            "output": "요약",
+        },
     ]
     path = tmp_path / "dcs.json"
     path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
@@ -193,7 +200,10 @@ def test_write_predictions_round_trip(tmp_path):
     write_predictions(path, ["test_0", "test_1"], ["첫 요약, 쉼표 포함", "둘째\n줄바꿈"])
     assert path.read_bytes().startswith(b"fname,summary\n")
     rows = read_table(path, ["fname", "summary"])
-    assert rows == [{"fname": "test_0", "summary": "첫 요약, 쉼표 포함"}, {"fname": "test_1", "summary": "둘째\n줄바꿈"}]
+    assert rows == [
+        {"fname": "test_0", "summary": "첫 요약, 쉼표 포함"},
+        {"fname": "test_1", "summary": "둘째\n줄바꿈"},
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,7 +280,7 @@ def test_wrong_field_count(tmp_path):
 
 def test_bad_jsonl_line(tmp_path):
     good = json.dumps({"id": "r1", "input": {"conversation": [{"speaker": "A", "utterance": "안녕"}]}})
-    path = write_csv(tmp_path / "bad.jsonl", f"{good}\n{{\"id\": \"r2\", \n")
+    path = write_csv(tmp_path / "bad.jsonl", f'{good}\n{{"id": "r2", \n')
     message = load_error(path)
     assert "line 2" in message and "invalid JSON" in message
 

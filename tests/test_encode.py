@@ -26,7 +26,9 @@ from dialsum.prompt import build_messages, user_message
 
 def config_for(model_path, **training):
     kind = "seq2seq" if "bart" in str(model_path) else "causal"
-    return config_from_dict({"model": {"name_or_path": str(model_path), "kind": kind}, "training": {"max_length": 1024, **training}})
+    return config_from_dict(
+        {"model": {"name_or_path": str(model_path), "kind": kind}, "training": {"max_length": 1024, **training}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,9 @@ def test_unmasked_labels_decode_to_exactly_summary_plus_end_of_turn(arch, reques
 
 
 def test_prompt_has_conversation_lines_and_question():
-    record = Dialogue("d1", [Turn("#Person1#", "안녕하세요."), Turn("#Person2#", "#PhoneNumber#로 연락 주세요.")], topic="전화")
+    record = Dialogue(
+        "d1", [Turn("#Person1#", "안녕하세요."), Turn("#Person2#", "#PhoneNumber#로 연락 주세요.")], topic="전화"
+    )
     config = config_for("x")
     text = user_message(record, config.prompt)
     assert text == (

@@ -98,9 +98,18 @@ def test_vocabulary_masks_agree_with_the_byte_rule(llama_tokenizer):
     assert table.static_bad[byte_token[0xE5]] and table.static_bad[byte_token[0xD0]]
     for allowed in (0xEA, 0xEB, 0xEC, 0xED, ord("A"), ord("7"), ord("$"), ord(".")):
         assert not table.static_bad[byte_token[allowed]]
-    assert any(table.static_bad[i] for i, data in enumerate(table.token_bytes) if has_foreign_script(data.decode("utf-8", "replace")))
+    assert any(
+        table.static_bad[i]
+        for i, data in enumerate(table.token_bytes)
+        if has_foreign_script(data.decode("utf-8", "replace"))
+    )
     # the vectorised per-prefix masks equal the rule applied token by token
-    for pending in [bytes([lead]) for lead in range(0xC2, 0xF5)] + [b"\xe4\xb8", b"\xea\xb0", b"\xf0\xa0", b"\xf0\x9f\x98"]:
+    for pending in [bytes([lead]) for lead in range(0xC2, 0xF5)] + [
+        b"\xe4\xb8",
+        b"\xea\xb0",
+        b"\xf0\xa0",
+        b"\xf0\x9f\x98",
+    ]:
         mask = table.state_mask(pending)
         expected = [bool(data) and banned_bytes(data, pending) for data in table.token_bytes]
         assert mask.tolist() == expected, pending
@@ -175,10 +184,21 @@ def test_static_mask_alone_leaks_through_byte_fragments(attacked_llama):
             return scores.masked_fill(naive_ban[: scores.shape[-1]].to(scores.device), float("-inf"))
 
     torch.manual_seed(0)
-    for processor, expect_leaks in ((StaticOnly(tokenizer), True), (ForeignScriptSuppressor(tokenizer, prompt_length=ids.shape[1]), False)):
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, max_new_tokens=40,
-                             min_new_tokens=40, logits_processor=[processor], pad_token_id=tokenizer.eos_token_id)
-        texts = [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]
+    for processor, expect_leaks in (
+        (StaticOnly(tokenizer), True),
+        (ForeignScriptSuppressor(tokenizer, prompt_length=ids.shape[1]), False),
+    ):
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            top_k=0,
+            max_new_tokens=40,
+            min_new_tokens=40,
+            logits_processor=[processor],
+            pad_token_id=tokenizer.eos_token_id,
+        )
+        texts = [tokenizer.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
         assert any(has_foreign_script(t) for t in texts) == expect_leaks
 
 
@@ -240,8 +260,10 @@ def _favour_own_input_words(model, tokenizer) -> list:
         return output + state["bonus"][:, None, :].to(output.dtype)
 
     source = model.get_encoder() if seq2seq else model.get_decoder()
-    return [source.register_forward_pre_hook(on_input, with_kwargs=True),
-            model.get_output_embeddings().register_forward_hook(on_lm_head)]
+    return [
+        source.register_forward_pre_hook(on_input, with_kwargs=True),
+        model.get_output_embeddings().register_forward_hook(on_lm_head),
+    ]
 
 
 # ---------------------------------------------------------------- predict
@@ -355,8 +377,20 @@ def test_bin_checkpoint_predicts_and_pickled_code_is_refused(tiny_bart, tmp_path
     torch.save(state, model_dir / "pytorch_model.bin")
     out = tmp_path / "pred.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "dialsum.cli", "predict", "--model", str(model_dir), "--data", str(SAMPLE_TEST),
-               "--output", str(out), "--set", "generation.max_new_tokens=4"]
+    command = [
+        sys.executable,
+        "-m",
+        "dialsum.cli",
+        "predict",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(SAMPLE_TEST),
+        "--output",
+        str(out),
+        "--set",
+        "generation.max_new_tokens=4",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pytorch_model.bin" in done.stderr and len(read_rows(out)) == 10
@@ -384,8 +418,14 @@ class _Evil:
 def test_predict_on_real_test_file(tiny_llama, tmp_path):
     shared_file("data/dialogsum-ko/test.csv")  # absent: a failure under CI, a skip elsewhere
     out = tmp_path / "pred.csv"
-    stats = predict(tiny_llama, SHARED_TEST, out, config=make_config(tiny_llama), progress=False,
-                    overrides=["generation.max_new_tokens=4", "generation.batch_size=32"])
+    stats = predict(
+        tiny_llama,
+        SHARED_TEST,
+        out,
+        config=make_config(tiny_llama),
+        progress=False,
+        overrides=["generation.max_new_tokens=4", "generation.batch_size=32"],
+    )
     ids = [r["fname"] for r in read_rows(out)]
     assert ids == [d.id for d in load_dialogues(SHARED_TEST)] and len(ids) == stats["n"] == 499
 
@@ -430,8 +470,22 @@ def test_cli_predict_on_a_bare_tiny_model_keeps_every_test_id(tiny_bart, tmp_pat
     data = SHARED_TEST if SHARED_TEST.is_file() else SAMPLE_TEST
     model_dir = make_tiny_model("bart", tmp_path / "fresh")
     out = tmp_path / "out.csv"
-    result = CliRunner().invoke(app, ["predict", "--model", str(model_dir), "--data", str(data), "--output", str(out),
-                                      "--set", "generation.max_new_tokens=2", "--set", "generation.batch_size=64"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--set",
+            "generation.max_new_tokens=2",
+            "--set",
+            "generation.batch_size=64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     ids = [r["fname"] for r in read_rows(out)]
     assert ids == [d.id for d in load_dialogues(data)]
@@ -457,8 +511,9 @@ def test_vllm_backend_predicts_in_input_order(tiny_llama, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("vLLM is installed but there is no CUDA GPU")
     out = tmp_path / "pred.csv"
-    stats = predict(tiny_llama, SAMPLE_TEST, out, config=make_config(tiny_llama, backend="vllm", max_new_tokens=8),
-                    progress=False)
+    stats = predict(
+        tiny_llama, SAMPLE_TEST, out, config=make_config(tiny_llama, backend="vllm", max_new_tokens=8), progress=False
+    )
     assert [r["fname"] for r in read_rows(out)] == [d.id for d in load_dialogues(SAMPLE_TEST)]
     assert stats["n"] == len(read_rows(out)) and stats["foreign"] == 0
 
@@ -578,4 +633,6 @@ def test_the_closer_stops_generation_and_ends_the_summary(llama):
     finally:
         model.generation_config.eos_token_id = original
     assert tokenizer.convert_ids_to_tokens(stops[0]) == "<|eot_id|>"
-    assert clean_summary("두 사람이 만난다.<|eot_id|>assistant\n\n다른 말", end_token="<|eot_id|>") == "두 사람이 만난다."
+    assert (
+        clean_summary("두 사람이 만난다.<|eot_id|>assistant\n\n다른 말", end_token="<|eot_id|>") == "두 사람이 만난다."
+    )

@@ -14,8 +14,18 @@ import pytest
 from conftest import ROOT, SAMPLE
 from dialsum.kfold import assign_folds
 
-FEW_STEPS = ["--set", "training.max_steps=4", "--set", "training.eval_steps=2", "--set", "training.save_steps=2",
-             "--set", "generation.max_new_tokens=auto", "--set", "generation.max_new_tokens_cap=8"]
+FEW_STEPS = [
+    "--set",
+    "training.max_steps=4",
+    "--set",
+    "training.eval_steps=2",
+    "--set",
+    "training.save_steps=2",
+    "--set",
+    "generation.max_new_tokens=auto",
+    "--set",
+    "generation.max_new_tokens_cap=8",
+]
 
 
 def dialsum(*args) -> subprocess.CompletedProcess:
@@ -61,7 +71,10 @@ def test_two_fold_run_then_killed_fold_resumes_then_ensemble(tmp_path):
         report = (run_dir / "report.md").read_text(encoding="utf-8")
         assert "## Clean-up" in report and "## Length control" in report and "fixed, one limit" in report
         assert set(json.loads((run_dir / "cleanup.json").read_text())["dev"]) == {
-            "normalize_tags", "remove_think", "remove_artifacts"}
+            "normalize_tags",
+            "remove_think",
+            "remove_artifacts",
+        }
     # every training row predicted once, in training-file order; the summary table has per-fold and mean rows
     assert _ids(parent / "oof_predictions.csv") == [i for i in spec["assignment"]]
     scores = json.loads((parent / "kfold_scores.json").read_text(encoding="utf-8"))
@@ -92,8 +105,16 @@ def test_two_fold_run_then_killed_fold_resumes_then_ensemble(tmp_path):
     assert other.returncode == 2 and "different k-fold split" in other.stderr
 
     # The folds' test predictions go straight into the ensemble and out as a submission.
-    ensemble = dialsum("ensemble", parent, "--split", "test", "--output", tmp_path / "ens.csv",
-                       "--submission", tmp_path / "submission.csv")
+    ensemble = dialsum(
+        "ensemble",
+        parent,
+        "--split",
+        "test",
+        "--output",
+        tmp_path / "ens.csv",
+        "--submission",
+        tmp_path / "submission.csv",
+    )
     assert ensemble.returncode == 0, ensemble.stderr
     assert "fold-0/submission.csv" in ensemble.stdout and "fold-1/submission.csv" in ensemble.stdout
     with (tmp_path / "submission.csv").open(encoding="utf-8") as handle:
@@ -101,17 +122,24 @@ def test_two_fold_run_then_killed_fold_resumes_then_ensemble(tmp_path):
     assert rows[0] == ["", "fname", "summary"] and [r[1] for r in rows[1:]] == _ids(SAMPLE / "test.csv")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--folds", "1"], "--folds 1: need at least 2 folds"),
-    (["--folds", "2", "--fold", "2", "--output-dir", "x"], "--fold 2: expected 0..1"),
-    (["--folds", "2", "--fold", "0"], "--fold needs --output-dir"),
-    (["--folds", "2", "--resume"], "--resume needs --output-dir"),
-    (["--folds", "2", "--output-dir", "kf", "--set", "data.train=missing.csv"], "missing.csv: file not found"),
-    (["--folds", "41", "--output-dir", "kf", "--set", f"data.train={SAMPLE / 'train.csv'}"], "only 40 training"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--folds", "1"], "--folds 1: need at least 2 folds"),
+        (["--folds", "2", "--fold", "2", "--output-dir", "x"], "--fold 2: expected 0..1"),
+        (["--folds", "2", "--fold", "0"], "--fold needs --output-dir"),
+        (["--folds", "2", "--resume"], "--resume needs --output-dir"),
+        (["--folds", "2", "--output-dir", "kf", "--set", "data.train=missing.csv"], "missing.csv: file not found"),
+        (["--folds", "41", "--output-dir", "kf", "--set", f"data.train={SAMPLE / 'train.csv'}"], "only 40 training"),
+    ],
+)
 def test_bad_kfold_flags_are_one_line_before_anything_is_written(args, message, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dialsum.cli", "kfold", str(ROOT / "configs" / "demo.yaml"), *args],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "kfold", str(ROOT / "configs" / "demo.yaml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0
     assert list(tmp_path.iterdir()) == []
 
@@ -127,8 +155,11 @@ def test_summary_table_and_fold_ensemble_from_fold_directories(tmp_path):
     dev = load_dialogues(SAMPLE / "dev.csv")
     test_ids = _ids(SAMPLE / "test.csv")
     train_ids = ["t0", "t1", "t2"]
-    makers = [lambda d: d.turns[0].utterance, lambda d: d.turns[1].utterance,
-              lambda d: d.turns[0].utterance + " " + d.turns[1].utterance]
+    makers = [
+        lambda d: d.turns[0].utterance,
+        lambda d: d.turns[1].utterance,
+        lambda d: d.turns[0].utterance + " " + d.turns[1].utterance,
+    ]
     folds = []
     for i, make in enumerate(makers):
         run = parent / f"fold-{i}"
@@ -142,8 +173,14 @@ def test_summary_table_and_fold_ensemble_from_fold_directories(tmp_path):
         with (run / "submission.csv").open("w", encoding="utf-8") as handle:
             handle.write(",fname,summary\n" + "".join(f"{n},{t},fold {i} says {t}\n" for n, t in enumerate(test_ids)))
         folds.append({"fold": i, "dir": f"fold-{i}", "train": 2, "heldout": 1})
-    spec = {"k": 3, "seed": 1, "include_dev": False, "dev": str(SAMPLE / "dev.csv"), "folds": folds,
-            "assignment": {"t2": 2, "t0": 0, "t1": 1}}
+    spec = {
+        "k": 3,
+        "seed": 1,
+        "include_dev": False,
+        "dev": str(SAMPLE / "dev.csv"),
+        "folds": folds,
+        "assignment": {"t2": 2, "t0": 0, "t1": 1},
+    }
     (parent / "kfold.json").write_text(json.dumps(spec))
 
     summary = summarise_kfold(parent)

@@ -49,8 +49,13 @@ def test_rule_on_real_dev_is_tight_per_bucket_and_grows_with_dialogue_length(lla
 
 
 def test_rule_limit_bucket_edges():
-    rule = {"buckets": [{"max_chars": 100.0, "limit": 10}, {"max_chars": 200.0, "limit": 20},
-                        {"max_chars": None, "limit": 30}]}
+    rule = {
+        "buckets": [
+            {"max_chars": 100.0, "limit": 10},
+            {"max_chars": 200.0, "limit": 20},
+            {"max_chars": None, "limit": 30},
+        ]
+    }
     assert [rule_limit(rule, c) for c in (0, 100, 101, 200, 201, 10_000)] == [10, 10, 20, 20, 30, 30]
 
 
@@ -129,8 +134,20 @@ def test_num_candidates_writes_beams_for_the_ensemble(tiny_llama, tmp_path):
     greedy = tmp_path / "greedy"
     shutil.copytree(run, greedy)
     save_config(_config(tiny_llama, max_new_tokens=10), greedy / "config.yaml")
-    command = [sys.executable, "-m", "dialsum.cli", "predict", "--model", str(greedy), "--data", str(data),
-               "--output", str(tmp_path / "g.csv"), "--num-candidates", "3"]
+    command = [
+        sys.executable,
+        "-m",
+        "dialsum.cli",
+        "predict",
+        "--model",
+        str(greedy),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "g.csv"),
+        "--num-candidates",
+        "3",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "generation.num_beams >= 3" in result.stderr
     assert result.stderr.strip().count("\n") == 0

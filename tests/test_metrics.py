@@ -160,7 +160,9 @@ def test_mecab_morphemes_hand_computed():
         pytest.skip("python-mecab-ko is not installed (pip install 'dialsum[mecab]')")
     prediction, reference = "철수가 학교에 갔다", "철수는 학교로 갔다"
     assert tokenize_texts([prediction, reference], "mecab") == [
-        ("철수", "가", "학교", "에", "갔", "다"), ("철수", "는", "학교", "로", "갔", "다")]
+        ("철수", "가", "학교", "에", "갔", "다"),
+        ("철수", "는", "학교", "로", "갔", "다"),
+    ]
     # unigrams 4 of 6 and 6 (철수 학교 갔 다), bigrams 1 of 5 and 5 (갔-다), LCS 4
     result = score([prediction], [reference], tokenizer="mecab")
     assert (result["rouge1"], result["rouge2"], result["rougeL"]) == pytest.approx((100 * 4 / 6, 100 / 5, 100 * 4 / 6))
@@ -232,7 +234,11 @@ def test_evaluate_files_against_dialogue_file(kiwi, ko_dev, tmp_path):
     rows = [[row["fname"], row["summary"]] for row in ko_dev[:20]]
     rows[3][1] = ""  # an empty cell is an empty prediction, scored 0
     predictions = _write_csv(tmp_path / "pred.csv", ["fname", "summary"], rows)
-    references = _write_csv(tmp_path / "ref.csv", ["fname", "dialogue", "summary"], [[r["fname"], r["dialogue"], r["summary"]] for r in ko_dev[:20]])
+    references = _write_csv(
+        tmp_path / "ref.csv",
+        ["fname", "dialogue", "summary"],
+        [[r["fname"], r["dialogue"], r["summary"]] for r in ko_dev[:20]],
+    )
     summary, per_row = evaluate_files(predictions, references)
     assert summary["n"] == 20 and summary["empty_predictions"] == 1
     assert summary["rouge1"] == pytest.approx(100 * 19 / 20)
@@ -242,7 +248,9 @@ def test_evaluate_files_against_dialogue_file(kiwi, ko_dev, tmp_path):
 
 
 def test_evaluate_files_id_mismatch_names_ids(ko_dev, tmp_path):
-    references = _write_csv(tmp_path / "ref.csv", ["fname", "summary"], [[r["fname"], r["summary"]] for r in ko_dev[:10]])
+    references = _write_csv(
+        tmp_path / "ref.csv", ["fname", "summary"], [[r["fname"], r["summary"]] for r in ko_dev[:10]]
+    )
     rows = [[r["fname"], r["summary"]] for r in ko_dev[2:10]] + [["test_999", "x"]]
     predictions = _write_csv(tmp_path / "pred.csv", ["fname", "summary"], rows)
     with pytest.raises(DialsumError) as error:
@@ -259,9 +267,17 @@ def test_evaluate_files_numbered_references(tmp_path):
         [[r["fname"], r["summary1"], r["summary2"], r["summary3"]] for r in rows],
     )
     # submission format: unnamed index column first, rows in another order
-    predictions = _write_csv(tmp_path / "pred.csv", ["", "fname", "summary"], [[str(i), r["fname"], r["summary1"]] for i, r in enumerate(reversed(rows))])
+    predictions = _write_csv(
+        tmp_path / "pred.csv",
+        ["", "fname", "summary"],
+        [[str(i), r["fname"], r["summary1"]] for i, r in enumerate(reversed(rows))],
+    )
     summary, per_row = evaluate_files(predictions, references, tokenizer="whitespace")
-    expected = score([r["summary1"] for r in rows], [[r["summary1"], r["summary2"], r["summary3"]] for r in rows], tokenizer="whitespace")
+    expected = score(
+        [r["summary1"] for r in rows],
+        [[r["summary1"], r["summary2"], r["summary3"]] for r in rows],
+        tokenizer="whitespace",
+    )
     assert summary["rouge1"] == pytest.approx(expected["rouge1"])
     assert [row["fname"] for row in per_row] == [r["fname"] for r in rows]
 

@@ -37,8 +37,13 @@ def test_weights_and_optimizer_state_match_the_hand_calculation():
     assert full["weights"] == 4 * params  # fp32 master weights (the precision policy), bf16 compute
     assert full["gradients"] == 4 * params
     assert full["optimizer"] == 2 * 4 * params  # AdamW: two fp32 moments
-    explicit = memory_estimate(arch, config_from_dict({"model": {"name_or_path": "x", "dtype": "bfloat16"}}), "full",
-                               tokens=1024, row_length=1024)
+    explicit = memory_estimate(
+        arch,
+        config_from_dict({"model": {"name_or_path": "x", "dtype": "bfloat16"}}),
+        "full",
+        tokens=1024,
+        row_length=1024,
+    )
     assert explicit["weights"] == 2 * params and explicit["optimizer"] == 2 * 2 * params  # what the user asked for
 
     adapters = 28 * 16 * ((3072 + 3072) + (3072 + 1024) * 2 + (3072 + 3072) + (3072 + 8192) * 2 + (8192 + 3072))
@@ -60,9 +65,17 @@ def test_weights_and_optimizer_state_match_the_hand_calculation():
 def test_qwen_architectures_from_the_model_card_and_config():
     """Qwen2.5-3B from its model card (hidden 2048, 36 layers, 16/2 heads, MLP 11008, tied, vocab 151,936) is
     ~3.09 B parameters; the 1.5B config.json gives the published 1.54 B (qkv biases, 57k, are left out)."""
-    qwen_3b = Architecture.from_config({"vocab_size": 151_936, "hidden_size": 2048, "num_hidden_layers": 36,
-                                        "num_attention_heads": 16, "num_key_value_heads": 2,
-                                        "intermediate_size": 11_008, "tie_word_embeddings": True})
+    qwen_3b = Architecture.from_config(
+        {
+            "vocab_size": 151_936,
+            "hidden_size": 2048,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "intermediate_size": 11_008,
+            "tie_word_embeddings": True,
+        }
+    )
     assert qwen_3b.params / 1e9 == pytest.approx(3.09, abs=0.01)
     config = json.loads(shared_file("models/qwen2.5-1.5b-instruct/config.json").read_text())
     assert Architecture.from_config(config).params == pytest.approx(1_543_714_304, abs=60_000)
@@ -72,8 +85,21 @@ def test_plan_command_runs_offline(tmp_path):
     dev = shared_file("data/dialogsum-ko/dev.csv")
     model_dir = shared_file("models/llama-3.2-korean-bllossom-3b/config.json").parent
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(app, ["plan", str(ROOT / "configs" / "llama-3.2-korean-3b.yaml"), "--data", str(dev),
-                                      "--model-dir", str(model_dir), "--train-examples", "12457", "--json", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            str(ROOT / "configs" / "llama-3.2-korean-3b.yaml"),
+            "--data",
+            str(dev),
+            "--model-dir",
+            str(model_dir),
+            "--train-examples",
+            "12457",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(out.read_text())
     assert plan["examples"] == 12_457 and plan["examples_in_file"] == 499 and plan["params"] == 3_212_749_824
@@ -96,8 +122,13 @@ def test_plan_without_a_local_model_is_one_line(tmp_path, monkeypatch):
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  name_or_path: nobody/no-such-model\ndata:\n  train: x.csv\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([sys.executable, "-m", "dialsum.cli", "plan", str(config)], capture_output=True, text=True,
-                            env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "plan", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     assert "--model-dir" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -27,11 +27,17 @@ from dialsum.encode import (
 
 MODELS = ROOT.parent / "shared" / "models"
 DATA = ROOT.parent / "shared" / "data" / "dialogsum-ko"
-CAUSAL = {"llama-3.2-korean-bllossom-3b": "<|eot_id|>", "qwen2.5-1.5b-instruct": "<|im_end|>",
-          "qwen3-0.6b": "<|im_end|>"}
+CAUSAL = {
+    "llama-3.2-korean-bllossom-3b": "<|eot_id|>",
+    "qwen2.5-1.5b-instruct": "<|im_end|>",
+    "qwen3-0.6b": "<|im_end|>",
+}
 # The EOS each family's *base* checkpoint names: not the token its template closes a turn with.
-BASE_EOS = {"llama-3.2-korean-bllossom-3b": "<|end_of_text|>", "qwen2.5-1.5b-instruct": "<|endoftext|>",
-            "qwen3-0.6b": "<|endoftext|>"}
+BASE_EOS = {
+    "llama-3.2-korean-bllossom-3b": "<|end_of_text|>",
+    "qwen2.5-1.5b-instruct": "<|endoftext|>",
+    "qwen3-0.6b": "<|endoftext|>",
+}
 
 
 def real_dir(folder: str) -> Path:
@@ -126,9 +132,11 @@ def _competition_files(tmp_path: Path, dev: list[Dialogue]) -> dict[str, Path]:
     with source.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     paths = {}
-    for name, part, columns in (("train", rows[:20], ["fname", "dialogue", "summary", "topic"]),
-                                ("dev", rows[20:30], ["fname", "dialogue", "summary", "topic"]),
-                                ("test", rows[30:40], ["fname", "dialogue"])):
+    for name, part, columns in (
+        ("train", rows[:20], ["fname", "dialogue", "summary", "topic"]),
+        ("dev", rows[20:30], ["fname", "dialogue", "summary", "topic"]),
+        ("test", rows[30:40], ["fname", "dialogue"]),
+    ):
         path = paths[name] = tmp_path / f"{name}.csv"
         with path.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -147,8 +155,7 @@ def test_test_prompts_look_like_dev_prompts_under_the_default_topic_policy(tmp_p
     tokenizer = real_tokenizer(folder)
     paths = _competition_files(tmp_path, dev)
     train, dev_split, test = (load_dialogues(paths[n]) for n in ("train", "dev", "test"))
-    raw = {"model": {"name_or_path": str(MODELS / folder)},
-           "data": {k: str(v) for k, v in paths.items()}}
+    raw = {"model": {"name_or_path": str(MODELS / folder)}, "data": {k: str(v) for k, v in paths.items()}}
     config, note = resolve_topic_policy(config_from_dict(raw), train, dev_split)
     assert config.prompt.topic == "never" and "test.csv" in note
     same_dialogue_in_dev = Dialogue(test[0].id, test[0].turns, topic="쇼핑", references=["x"])
@@ -194,13 +201,17 @@ def test_no_repeat_ngram_spares_speaker_tags_on_real_dev_references(dev):
     references = [d.references[0] for d in dev]
     plain = impossible_share(tokenizer, references, 2, set())
     exempt = impossible_share(tokenizer, references, 2, set(tag_token_ids(tokenizer)))
-    with_tag_pair = [r for r in references if any(r.count(f"#Person{i}#은") > 1 or r.count(f"#Person{i}#는") > 1
-                                                 for i in (1, 2))]
-    assert with_tag_pair and impossible_share(tokenizer, with_tag_pair, 2, set(tag_token_ids(tokenizer))) < \
-        impossible_share(tokenizer, with_tag_pair, 2, set())
+    with_tag_pair = [
+        r for r in references if any(r.count(f"#Person{i}#은") > 1 or r.count(f"#Person{i}#는") > 1 for i in (1, 2))
+    ]
+    assert with_tag_pair and impossible_share(
+        tokenizer, with_tag_pair, 2, set(tag_token_ids(tokenizer))
+    ) < impossible_share(tokenizer, with_tag_pair, 2, set())
     assert exempt < plain
-    print(f"no_repeat_ngram_size=2 on {len(references)} dev references: {plain:.1%} impossible, "
-          f"{exempt:.1%} with speaker/mask tags exempt")
+    print(
+        f"no_repeat_ngram_size=2 on {len(references)} dev references: {plain:.1%} impossible, "
+        f"{exempt:.1%} with speaker/mask tags exempt"
+    )
 
 
 # ---------------------------------------------------------------- item 8: suppression on the real vocabularies
@@ -244,8 +255,15 @@ def test_suppression_table_on_real_vocabulary(folder):
 # ---------------------------------------------------------------- item 10: tiny tokenizers stay faithful
 
 
-@pytest.mark.parametrize("arch, folder", [("llama", "llama-3.2-korean-bllossom-3b"), ("qwen2", "qwen2.5-1.5b-instruct"),
-                                          ("qwen3", "qwen3-0.6b"), ("bart", "kobart")])
+@pytest.mark.parametrize(
+    "arch, folder",
+    [
+        ("llama", "llama-3.2-korean-bllossom-3b"),
+        ("qwen2", "qwen2.5-1.5b-instruct"),
+        ("qwen3", "qwen3-0.6b"),
+        ("bart", "kobart"),
+    ],
+)
 def test_tiny_tokenizers_match_their_real_counterparts(arch, folder):
     """Named special tokens, BOS-prepending, the turn closer and the rendered chat structure (with the dialogue
     text replaced) of each tiny tokenizer equal the real one's. Mutation caught: a tiny template or special
@@ -258,8 +276,10 @@ def test_tiny_tokenizers_match_their_real_counterparts(arch, folder):
     tiny = load_tokenizer(tiny_model_cached(arch), config)
     for name in ("bos_token", "eos_token", "pad_token"):
         assert getattr(tiny, name) == getattr(real, name), name
-    added = [[tok for tok in t.convert_ids_to_tokens(t("안녕")["input_ids"]) if tok in t.all_special_tokens]
-             for t in (tiny, real)]
+    added = [
+        [tok for tok in t.convert_ids_to_tokens(t("안녕")["input_ids"]) if tok in t.all_special_tokens]
+        for t in (tiny, real)
+    ]
     assert added[0] == added[1]  # what tokenizer(text) adds around a text (Llama: BOS; Qwen, koBART: nothing)
     assert bool(tiny.chat_template) == bool(real.chat_template)
     if not real.chat_template:
@@ -268,8 +288,9 @@ def test_tiny_tokenizers_match_their_real_counterparts(arch, folder):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     for extra in ({"add_generation_prompt": True}, {}):
         chat = messages if extra else [*messages, {"role": "assistant", "content": "A"}]
-        rendered = [t.apply_chat_template(chat, tokenize=False, date_string="26 Jul 2024", **extra)
-                    for t in (tiny, real)]
+        rendered = [
+            t.apply_chat_template(chat, tokenize=False, date_string="26 Jul 2024", **extra) for t in (tiny, real)
+        ]
         assert rendered[0] == rendered[1]
     no_system = [{"role": "user", "content": "U"}]
     tiny_text, real_text = (
@@ -277,8 +298,11 @@ def test_tiny_tokenizers_match_their_real_counterparts(arch, folder):
         for t in (tiny, real)
     )
     if arch == "llama":  # Bllossom injects its own Korean/English system prompt; tiny llama (Meta's) leaves it empty
-        assert "당신은 유능한 AI 어시스턴트" in real_text and real_text.replace(real_text[real_text.index("You are"):
-               real_text.index("<|eot_id|>")], "") == tiny_text
+        assert (
+            "당신은 유능한 AI 어시스턴트" in real_text
+            and real_text.replace(real_text[real_text.index("You are") : real_text.index("<|eot_id|>")], "")
+            == tiny_text
+        )
     else:
         assert tiny_text == real_text
 
@@ -350,13 +374,21 @@ def test_train_and_predict_through_a_tiny_model_with_the_real_bllossom_vocabular
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows[:16])
-    config = config_from_dict({
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": str(train_csv)},
-        "training": {"max_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
-                     "max_length": 512, "gradient_checkpointing": False, "learning_rate": 1e-3},
-        "generation": {"max_new_tokens": 6, "batch_size": 8, "no_repeat_ngram_size": 1},
-    })
+    config = config_from_dict(
+        {
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"train": str(train_csv)},
+            "training": {
+                "max_steps": 2,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "max_length": 512,
+                "gradient_checkpointing": False,
+                "learning_rate": 1e-3,
+            },
+            "generation": {"max_new_tokens": 6, "batch_size": 8, "no_repeat_ngram_size": 1},
+        }
+    )
     run_dir = train(config, output_dir=tmp_path / "run")
     data = tmp_path / "test.csv"  # the first 24 rows of the competition's test file (no summary, no topic)
     with (DATA / "test.csv").open(encoding="utf-8", newline="") as handle:

@@ -16,25 +16,42 @@ from dialsum.report import compare_runs, md_cell, pick_examples, run_plots, writ
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(root: Path, name: str, *, learning_rate=2e-5, packing=True, spikes=((7, 2.31),), dev_scores=True, eval_rouge=False) -> Path:
+def write_run(
+    root: Path, name: str, *, learning_rate=2e-5, packing=True, spikes=((7, 2.31),), dev_scores=True, eval_rouge=False
+) -> Path:
     """A run directory as train.py + `dialsum run` leave it, written by hand (no training)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    config = config_from_dict({
-        "model": {"name_or_path": "tiny/llama"},
-        "data": {"train": "data/train.csv", "dev": "data/dev.csv"},
-        "training": {"learning_rate": learning_rate, "packing": packing, "max_steps": 20},
-        "logging": {"steps": 2, "output_root": str(root)},
-    })
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
-    (run_dir / "env.json").write_text(json.dumps({"started": "2025-01-01T00:00:00", "git_commit": "abc123", "device": "cpu"}))
+    config = config_from_dict(
+        {
+            "model": {"name_or_path": "tiny/llama"},
+            "data": {"train": "data/train.csv", "dev": "data/dev.csv"},
+            "training": {"learning_rate": learning_rate, "packing": packing, "max_steps": 20},
+            "logging": {"steps": 2, "output_root": str(root)},
+        }
+    )
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump(config.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
+    (run_dir / "env.json").write_text(
+        json.dumps({"started": "2025-01-01T00:00:00", "git_commit": "abc123", "device": "cpu"})
+    )
     rows = []
     for step in range(2, 22, 2):
-        rows.append({
-            "step": step, "epoch": step / 20, "loss": 3.0 - step * 0.1 * (learning_rate / 2e-5) ** 0.1, "grad_norm": 1.0 + (step == 8),
-            "learning_rate": learning_rate * (1 - step / 20), "tokens_per_second": 900.0, "real_token_fraction": 1.0 if packing else 0.7,
-            "real_tokens": 9000, "processed_tokens": 9000 if packing else 12857, "train_seconds": 10.0,
-        })
+        rows.append(
+            {
+                "step": step,
+                "epoch": step / 20,
+                "loss": 3.0 - step * 0.1 * (learning_rate / 2e-5) ** 0.1,
+                "grad_norm": 1.0 + (step == 8),
+                "learning_rate": learning_rate * (1 - step / 20),
+                "tokens_per_second": 900.0,
+                "real_token_fraction": 1.0 if packing else 0.7,
+                "real_tokens": 9000,
+                "processed_tokens": 9000 if packing else 12857,
+                "train_seconds": 10.0,
+            }
+        )
         if step % 10 == 0:
             row = {"step": step, "epoch": step / 20, "eval_loss": 2.5 - step * 0.05}
             if eval_rouge:
@@ -42,20 +59,44 @@ def write_run(root: Path, name: str, *, learning_rate=2e-5, packing=True, spikes
             rows.append(row)
     rows.append({"step": 20, "epoch": 1.0, "train_runtime": 101.0, "train_loss": 2.1})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run_dir / "grad_norm_spikes.jsonl").write_text("".join(json.dumps({"step": s, "grad_norm": g}) + "\n" for s, g in spikes))
+    (run_dir / "grad_norm_spikes.jsonl").write_text(
+        "".join(json.dumps({"step": s, "grad_norm": g}) + "\n" for s, g in spikes)
+    )
     summary = {
-        "run_dir": str(run_dir), "model_kind": "causal", "steps": 20, "epochs": 1.0, "train_seconds": 100.0,
-        "tokens_per_second": 900.0 if packing else 630.0, "real_token_fraction": 1.0 if packing else 0.7,
-        "final_train_loss": 1.23, "final_eval_loss": 1.5, "best_eval_loss": 1.5, "best_step": 20, "best_metric": "eval_loss",
-        "effective_batch_size": 64, "world_size": 1, "grad_norm_threshold": 1.5, "effective_batch_unit": "examples",
-        "examples_per_optimizer_step": 66.5 if packing else 64.0, "optimizer_steps_per_epoch": 20,
-        "grad_norm_spikes": [list(s) for s in spikes], "grad_norm_max": max([2.0] + [g for _, g in spikes]),
+        "run_dir": str(run_dir),
+        "model_kind": "causal",
+        "steps": 20,
+        "epochs": 1.0,
+        "train_seconds": 100.0,
+        "tokens_per_second": 900.0 if packing else 630.0,
+        "real_token_fraction": 1.0 if packing else 0.7,
+        "final_train_loss": 1.23,
+        "final_eval_loss": 1.5,
+        "best_eval_loss": 1.5,
+        "best_step": 20,
+        "best_metric": "eval_loss",
+        "effective_batch_size": 64,
+        "world_size": 1,
+        "grad_norm_threshold": 1.5,
+        "effective_batch_unit": "examples",
+        "examples_per_optimizer_step": 66.5 if packing else 64.0,
+        "optimizer_steps_per_epoch": 20,
+        "grad_norm_spikes": [list(s) for s in spikes],
+        "grad_norm_max": max([2.0] + [g for _, g in spikes]),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if dev_scores:
         scores = {
-            "rouge1": 56.12 if packing else 54.01, "rouge2": 33.01, "rougeL": 47.02, "rouge_sum": 136.15,
-            "final_score": 45.38, "foreign_rate": 1.2, "pred_len": 41.2, "ref_len": 44.0, "n": 499, "empty_predictions": 0,
+            "rouge1": 56.12 if packing else 54.01,
+            "rouge2": 33.01,
+            "rougeL": 47.02,
+            "rouge_sum": 136.15,
+            "final_score": 45.38,
+            "foreign_rate": 1.2,
+            "pred_len": 41.2,
+            "ref_len": 44.0,
+            "n": 499,
+            "empty_predictions": 0,
         }
         (run_dir / "dev_scores.json").write_text(json.dumps(scores))
     return run_dir
@@ -128,7 +169,11 @@ def test_compare_shows_metrics_per_run(three_runs, tmp_path):
     assert table_row(results, "real-token fraction") == ["**1.000**", "**1.000**", "0.700"]
     assert table_row(results, "train time (s)") == ["100.0"] * 3
     assert table_row(results, "best step") == ["20"] * 3
-    assert table_row(results, "examples / optimizer step") == ["66.5", "66.5", "64.0"]  # a packed and a padded run, fairly
+    assert table_row(results, "examples / optimizer step") == [
+        "66.5",
+        "66.5",
+        "64.0",
+    ]  # a packed and a padded run, fairly
     assert table_row(results, "optimizer steps / epoch") == ["20"] * 3
 
 
@@ -214,7 +259,13 @@ def test_run_report_has_examples_scores_spikes_and_plots(tmp_path):
     run_dir = write_run(tmp_path / "runs", "r1", spikes=((3, 4.5), (7, 2.2)))
     dev_scores = json.loads((run_dir / "dev_scores.json").read_text())
     examples = [
-        {"id": f"dev_{i:03d}", "prediction": f"예측 {i} | 파이프\n둘째 줄", "reference": f"정답 {i}", "rouge1": 5.0 * i, "final_score": 2.5 * i}
+        {
+            "id": f"dev_{i:03d}",
+            "prediction": f"예측 {i} | 파이프\n둘째 줄",
+            "reference": f"정답 {i}",
+            "rouge1": 5.0 * i,
+            "final_score": 2.5 * i,
+        }
         for i in range(20)
     ]
     plots = run_plots(run_dir)
@@ -249,7 +300,10 @@ def test_run_report_has_examples_scores_spikes_and_plots(tmp_path):
 def test_run_report_rebuilds_from_the_directory(tmp_path):
     """No arguments: dev_scores.json and dev_per_sample.csv of the run are used; no dev set is fine."""
     run_dir = write_run(tmp_path / "runs", "r1")
-    (run_dir / "dev_per_sample.csv").write_text("id,prediction,reference,final_score,foreign\na,좋은 요약,정답,90.5,False\nb,,정답,0.0,False\n", encoding="utf-8")
+    (run_dir / "dev_per_sample.csv").write_text(
+        "id,prediction,reference,final_score,foreign\na,좋은 요약,정답,90.5,False\nb,,정답,0.0,False\n",
+        encoding="utf-8",
+    )
     text = write_run_report(run_dir).read_text(encoding="utf-8")
     assert "| a | 90.50 | 좋은 요약 | 정답 |" in text and "| b | 0.00 | (empty) | 정답 |" in text
     assert table_row(text, "rouge_sum") == ["136.15"]
@@ -274,15 +328,23 @@ def test_compare_real_tiny_runs(tmp_path):
     model = tiny.tiny_model_cached("llama")
     run_dirs = []
     for name, lr, packing in (("lr1e-3-packed", 1e-3, True), ("lr1e-4-padded", 1e-4, False)):
-        config = config_from_dict({
-            "model": {"name_or_path": str(model)},
-            "data": {"train": str(train_csv)},
-            "training": {
-                "max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": lr,
-                "packing": packing, "gradient_checkpointing": False, "max_length": 512, "save_steps": 100,
-            },
-            "logging": {"steps": 1, "output_root": str(tmp_path / "runs")},
-        })
+        config = config_from_dict(
+            {
+                "model": {"name_or_path": str(model)},
+                "data": {"train": str(train_csv)},
+                "training": {
+                    "max_steps": 3,
+                    "per_device_train_batch_size": 2,
+                    "gradient_accumulation_steps": 1,
+                    "learning_rate": lr,
+                    "packing": packing,
+                    "gradient_checkpointing": False,
+                    "max_length": 512,
+                    "save_steps": 100,
+                },
+                "logging": {"steps": 1, "output_root": str(tmp_path / "runs")},
+            }
+        )
         run_dirs.append(train(config, output_dir=tmp_path / "runs" / name))
 
     markdown = compare_runs(run_dirs, tmp_path / "cmp").read_text(encoding="utf-8")

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def dialsum(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "dialsum.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def one_line_error(result) -> str:
@@ -32,8 +34,18 @@ def one_line_error(result) -> str:
 def demo_run(tmp_path_factory):
     """The README's main command, shortened: the demo config with fewer steps."""
     run_dir = tmp_path_factory.mktemp("runs") / "demo"
-    result = dialsum("run", "configs/demo.yaml", "--output-dir", run_dir,
-                     "--set", "training.max_steps=12", "--set", "training.eval_steps=6", "--set", "training.save_steps=6")
+    result = dialsum(
+        "run",
+        "configs/demo.yaml",
+        "--output-dir",
+        run_dir,
+        "--set",
+        "training.max_steps=12",
+        "--set",
+        "training.eval_steps=6",
+        "--set",
+        "training.save_steps=6",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -59,8 +71,18 @@ def test_run_writes_submission_scores_and_report(demo_run):
     assert len(metrics) == len(train_rows) + len(eval_rows) + 1  # nothing else, nothing twice
     steps = [row["step"] for row in metrics]
     assert steps == sorted(steps) and [row["epoch"] for row in metrics] == sorted(row["epoch"] for row in metrics)
-    train_keys = {"step", "epoch", "loss", "grad_norm", "learning_rate", "tokens_per_second", "real_token_fraction",
-                  "real_tokens", "processed_tokens", "train_seconds"}
+    train_keys = {
+        "step",
+        "epoch",
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_second",
+        "real_token_fraction",
+        "real_tokens",
+        "processed_tokens",
+        "train_seconds",
+    }
     for row in train_rows:
         assert train_keys <= row.keys(), train_keys - row.keys()
         assert math.isfinite(row["loss"]) and row["grad_norm"] > 0 and row["tokens_per_second"] > 0
@@ -70,7 +92,8 @@ def test_run_writes_submission_scores_and_report(demo_run):
     assert all(math.isfinite(row["eval_loss"]) for row in eval_rows)
     summary = json.loads((demo_run / "summary.json").read_text())
     assert summary["final_train_loss"] == train_rows[-1]["loss"] and summary["best_eval_loss"] == min(
-        row["eval_loss"] for row in eval_rows)
+        row["eval_loss"] for row in eval_rows
+    )
 
 
 def test_run_directory_is_never_clobbered(demo_run):
@@ -82,14 +105,33 @@ def test_run_directory_is_never_clobbered(demo_run):
 
 def test_predict_then_evaluate_round_trip(demo_run, tmp_path):
     predictions = tmp_path / "dev_preds.csv"
-    result = dialsum("predict", "--model", demo_run, "--data", SAMPLE / "dev.csv", "--output", predictions,
-                     "--set", "generation.max_new_tokens=8")
+    result = dialsum(
+        "predict",
+        "--model",
+        demo_run,
+        "--data",
+        SAMPLE / "dev.csv",
+        "--output",
+        predictions,
+        "--set",
+        "generation.max_new_tokens=8",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     ids = [row["fname"] for row in csv.DictReader((SAMPLE / "dev.csv").open(encoding="utf-8"))]
     assert [row["fname"] for row in csv.DictReader(predictions.open(encoding="utf-8"))] == ids
     out = tmp_path / "scores.json"
     per_sample = tmp_path / "rows.csv"
-    result = dialsum("evaluate", "--predictions", predictions, "--references", SAMPLE / "dev.csv", "--json", out, "--per-sample", per_sample)
+    result = dialsum(
+        "evaluate",
+        "--predictions",
+        predictions,
+        "--references",
+        SAMPLE / "dev.csv",
+        "--json",
+        out,
+        "--per-sample",
+        per_sample,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ROUGE-1" in result.stdout
     assert json.loads(out.read_text())["n"] == len(ids)
@@ -115,7 +157,7 @@ def test_evaluate_identical_is_100_and_id_mismatch_is_one_line(tmp_path):
 
 def test_bad_data_is_one_line_naming_file_row_field(tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("fname,dialogue,summary,topic\nd0,\"#Person1#: 안녕\",요약,인사\nd1,,요약,인사\n", encoding="utf-8")
+    bad.write_text('fname,dialogue,summary,topic\nd0,"#Person1#: 안녕",요약,인사\nd1,,요약,인사\n', encoding="utf-8")
     line = one_line_error(dialsum("inspect", "configs/demo.yaml", "--data", bad))
     assert "bad.csv" in line and "row 2" in line and "dialogue" in line
     run_dir = tmp_path / "never-created"
@@ -123,8 +165,19 @@ def test_bad_data_is_one_line_naming_file_row_field(tmp_path):
     assert "row 2" in line and not run_dir.exists()  # fix the file and re-run: nothing to clean up
     cp949 = tmp_path / "excel.csv"
     cp949.write_bytes("fname,dialogue\nd0,#Person1#: 안녕하세요\n".encode("cp949"))
-    line = one_line_error(dialsum("predict", "--model", "tiny:llama", "--data", cp949, "--output", tmp_path / "o.csv",
-                                  "--config", "configs/demo.yaml"))
+    line = one_line_error(
+        dialsum(
+            "predict",
+            "--model",
+            "tiny:llama",
+            "--data",
+            cp949,
+            "--output",
+            tmp_path / "o.csv",
+            "--config",
+            "configs/demo.yaml",
+        )
+    )
     assert "excel.csv" in line and "UTF-8" in line
 
 
@@ -141,8 +194,13 @@ def test_inspect_shows_trained_tokens_and_padding_waste():
     from dialsum.stats import padded_waste
     from dialsum.tiny import tiny_model_cached
 
-    result = subprocess.run([sys.executable, "-m", "dialsum.cli", "inspect", "configs/demo.yaml", "--n", "1"],
-                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "inspect", "configs/demo.yaml", "--n", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     # The figures, recomputed: trained tokens are the summary plus <|eot_id|>, tokenized on their own.
     config = load_config(ROOT / "configs" / "demo.yaml")
@@ -177,8 +235,18 @@ def test_screen_lead_baseline_on_real_dev():
 
 def test_compare_two_real_runs(demo_run, tmp_path):
     other = tmp_path / "lr"
-    result = dialsum("train", "configs/demo.yaml", "--output-dir", other, "--set", "training.max_steps=4",
-                     "--set", "training.learning_rate=1e-4", "--set", "data.dev=null")
+    result = dialsum(
+        "train",
+        "configs/demo.yaml",
+        "--output-dir",
+        other,
+        "--set",
+        "training.max_steps=4",
+        "--set",
+        "training.learning_rate=1e-4",
+        "--set",
+        "data.dev=null",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "cmp"
     result = dialsum("compare", demo_run, other, tmp_path / "missing", "--output", out)
@@ -210,8 +278,19 @@ def test_compare_two_real_runs(demo_run, tmp_path):
 
 
 def test_unloadable_model_is_one_line(tmp_path):
-    line = one_line_error(dialsum("predict", "--model", tmp_path / "no-such-model", "--data", SAMPLE / "test.csv",
-                                  "--output", tmp_path / "o.csv", "--config", "configs/demo.yaml"))
+    line = one_line_error(
+        dialsum(
+            "predict",
+            "--model",
+            tmp_path / "no-such-model",
+            "--data",
+            SAMPLE / "test.csv",
+            "--output",
+            tmp_path / "o.csv",
+            "--config",
+            "configs/demo.yaml",
+        )
+    )
     assert "no-such-model" in line and not (tmp_path / "o.csv").exists()
 
 
@@ -219,9 +298,22 @@ def test_lora_train_then_predict_end_to_end(tmp_path):
     """`dialsum train` with lora.enabled=true saves an adapter, and `dialsum predict` on that run merges it: its
     summaries are the trained adapter's, not the base model's."""
     run_dir = tmp_path / "lora"
-    result = dialsum("train", "configs/demo.yaml", "--output-dir", run_dir, "--set", "lora.enabled=true",
-                     "--set", "lora.r=4", "--set", "training.max_steps=4", "--set", "training.learning_rate=5e-2",
-                     "--set", "data.dev=null")
+    result = dialsum(
+        "train",
+        "configs/demo.yaml",
+        "--output-dir",
+        run_dir,
+        "--set",
+        "lora.enabled=true",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "training.max_steps=4",
+        "--set",
+        "training.learning_rate=5e-2",
+        "--set",
+        "data.dev=null",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = run_dir / "model"
     assert (model_dir / "adapter_config.json").is_file() and (model_dir / "adapter_model.safetensors").is_file()
@@ -232,8 +324,19 @@ def test_lora_train_then_predict_end_to_end(tmp_path):
     outputs = {}
     for name, model in (("lora", run_dir), ("base", "tiny:llama")):
         outputs[name] = tmp_path / f"{name}.csv"
-        result = dialsum("predict", "--model", model, "--data", dev, "--output", outputs[name],
-                         "--config", run_dir / "config.yaml", "--set", "generation.max_new_tokens=16")
+        result = dialsum(
+            "predict",
+            "--model",
+            model,
+            "--data",
+            dev,
+            "--output",
+            outputs[name],
+            "--config",
+            run_dir / "config.yaml",
+            "--set",
+            "generation.max_new_tokens=16",
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     lora_rows = list(csv.DictReader(outputs["lora"].open(encoding="utf-8")))
     base_rows = list(csv.DictReader(outputs["base"].open(encoding="utf-8")))

@@ -35,8 +35,13 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
     _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", cwd=other)
     site = other / ".venv" / "lib" / "python3" / "site-packages"
     shutil.copytree(ROOT / "src" / "dialsum", site / "dialsum")
-    result = subprocess.run([sys.executable, "-c", "from dialsum.rundir import git_commit; print(git_commit())"],
-                            env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "from dialsum.rundir import git_commit; print(git_commit())"],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
 

@@ -68,8 +68,11 @@ def test_dialogsum_scheme_means_over_three_references(mecab, rouge101):
     # DialogSum's hidden test set has three references per dialogue: the mean over them, then over rows.
     dialogues = load_dialogues(shared_file("data/dialogsum-en/test.csv"))[:150]
     predictions = [lead_baseline(d) for d in dialogues]
-    pairs = [(" ".join(mecab.morphs(p)), " ".join(mecab.morphs(r))) for p, d in zip(predictions, dialogues)
-             for r in d.references]
+    pairs = [
+        (" ".join(mecab.morphs(p)), " ".join(mecab.morphs(r)))
+        for p, d in zip(predictions, dialogues)
+        for r in d.references
+    ]
     assert len(pairs) == 3 * len(dialogues)
     expected = rouge101.Rouge().get_scores([h for h, _ in pairs], [r for _, r in pairs], avg=True)
     result, _ = score_scheme(predictions, [d.references for d in dialogues], "dialogsum")
@@ -86,9 +89,11 @@ def test_dcs_rouge1_matches_clipped_rouge_on_real_dev(ko_dev, mecab, rouge101):
     refs = [d.references for d in ko_dev]
     for name, predictions in _prediction_sets(ko_dev).items():
         expected = rouge101.Rouge(metrics=["rouge-1"], exclusive=False).get_scores(
-            [clean(p) for p in predictions], [clean(r[0]) for r in refs], avg=True)
-        result, _ = score_scheme(predictions, refs, "dcs", bertscore_model=str(ROOT / "no-such-model"),
-                                 bertscore_layers=9)
+            [clean(p) for p in predictions], [clean(r[0]) for r in refs], avg=True
+        )
+        result, _ = score_scheme(
+            predictions, refs, "dcs", bertscore_model=str(ROOT / "no-such-model"), bertscore_layers=9
+        )
         assert result["rouge1"] == pytest.approx(100 * expected["rouge-1"]["f"], abs=0.01), name
         assert result["scheme"] == "dcs" and "[^A-Za-z0-9가-힣]" in result["analyzer"]
 
@@ -132,10 +137,26 @@ def test_dcs_offline_prints_rouge1_and_names_what_it_could_not_load(tmp_path, me
     write_predictions(tmp_path / "pred.csv", [d.id for d in refs], [lead_baseline(d) for d in refs])
     write_predictions(tmp_path / "refs.csv", [d.id for d in refs], [d.references[0] for d in refs])
     result = subprocess.run(
-        [sys.executable, "-m", "dialsum.cli", "evaluate", "--predictions", tmp_path / "pred.csv", "--references",
-         tmp_path / "refs.csv", "--scheme", "dcs", "--bertscore-model", "bert-base-multilingual-cased",
-         "--json", tmp_path / "s.json"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "240"},
+        [
+            sys.executable,
+            "-m",
+            "dialsum.cli",
+            "evaluate",
+            "--predictions",
+            tmp_path / "pred.csv",
+            "--references",
+            tmp_path / "refs.csv",
+            "--scheme",
+            "dcs",
+            "--bertscore-model",
+            "bert-base-multilingual-cased",
+            "--json",
+            tmp_path / "s.json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "240"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stdout + result.stderr
@@ -168,12 +189,28 @@ def tiny_bert(tmp_path_factory):
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=256)
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=256,
+    )
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, max_position_embeddings=256))
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+        )
+    )
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer.save_pretrained(path)
     model.save_pretrained(path)
@@ -208,9 +245,12 @@ def test_screen_ranks_and_names_the_scheme_when_the_headline_is_missing(mecab):
     # dcs offline: no headline (BLEURT-20 missing); ranking must not compare None with None, and say the scheme.
     from dialsum.run import screen
 
-    config = config_from_dict({"model": {"name_or_path": "lead"},
-                               "evaluation": {"scheme": "dcs", "bertscore_model": str(ROOT / "no-such-model"),
-                                              "bertscore_layers": 9}})
+    config = config_from_dict(
+        {
+            "model": {"name_or_path": "lead"},
+            "evaluation": {"scheme": "dcs", "bertscore_model": str(ROOT / "no-such-model"), "bertscore_layers": 9},
+        }
+    )
     results = screen(["lead", "lead"], SAMPLE / "dcs_sample.jsonl", config=config)
     assert [r["scheme"] for r in results] == ["dcs", "dcs"] and results[0]["final_score"] is None
     assert results[0]["rouge1"] > 0 and "Mecab" in results[0]["analyzer"]

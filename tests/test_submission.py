@@ -20,8 +20,9 @@ DCS_JSONL = SAMPLE / "dcs_sample.jsonl"
 
 def dialsum(*args, cwd=ROOT):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "240"}
-    return subprocess.run([sys.executable, "-m", "dialsum.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 def one_line_error(result) -> str:
@@ -54,7 +55,7 @@ def test_writing_back_the_outputs_reproduces_the_real_file_byte_for_byte(tmp_pat
 
 def test_submission_changes_only_output_and_keeps_ids_exactly(tmp_path):
     source = dcs_json(tmp_path, drop_output=True)  # a test file: no `output` at all
-    summaries = [f"요약 {i}: 화자들이 \"취미\"를 이야기했다." for i in range(5)]
+    summaries = [f'요약 {i}: 화자들이 "취미"를 이야기했다.' for i in range(5)]
     out = write_dcs_submission(source, tmp_path / "submission.json", summaries)
     before = json.loads(source.read_text(encoding="utf-8"))
     after = json.loads(out.read_text(encoding="utf-8"))
@@ -87,8 +88,11 @@ def test_scoring_file_needs_a_string_output(tmp_path):
     records = json.loads(dcs_json(tmp_path).read_text(encoding="utf-8"))
     del records[2]["output"]
     (tmp_path / "missing.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    with pytest.raises(DataError, match=r"missing\.json record 3 \(id=nikluge-2024-일상 대화 요약-dev-000003\): "
-                                        r"field 'output' is missing"):
+    with pytest.raises(
+        DataError,
+        match=r"missing\.json record 3 \(id=nikluge-2024-일상 대화 요약-dev-000003\): "
+        r"field 'output' is missing",
+    ):
         read_dcs_outputs(tmp_path / "missing.json")
     records[2]["output"] = None
     (tmp_path / "null.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
@@ -107,8 +111,11 @@ def test_evaluate_rejects_mixed_pairs_and_mismatched_ids(tmp_path):
     records = json.loads(labelled.read_text(encoding="utf-8"))
     records[0]["id"] = "nikluge-2024-일상대화요약-dev-000001"  # the spaces matter
     (tmp_path / "sub.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    with pytest.raises(DialsumError, match=r"missing predictions for nikluge-2024-일상 대화 요약-dev-000001 \(1\); "
-                                           r"predictions for ids not in the references: nikluge-2024-일상대화요약"):
+    with pytest.raises(
+        DialsumError,
+        match=r"missing predictions for nikluge-2024-일상 대화 요약-dev-000001 \(1\); "
+        r"predictions for ids not in the references: nikluge-2024-일상대화요약",
+    ):
         evaluate_scheme_files(tmp_path / "sub.json", labelled)
 
 
@@ -128,24 +135,54 @@ def test_dcs_round_trip_predict_submission_evaluate(tiny_llama, tmp_path):
 
     labelled = dcs_json(tmp_path)
     test_file = dcs_json(tmp_path, "test.json", drop_output=True)
-    config = config_from_dict({"model": {"name_or_path": str(tiny_llama)},
-                               "generation": {"max_new_tokens": 12, "no_repeat_ngram_size": 1}})
+    config = config_from_dict(
+        {"model": {"name_or_path": str(tiny_llama)}, "generation": {"max_new_tokens": 12, "no_repeat_ngram_size": 1}}
+    )
     save_config(config, tmp_path / "config.yaml")
-    result = dialsum("predict", "--model", tiny_llama, "--data", test_file, "--output", tmp_path / "submission.json",
-                     "--config", tmp_path / "config.yaml")
+    result = dialsum(
+        "predict",
+        "--model",
+        tiny_llama,
+        "--data",
+        test_file,
+        "--output",
+        tmp_path / "submission.json",
+        "--config",
+        tmp_path / "config.yaml",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     submitted = json.loads((tmp_path / "submission.json").read_text(encoding="utf-8"))
     assert [r["id"] for r in submitted] == [r["id"] for r in json.loads(test_file.read_text(encoding="utf-8"))]
     assert all(isinstance(r["output"], str) for r in submitted)
-    result = dialsum("evaluate", "--predictions", tmp_path / "submission.json", "--references", labelled,
-                     "--scheme", "dcs", "--json", tmp_path / "scores.json")
+    result = dialsum(
+        "evaluate",
+        "--predictions",
+        tmp_path / "submission.json",
+        "--references",
+        labelled,
+        "--scheme",
+        "dcs",
+        "--json",
+        tmp_path / "scores.json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / "scores.json").read_text(encoding="utf-8"))
     assert scores["scheme"] == "dcs" and scores["n"] == 5 and scores["rouge1"] is not None
     assert "Mecab" in scores["analyzer"] and scores["final_score"] is None
     assert "note: BLEURT-20: not computed" in result.stdout
-    line = one_line_error(dialsum("predict", "--model", tiny_llama, "--data", SAMPLE / "test.csv",
-                                  "--output", tmp_path / "x.json", "--config", tmp_path / "config.yaml"))
+    line = one_line_error(
+        dialsum(
+            "predict",
+            "--model",
+            tiny_llama,
+            "--data",
+            SAMPLE / "test.csv",
+            "--output",
+            tmp_path / "x.json",
+            "--config",
+            tmp_path / "config.yaml",
+        )
+    )
     assert "x.json: a .json submission" in line and not (tmp_path / "x.json").exists()
 
 
@@ -157,9 +194,16 @@ def test_run_on_dcs_files_writes_submission_json_and_names_the_scheme(tmp_path):
     dev = dcs_json(tmp_path)
     test_file = dcs_json(tmp_path, "test.json", drop_output=True)
     run_dir = tmp_path / "run"
-    overrides = [f"data.train={DCS_JSONL}", f"data.dev={dev}", f"data.test={test_file}", "evaluation.scheme=dialogsum",
-                 "training.max_steps=2", "training.eval_steps=2", "training.save_steps=2",
-                 "generation.max_new_tokens=8"]
+    overrides = [
+        f"data.train={DCS_JSONL}",
+        f"data.dev={dev}",
+        f"data.test={test_file}",
+        "evaluation.scheme=dialogsum",
+        "training.max_steps=2",
+        "training.eval_steps=2",
+        "training.save_steps=2",
+        "generation.max_new_tokens=8",
+    ]
     result = dialsum("run", "configs/demo.yaml", "--output-dir", run_dir, *(a for o in overrides for a in ("--set", o)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "submission.csv").exists()

@@ -83,7 +83,11 @@ def test_special_tokens_and_ids(tiny):
     eos_ids = model.generation_config.eos_token_id
     ids = tokenizer.convert_tokens_to_ids
     if arch == "llama":
-        assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|begin_of_text|>", "<|eot_id|>", None)
+        assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+            None,
+        )
         assert eos_ids == ids(["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
         assert "<|finetune_right_pad_id|>" in tokenizer.get_vocab()  # what training can use as pad
         assert tokenizer(KOREAN[0])["input_ids"][0] == tokenizer.bos_token_id  # the tokenizer adds BOS itself
@@ -147,8 +151,10 @@ def test_llama_template_headers_and_date_line():
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
         f"Cutting Knowledge Date: December 2023\nToday Date: {today}\n\n요약 도우미입니다.<|eot_id|>"
     )
-    assert prompt.endswith("<|start_header_id|>user<|end_header_id|>\n\n대화를 요약해주세요.<|eot_id|>"
-                           "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert prompt.endswith(
+        "<|start_header_id|>user<|end_header_id|>\n\n대화를 요약해주세요.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     assert full == prompt + "요약입니다.<|eot_id|>"  # content is trimmed; no header after the answer
     pinned = render(tokenizer, MESSAGES, add_generation_prompt=True, date_string="26 Jul 2024")
     assert "Today Date: 26 Jul 2024\n" in pinned
@@ -181,8 +187,12 @@ def test_qwen3_think_block():
     no_think, _ = full_and_prompt(tokenizer, enable_thinking=False)
     assert no_think == prompt + "<think>\n\n</think>\n\n"
     # only the answer after the last user turn gets one; reasoning written inline is moved into it
-    turns = [*MESSAGES, {"role": "assistant", "content": "첫 답"}, {"role": "user", "content": "다시"},
-             {"role": "assistant", "content": "<think>생각</think>\n\n둘째 답"}]
+    turns = [
+        *MESSAGES,
+        {"role": "assistant", "content": "첫 답"},
+        {"role": "user", "content": "다시"},
+        {"role": "assistant", "content": "<think>생각</think>\n\n둘째 답"},
+    ]
     text = render(tokenizer, turns)
     assert "<|im_start|>assistant\n첫 답<|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n<think>\n생각\n</think>\n\n둘째 답<|im_end|>\n")

@@ -26,16 +26,25 @@ pytestmark = pytest.mark.slow
 def make_config(model_path, train_path, **training):
     kind = "seq2seq" if "bart" in str(model_path) else "causal"
     settings = dict(
-        max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-3,
-        gradient_checkpointing=False, max_length=512, packing=False, warmup_ratio=0.0, save_steps=100,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        gradient_checkpointing=False,
+        max_length=512,
+        packing=False,
+        warmup_ratio=0.0,
+        save_steps=100,
     )
     settings.update(training)
-    return config_from_dict({
-        "model": {"name_or_path": str(model_path), "kind": kind},
-        "data": {"train": str(train_path)},
-        "training": settings,
-        "logging": {"steps": 1},
-    })
+    return config_from_dict(
+        {
+            "model": {"name_or_path": str(model_path), "kind": kind},
+            "data": {"train": str(train_path)},
+            "training": settings,
+            "logging": {"steps": 1},
+        }
+    )
 
 
 def encoded(config, n):
@@ -80,15 +89,18 @@ def test_packed_batch_equals_padded_batch(tiny_llama, real_dev_path, tmp_path, a
     assert packed["input_ids"].shape == (2, width) and width - short >= 16, "the short row should be padded"
     assert packed["position_ids"][1, short] == 0, "the padding restarts its positions: a segment of its own"
     assert (packed["labels"][1, short:] == -100).all()
-    assert meta == {"dialsum_examples": sum(len(r["seq_lengths"]) for r in rows),
-                    "dialsum_real_tokens": sum(len(r["input_ids"]) for r in rows)}
+    assert meta == {
+        "dialsum_examples": sum(len(r["seq_lengths"]) for r in rows),
+        "dialsum_real_tokens": sum(len(r["input_ids"]) for r in rows),
+    }
 
     samples, spans = [], []
     for r, row in enumerate(rows):
         start = 0
         for length in row["seq_lengths"]:
-            samples.append({"input_ids": row["input_ids"][start:start + length],
-                            "labels": row["labels"][start:start + length]})
+            samples.append(
+                {"input_ids": row["input_ids"][start : start + length], "labels": row["labels"][start : start + length]}
+            )
             spans.append((r, start, start + length))
             start += length
     padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(samples)
@@ -105,10 +117,10 @@ def test_packed_batch_equals_padded_batch(tiny_llama, real_dev_path, tmp_path, a
         logits_packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits
         r, a, b = spans[-1]  # the last sample of the padded row: after another sample, before the padding
         assert r == 1 and a > 0
-        logits_alone = model(input_ids=ids[r:r + 1, a:b], use_cache=False).logits[0]
+        logits_alone = model(input_ids=ids[r : r + 1, a:b], use_cache=False).logits[0]
         assert torch.allclose(logits_packed[r, a:b], logits_alone, atol=1e-4)
         r0, a0, b0 = spans[0]  # a sample in the other row, which holds no padding
-        alone0 = model(input_ids=ids[r0:r0 + 1, a0:b0], use_cache=False).logits[0]
+        alone0 = model(input_ids=ids[r0 : r0 + 1, a0:b0], use_cache=False).logits[0]
         assert torch.allclose(logits_packed[r0, a0:b0], alone0, atol=1e-4)
         # The controls: the same rows with an attention mask, or with a KV cache built, leak across samples.
         mask = torch.ones_like(ids)
@@ -123,8 +135,14 @@ def test_packed_micro_batches_hold_the_configured_examples(tiny_llama, real_dev_
     batch of examples), not that many packed rows; `packing_batch_unit: rows` opts into rows."""
     from dialsum.packing import pop_batch_meta
 
-    config = make_config(tiny_llama, real_dev_path, packing=True, per_device_train_batch_size=8, max_length=1024,
-                         gradient_accumulation_steps=2)
+    config = make_config(
+        tiny_llama,
+        real_dev_path,
+        packing=True,
+        per_device_train_batch_size=8,
+        max_length=1024,
+        gradient_accumulation_steps=2,
+    )
     tokenizer, examples = encoded(config, 160)
     model = load_model(config.model.name_or_path, config)
     model.resize_token_embeddings(len(tokenizer))
@@ -145,8 +163,9 @@ def test_packed_micro_batches_hold_the_configured_examples(tiny_llama, real_dev_
 @pytest.mark.parametrize("arch,packing,batch", [("llama", True, 2), ("qwen2", False, 4), ("bart", False, 8)])
 def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
     model_path = request.getfixturevalue(f"tiny_{arch}")
-    config = make_config(model_path, real_dev_path, max_steps=24, packing=packing, per_device_train_batch_size=batch,
-                         learning_rate=3e-3)
+    config = make_config(
+        model_path, real_dev_path, max_steps=24, packing=packing, per_device_train_batch_size=batch, learning_rate=3e-3
+    )
     run_dir = train(config, output_dir=tmp_path / "run")
     losses = train_losses(run_dir)
     assert len(losses) == 24
@@ -163,7 +182,15 @@ def test_loss_goes_down(arch, packing, batch, request, real_dev_path, tmp_path):
     for name in ("config.yaml", "env.json", "metrics.jsonl", "model/config.json", "model/model.safetensors"):
         assert (run_dir / name).is_file(), name
     row = read_jsonl(run_dir / "metrics.jsonl")[0][1]
-    assert {"step", "epoch", "loss", "grad_norm", "learning_rate", "tokens_per_second", "real_token_fraction"} <= row.keys()
+    assert {
+        "step",
+        "epoch",
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_second",
+        "real_token_fraction",
+    } <= row.keys()
 
 
 def test_gradient_checkpointing_matches_the_loss_without_it(tiny_llama, real_dev_path, tmp_path, monkeypatch):
@@ -182,8 +209,14 @@ def test_gradient_checkpointing_matches_the_loss_without_it(tiny_llama, real_dev
     runs = {}
     for checkpointing in (False, True):
         calls.clear()
-        config = make_config(tiny_llama, real_dev_path, max_steps=3, packing=True, per_device_train_batch_size=2,
-                             gradient_checkpointing=checkpointing)
+        config = make_config(
+            tiny_llama,
+            real_dev_path,
+            max_steps=3,
+            packing=True,
+            per_device_train_batch_size=2,
+            gradient_checkpointing=checkpointing,
+        )
         runs[checkpointing] = train(config, output_dir=tmp_path / f"gc-{checkpointing}")
         if checkpointing:
             assert calls and set(calls) == {False}, calls  # every layer recomputed, never the reentrant variant
@@ -244,8 +277,16 @@ def test_packed_resume_mid_epoch_matches_uninterrupted_run(tiny_llama, real_dev_
         writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
-    config = make_config(tiny_llama, small, packing=True, per_device_train_batch_size=4, max_length=1024,
-                         max_steps=10, save_steps=4, save_total_limit=None)
+    config = make_config(
+        tiny_llama,
+        small,
+        packing=True,
+        per_device_train_batch_size=4,
+        max_length=1024,
+        max_steps=10,
+        save_steps=4,
+        save_total_limit=None,
+    )
     full = train(config, output_dir=tmp_path / "full")
     per_epoch = json.loads((full / "summary.json").read_text())["optimizer_steps_per_epoch"]
     assert per_epoch == 6  # 24 examples, 4 per micro-batch, packed or not
@@ -324,8 +365,25 @@ def test_two_processes_ddp(tiny_llama, real_dev_path, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "dialsum.cli", "train", str(path), "--output-dir", str(run_dir)],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "dialsum.cli",
+            "train",
+            str(path),
+            "--output-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -393,12 +451,24 @@ def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_p
     from dialsum.config import load_config
 
     root = ROOT
-    config = load_config(root / "configs" / "llama-3.2-korean-3b.yaml", [
-        f"model.name_or_path={tiny_llama}", f"data.train={real_dev_path}", "data.dev=null", "data.test=null",
-        "training.bf16=true", "training.max_steps=10", "training.per_device_train_batch_size=2",
-        "training.gradient_accumulation_steps=1", "training.gradient_checkpointing=false", "training.warmup_ratio=0",
-        "training.max_length=512", "training.save_steps=100", "logging.steps=5",
-    ])
+    config = load_config(
+        root / "configs" / "llama-3.2-korean-3b.yaml",
+        [
+            f"model.name_or_path={tiny_llama}",
+            f"data.train={real_dev_path}",
+            "data.dev=null",
+            "data.test=null",
+            "training.bf16=true",
+            "training.max_steps=10",
+            "training.per_device_train_batch_size=2",
+            "training.gradient_accumulation_steps=1",
+            "training.gradient_checkpointing=false",
+            "training.warmup_ratio=0",
+            "training.max_length=512",
+            "training.save_steps=100",
+            "logging.steps=5",
+        ],
+    )
     assert config.model.dtype == "auto" and config.training.learning_rate == 2e-5 and not config.lora.enabled
     run_dir = train(config, output_dir=tmp_path / "run")
     before = load_file(tiny_llama / "model.safetensors")
@@ -423,7 +493,10 @@ def test_lora_under_bf16_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, real_de
     run_dir = train(config, output_dir=tmp_path / "run")
     precision = json.loads((run_dir / "summary.json").read_text())["precision"]
     assert (precision["frozen_weights"], precision["trainable_weights"], precision["compute"]) == (
-        ["bfloat16"], ["float32"], "bfloat16")
+        ["bfloat16"],
+        ["float32"],
+        "bfloat16",
+    )
     assert precision["optimizer_state"] == ["float32"]
 
 
@@ -523,8 +596,9 @@ def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_pat
 
     import yaml
 
-    config = make_config(tiny_llama, real_dev_path, max_steps=4, per_device_train_batch_size=2, eval_steps=2,
-                         save_steps=2)
+    config = make_config(
+        tiny_llama, real_dev_path, max_steps=4, per_device_train_batch_size=2, eval_steps=2, save_steps=2
+    )
     config.data.dev = str(small_dev(real_dev_path, tmp_path))
     config.evaluation.rouge_during_training = True
     config.evaluation.rouge_subset = 4
@@ -539,10 +613,26 @@ def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_pat
     accelerate = Path(sys.executable).parent / "accelerate"
     root = ROOT
     result = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(root / "configs" / "accelerate" / "ddp.yaml"),
-         "--num_processes", "2", "--main_process_port", str(port),
-         "-m", "dialsum.cli", "train", str(path), "--output-dir", str(run_dir)],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+        [
+            str(accelerate),
+            "launch",
+            "--config_file",
+            str(root / "configs" / "accelerate" / "ddp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(port),
+            "-m",
+            "dialsum.cli",
+            "train",
+            str(path),
+            "--output-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_jsonl(run_dir / "metrics.jsonl")[0]
@@ -577,10 +667,12 @@ def test_fsdp_final_save_gathers_a_full_state_dict(tmp_path):
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
     seen = []
     trainer = SimpleNamespace(
-        is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)),
+        is_fsdp_enabled=True,
+        accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)),
         is_world_process_zero=lambda: True,
         save_model=lambda path: seen.append(
-            (path, str(plugin.state_dict_type), type(plugin.state_dict_config).__name__)),
+            (path, str(plugin.state_dict_type), type(plugin.state_dict_config).__name__)
+        ),
     )
     save_final_model(trainer, tmp_path / "model")
     assert seen == [(str(tmp_path / "model"), "StateDictType.FULL_STATE_DICT", "FullStateDictConfig")]

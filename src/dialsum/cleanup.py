@@ -41,7 +41,14 @@ STEPS = ("normalize_tags", "remove_think", "remove_artifacts", "remove_foreign_c
 
 # The masks of personal data in DialogSum-Korean, as the data spells them.
 MASKS = (
-    "PhoneNumber", "Address", "DateOfBirth", "PassportNumber", "Email", "SSN", "CardNumber", "CarNumber",
+    "PhoneNumber",
+    "Address",
+    "DateOfBirth",
+    "PassportNumber",
+    "Email",
+    "SSN",
+    "CardNumber",
+    "CarNumber",
 )
 _MASK_BY_KEY = {re.sub(r"[\s_]", "", m).lower(): m for m in MASKS}
 

@@ -24,7 +24,8 @@ app = typer.Typer(
 )
 
 SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set training.learning_rate=1e-5 (repeatable).")
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set training.learning_rate=1e-5 (repeatable)."),
 ]
 
 
@@ -61,8 +62,14 @@ def plan(
     """What a run will cost before renting a GPU: steps, padding waste, memory per GPU, FLOPs and hours."""
     from dialsum.plan import build_plan, print_plan
 
-    result = build_plan(_config(config, set_), model_dir=model_dir, data=data, train_examples=train_examples,
-                        world_size=world_size, mfu=mfu)
+    result = build_plan(
+        _config(config, set_),
+        model_dir=model_dir,
+        data=data,
+        train_examples=train_examples,
+        world_size=world_size,
+        mfu=mfu,
+    )
     print_plan(result)
     if json_path:
         json_path.write_text(result.to_json(), encoding="utf-8")
@@ -85,21 +92,41 @@ def run(
 def predict(
     model: Annotated[str, typer.Option(help="Run directory, a run's model/ directory, or any HF model path.")],
     data: Annotated[Path, typer.Option(help="Dialogues to summarize (competition CSV or DCS JSON/JSONL).")],
-    output: Annotated[Path, typer.Option(help="Output CSV fname,summary (input order); for a DCS input, a .json/.jsonl "
-                                         "of the same extension is the input written back with 'output' filled in.")],
-    config: Annotated[Path | None, typer.Option(
-        help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json).")
+    output: Annotated[
+        Path,
+        typer.Option(
+            help="Output CSV fname,summary (input order); for a DCS input, a .json/.jsonl "
+            "of the same extension is the input written back with 'output' filled in."
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json)."
+        ),
     ] = None,
     set_: SetOption = None,
-    num_candidates: Annotated[int, typer.Option(
-        help="Candidates per dialogue (beams with generation.num_beams >= N, or samples with generation.do_sample); "
-        "N > 1 writes fname,candidate,summary for dialsum ensemble.", min=1)] = 1,
+    num_candidates: Annotated[
+        int,
+        typer.Option(
+            help="Candidates per dialogue (beams with generation.num_beams >= N, or samples with "
+            "generation.do_sample); "
+            "N > 1 writes fname,candidate,summary for dialsum ensemble.",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
     from dialsum.generate import predict as run_predict
 
-    run_predict(model, data, output, config=_config(config, set_) if config else None, overrides=set_ or [],
-                num_candidates=num_candidates)
+    run_predict(
+        model,
+        data,
+        output,
+        config=_config(config, set_) if config else None,
+        overrides=set_ or [],
+        num_candidates=num_candidates,
+    )
 
 
 @app.command()
@@ -134,8 +161,14 @@ def evaluate(
         raise DialsumError(f"--tokenizer {tokenizer}: expected one of {', '.join(TOKENIZERS)}")
     if tokenizer is not None and scheme != "kiwi":
         raise DialsumError(f"--tokenizer applies to --scheme kiwi only; --scheme {scheme} fixes its analyzer (Mecab)")
-    result, rows = evaluate_scheme_files(predictions, references, scheme=scheme, tokenizer=tokenizer or "kiwi",
-                                         bertscore_model=bertscore_model, bertscore_layers=bertscore_layers)
+    result, rows = evaluate_scheme_files(
+        predictions,
+        references,
+        scheme=scheme,
+        tokenizer=tokenizer or "kiwi",
+        bertscore_model=bertscore_model,
+        bertscore_layers=bertscore_layers,
+    )
     print_scheme_scores(result, title=f"{predictions} vs {references}")
     if json_out:
         json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -148,7 +181,9 @@ def evaluate(
 
 @app.command()
 def screen(
-    models: Annotated[str, typer.Option(help="Comma-separated model paths or hub ids; 'lead' is the first-utterance baseline.")],
+    models: Annotated[
+        str, typer.Option(help="Comma-separated model paths or hub ids; 'lead' is the first-utterance baseline.")
+    ],
     data: Annotated[Path, typer.Option(help="Labeled dialogues (e.g. dev.csv).")],
     config: Annotated[Path | None, typer.Option(help="Config for prompt/generation settings.")] = None,
     set_: SetOption = None,
@@ -164,7 +199,9 @@ def screen(
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare side by side.")],
-    output: Annotated[Path, typer.Option(help="Directory for compare.md, compare.json and the PNG plots.")] = Path("compare"),
+    output: Annotated[Path, typer.Option(help="Directory for compare.md, compare.json and the PNG plots.")] = Path(
+        "compare"
+    ),
 ) -> None:
     """The A/B table: differing settings, dev ROUGE, grad-norm spikes, speed; loss/grad-norm/LR plots."""
     from dialsum.report import compare_runs
@@ -179,9 +216,13 @@ def inspect(
     set_: SetOption = None,
     n: Annotated[int, typer.Option("--n", help="Examples to show.")] = 3,
     data: Annotated[str | None, typer.Option(help="Data file (default: data.train).")] = None,
-    model: Annotated[str | None, typer.Option(
-        help="Model or tokenizer folder to render with (e.g. a real tokenizer in ../shared/models); "
-             "its kind comes from its config.json.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model or tokenizer folder to render with (e.g. a real tokenizer in ../shared/models); "
+            "its kind comes from its config.json."
+        ),
+    ] = None,
 ) -> None:
     """Show rendered training examples (trained tokens highlighted) and dataset statistics."""
     from dialsum.config import config_from_dict
@@ -195,7 +236,9 @@ def inspect(
 
 @app.command("config-keys")
 def config_keys(
-    section: Annotated[str | None, typer.Argument(help="Only this section (model, data, prompt, training, ...).")] = None,
+    section: Annotated[
+        str | None, typer.Argument(help="Only this section (model, data, prompt, training, ...).")
+    ] = None,
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table (the README's config reference).")] = False,
 ) -> None:
     """Every config key with its type, default and what it does."""
@@ -225,36 +268,57 @@ def kfold(
     config: Annotated[Path, typer.Argument(help="YAML run config (data.train is split into folds).")],
     folds: Annotated[int, typer.Option(help="Number of folds K.")] = 5,
     fold: Annotated[int | None, typer.Option(help="Run only fold I (0..K-1), e.g. one fold per GPU job.")] = None,
-    include_dev: Annotated[bool, typer.Option(help="Split train + dev into the folds (dev becomes training data).")]
-    = False,
+    include_dev: Annotated[
+        bool, typer.Option(help="Split train + dev into the folds (dev becomes training data).")
+    ] = False,
     set_: SetOption = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Parent directory (default runs/<config>-<time>-kfoldK).")]
-    = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Parent directory (default runs/<config>-<time>-kfoldK).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue unfinished folds from their last checkpoint.")] = False,
 ) -> None:
     """K runs on K folds: out-of-fold predictions and scores, test predictions from every fold, a summary table."""
     from dialsum.kfold import kfold as run_kfold
 
-    run_kfold(_config(config, set_), folds, output_dir=output_dir, fold=fold, include_dev=include_dev, resume=resume,
-              config_path=config)
+    run_kfold(
+        _config(config, set_),
+        folds,
+        output_dir=output_dir,
+        fold=fold,
+        include_dev=include_dev,
+        resume=resume,
+        config_path=config,
+    )
 
 
 @app.command()
 def ensemble(
-    sources: Annotated[list[Path] | None, typer.Argument(
-        help="Candidate sources: fname,summary CSVs, multi-candidate CSVs (fname,candidate,summary), "
-        "run directories or a kfold directory.")] = None,
+    sources: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Candidate sources: fname,summary CSVs, multi-candidate CSVs (fname,candidate,summary), "
+            "run directories or a kfold directory."
+        ),
+    ] = None,
     output: Annotated[Path, typer.Option(help="Output CSV fname,summary: the chosen candidate per dialogue.")] = ...,
     predictions: Annotated[list[Path] | None, typer.Option(help="A candidate source (repeatable), as SOURCES.")] = None,
     references: Annotated[Path | None, typer.Option(help="Score every source and the ensemble against these.")] = None,
-    utility: Annotated[str, typer.Option(
-        help="MBR utility: sum (R1+R2+RL), rouge1, rouge2, rougeL, or weights R2,RL,R1 such as 2,1,1.")] = "sum",
-    length_percentile: Annotated[float | None, typer.Option(
-        help="Leave out candidates longer (in morphemes) than this percentile of their dialogue's candidates.")] = None,
-    scheme: Annotated[str, typer.Option(
-        help="Morpheme tokenizer of the utility and the scores: kiwi | mecab | whitespace")] = "kiwi",
-    split: Annotated[str, typer.Option(
-        help="Which predictions of run/kfold directories: dev, test (submission.csv) or oof.")] = "dev",
+    utility: Annotated[
+        str,
+        typer.Option(help="MBR utility: sum (R1+R2+RL), rouge1, rouge2, rougeL, or weights R2,RL,R1 such as 2,1,1."),
+    ] = "sum",
+    length_percentile: Annotated[
+        float | None,
+        typer.Option(
+            help="Leave out candidates longer (in morphemes) than this percentile of their dialogue's candidates."
+        ),
+    ] = None,
+    scheme: Annotated[
+        str, typer.Option(help="Morpheme tokenizer of the utility and the scores: kiwi | mecab | whitespace")
+    ] = "kiwi",
+    split: Annotated[
+        str, typer.Option(help="Which predictions of run/kfold directories: dev, test (submission.csv) or oof.")
+    ] = "dev",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report (wins, scores) as JSON.")] = None,
     choices: Annotated[Path | None, typer.Option(help="Write fname, winning source, expected utility as CSV.")] = None,
     submission: Annotated[Path | None, typer.Option(help="Also write the organizers' submission format here.")] = None,
@@ -265,17 +329,32 @@ def ensemble(
     paths = [*(sources or []), *(predictions or [])]
     if not paths:
         raise DialsumError("ensemble: no candidate sources; pass prediction CSVs or run/kfold directories")
-    ensemble_files(paths, output, references=references, utility=utility, length_percentile=length_percentile,
-                   scheme=scheme, split=split, json_out=json_out, choices_out=choices, submission=submission)
+    ensemble_files(
+        paths,
+        output,
+        references=references,
+        utility=utility,
+        length_percentile=length_percentile,
+        scheme=scheme,
+        split=split,
+        json_out=json_out,
+        choices_out=choices,
+        submission=submission,
+    )
 
 
 @app.command("make-tiny-model")
 def make_tiny_model(
     output: Annotated[Path, typer.Option(help="Directory to write the model and tokenizer to.")],
-    arch: Annotated[str | None, typer.Option(help=f"{' | '.join(TINY_ARCHES)} (default with --tokenizer: from its "
-                                                  "config.json).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option(help="A real tokenizer folder (e.g. ../shared/models/"
-                                                        "llama-3.2-korean-bllossom-3b) to build around.")] = None,
+    arch: Annotated[
+        str | None, typer.Option(help=f"{' | '.join(TINY_ARCHES)} (default with --tokenizer: from its config.json).")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="A real tokenizer folder (e.g. ../shared/models/llama-3.2-korean-bllossom-3b) to build around."
+        ),
+    ] = None,
 ) -> None:
     """Build a tiny random model + Korean byte-level BPE tokenizer locally (for tests and demos), or a tiny
     random model around a real tokenizer (--tokenizer)."""

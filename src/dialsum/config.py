@@ -20,11 +20,25 @@ DEFAULT_SYSTEM_PROMPT = "당신은 유능한 AI 어시스턴트입니다. 사용
 DEFAULT_QUESTION = "위 {topic} 주제에 대한 대화를 요약해주세요."
 # transformers' SchedulerType values that work without extra lr_scheduler_kwargs (which dialsum does not expose)
 LR_SCHEDULERS = [
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
 ]
 ScorerTokenizer = Literal["kiwi", "mecab", "whitespace"]  # morpheme analyzers of the 'kiwi' scheme (metrics.py)
 DEFAULT_FORBIDDEN_SCRIPTS = [
-    "Han", "Hiragana", "Katakana", "Cyrillic", "Thai", "Arabic", "Hebrew", "Greek", "Devanagari",
+    "Han",
+    "Hiragana",
+    "Katakana",
+    "Cyrillic",
+    "Thai",
+    "Arabic",
+    "Hebrew",
+    "Greek",
+    "Devanagari",
 ]
 
 
@@ -35,41 +49,49 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name_or_path: str = Field(description="HF hub id or local directory of the base model.")
     kind: Literal["causal", "seq2seq"] = Field(
-        "causal", description="'causal': decoder-only (Llama, Qwen) trained with TRL's SFTTrainer; 'seq2seq': "
-        "encoder-decoder (koBART) trained with Seq2SeqTrainer.")
+        "causal",
+        description="'causal': decoder-only (Llama, Qwen) trained with TRL's SFTTrainer; 'seq2seq': "
+        "encoder-decoder (koBART) trained with Seq2SeqTrainer.",
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel. Packed samples stay isolated on all three (see README, Packing).")
+        "sdpa", description="Attention kernel. Packed samples stay isolated on all three (see README, Packing)."
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Dtype the weights load in; 'auto' follows the training precision policy (see README).")
+        "auto", description="Dtype the weights load in; 'auto' follows the training precision policy (see README)."
+    )
     trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with a hub model. Off unless you trust the repository.")
+        False, description="Run Python code shipped with a hub model. Off unless you trust the repository."
+    )
     revision: str | None = Field(None, description="Hub branch, tag or commit to load; None takes the default branch.")
 
 
 class DataConfig(_Section):
     train: str | None = Field(None, description="Training file: competition CSV or Korean_DCS JSON/JSONL.")
     dev: str | None = Field(
-        None, description="Dev file with reference summaries: eval loss, checkpoint selection and dev scores.")
+        None, description="Dev file with reference summaries: eval loss, checkpoint selection and dev scores."
+    )
     test: str | None = Field(
-        None, description="File to predict for the submission (`dialsum run`); needs no summaries.")
+        None, description="File to predict for the submission (`dialsum run`); needs no summaries."
+    )
 
 
 class PromptConfig(_Section):
-    system: str = Field(
-        DEFAULT_SYSTEM_PROMPT, description="System message of the chat prompt (decoder-only models).")
+    system: str = Field(DEFAULT_SYSTEM_PROMPT, description="System message of the chat prompt (decoder-only models).")
     question: str = Field(
-        DEFAULT_QUESTION,
-        description="The request after the conversation; {topic} is replaced by the dialogue's topic.")
+        DEFAULT_QUESTION, description="The request after the conversation; {topic} is replaced by the dialogue's topic."
+    )
     conversation_header: str = Field(
-        "[Conversation]", description="Line that opens the conversation block of the prompt.")
-    question_header: str = Field(
-        "[Question]", description="Line that opens the question block of the prompt.")
+        "[Conversation]", description="Line that opens the conversation block of the prompt."
+    )
+    question_header: str = Field("[Question]", description="Line that opens the question block of the prompt.")
     speaker_style: Literal["tag", "korean", "prefixed"] = Field(
-        "tag", description="'tag' keeps '#Person1#'; 'korean' renders '화자1'; 'prefixed' writes '화자' before the "
-        "source id ('화자SD2000001', the Korean_DCS 2024 baseline's prompt)."
+        "tag",
+        description="'tag' keeps '#Person1#'; 'korean' renders '화자1'; 'prefixed' writes '화자' before the "
+        "source id ('화자SD2000001', the Korean_DCS 2024 baseline's prompt).",
     )
     default_topic: str = Field(
-        "대화", description="Topic written into the question when a dialogue has none (or topics are off).")
+        "대화", description="Topic written into the question when a dialogue has none (or topics are off)."
+    )
     topic: Literal["auto", "always", "never"] = Field(
         "auto",
         description="Whether the question names each dialogue's topic. 'auto' (default): only when every split the "
@@ -88,22 +110,30 @@ class TrainingConfig(_Section):
     )
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
     per_device_train_batch_size: int = Field(
-        8, ge=1, description="Examples per micro-batch on each process (see packing for what a packed batch counts).")
+        8, ge=1, description="Examples per micro-batch on each process (see packing for what a packed batch counts)."
+    )
     per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per batch for dev loss.")
     gradient_accumulation_steps: int = Field(
-        8, ge=1, description="Micro-batches per optimizer step; effective batch = this x per-device batch x processes.")
+        8, ge=1, description="Micro-batches per optimizer step; effective batch = this x per-device batch x processes."
+    )
     num_train_epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
     warmup_ratio: float = Field(
-        0.1, ge=0, le=1,
+        0.1,
+        ge=0,
+        le=1,
         description="Fraction of all optimizer steps spent warming the learning rate up linearly (1.0: all of them).",
     )
     max_length: int = Field(
-        1024, ge=16, description="Token budget of prompt + summary (decoder-only) or of the source (seq2seq); a longer "
-        "dialogue loses turns from its end, never its summary.")
+        1024,
+        ge=16,
+        description="Token budget of prompt + summary (decoder-only) or of the source (seq2seq); a longer "
+        "dialogue loses turns from its end, never its summary.",
+    )
     max_target_length: int = Field(256, ge=4, description="seq2seq only: summary token budget.")
     packing: bool = Field(
-        True, description="Pack several examples into each row of max_length, isolated from each other (decoder-only).")
+        True, description="Pack several examples into each row of max_length, isolated from each other (decoder-only)."
+    )
     packing_batch_unit: Literal["examples", "rows"] = Field(
         "examples",
         description="With packing, what per_device_train_batch_size counts. 'examples' keeps the recipe: each "
@@ -112,22 +142,26 @@ class TrainingConfig(_Section):
         "the dialogue data): more examples per step and proportionally fewer optimizer steps.",
     )
     gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in the backward pass (non-reentrant): less memory, ~30% more compute.")
+        True, description="Recompute activations in the backward pass (non-reentrant): less memory, ~30% more compute."
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(42, description="Seed for weights init of new layers, data order, dropout and sampling.")
     skip_too_long: bool = Field(False, description="Skip (and count) examples whose summary alone exceeds max_length.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None evaluates once per epoch.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None checkpoints once per epoch.")
     save_total_limit: int | None = Field(
-        2, ge=1, description="Checkpoints kept on disk (the best one is always kept); None keeps all.")
+        2, ge=1, description="Checkpoints kept on disk (the best one is always kept); None keeps all."
+    )
     bf16: Literal["auto", "true", "false"] = Field(
         "auto",
         description="bf16 autocast for the forward/backward pass (weights stay fp32 for full fine-tuning); "
         "'auto' uses it on GPUs that support it. YAML true/false are accepted.",
     )
     grad_norm_threshold: float = Field(
-        1.5, gt=0,
-        description="A step whose grad norm (before clipping) exceeds this is a spike: grad_norm_spikes.jsonl.")
+        1.5,
+        gt=0,
+        description="A step whose grad norm (before clipping) exceeds this is a spike: grad_norm_spikes.jsonl.",
+    )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for the training data loader.")
 
     @field_validator("bf16", mode="before")
@@ -152,63 +186,90 @@ class LoraConfig(_Section):
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the LM head.")
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the LM head."
+    )
     load_in_4bit: bool = Field(
-        False, description="QLoRA: load the frozen base in 4-bit NF4 (needs CUDA and bitsandbytes); needs enabled.")
+        False, description="QLoRA: load the frozen base in 4-bit NF4 (needs CUDA and bitsandbytes); needs enabled."
+    )
 
 
 class GenerationConfig(_Section):
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="'hf': transformers generate with full suppression; 'vllm': faster on CUDA, static ban only.")
+        "hf", description="'hf': transformers generate with full suppression; 'vllm': faster on CUDA, static ban only."
+    )
     batch_size: int = Field(8, ge=1, description="Dialogues generated together (sorted by length).")
     max_new_tokens: int | Literal["auto"] = Field(
-        128, description="Token limit per summary; 'auto' gives each dialogue the limit of its length bucket from a "
-        "rule fitted on the training data (dialsum.length), stored in generation.length_rule.")
+        128,
+        description="Token limit per summary; 'auto' gives each dialogue the limit of its length bucket from a "
+        "rule fitted on the training data (dialsum.length), stored in generation.length_rule.",
+    )
     length_buckets: int = Field(
-        5, ge=1, description="With max_new_tokens=auto: how many dialogue-length buckets (training-data quantiles).")
+        5, ge=1, description="With max_new_tokens=auto: how many dialogue-length buckets (training-data quantiles)."
+    )
     length_quantile: float = Field(
-        0.95, gt=0, le=1, description="With max_new_tokens=auto: a bucket's limit is this quantile of its training "
-        "summaries' token counts (plus the stop token).")
+        0.95,
+        gt=0,
+        le=1,
+        description="With max_new_tokens=auto: a bucket's limit is this quantile of its training "
+        "summaries' token counts (plus the stop token).",
+    )
     max_new_tokens_cap: int = Field(
-        256, ge=1, description="With max_new_tokens=auto: the largest limit the rule may give, and the generation "
-        "budget the prompt leaves room for.")
+        256,
+        ge=1,
+        description="With max_new_tokens=auto: the largest limit the rule may give, and the generation "
+        "budget the prompt leaves room for.",
+    )
     length_rule: dict[str, Any] | None = Field(
-        None, description="The fitted length rule (bucket edges in dialogue characters, per-bucket token limits); "
-        "written by dialsum run when max_new_tokens=auto so the run's config.yaml reproduces its generation.")
+        None,
+        description="The fitted length rule (bucket edges in dialogue characters, per-bucket token limits); "
+        "written by dialsum run when max_new_tokens=auto so the run's config.yaml reproduces its generation.",
+    )
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy (or sampling with do_sample).")
     do_sample: bool = Field(False, description="Sample instead of greedy/beam search; off means deterministic output.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
-    no_repeat_ngram_size: int = Field(
-        0, ge=0, description="Forbid repeating any n-gram of this size (0: off).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating any n-gram of this size (0: off).")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on tokens already generated (1.0: none).")
     length_penalty: float = Field(
-        1.0, description="Beam search only: exponent on length in beam scores; < 1 favours shorter summaries.")
+        1.0, description="Beam search only: exponent on length in beam scores; < 1 favours shorter summaries."
+    )
     suppress_foreign_scripts: bool = Field(
-        True, description="Make characters of forbidden_scripts impossible to generate (byte fragments included).")
+        True, description="Make characters of forbidden_scripts impossible to generate (byte fragments included)."
+    )
     forbidden_scripts: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FORBIDDEN_SCRIPTS),
-        description="Scripts that never belong in a Korean summary (names from dialsum.scripts.SCRIPT_RANGES).")
+        description="Scripts that never belong in a Korean summary (names from dialsum.scripts.SCRIPT_RANGES).",
+    )
 
 
 class CleanupConfig(_Section):
     """Post-processing of every generated summary (dialsum.cleanup); the run report counts what each step changed."""
 
     normalize_tags: bool = Field(
-        True, description="Rewrite '#Person 1#', '# Person1 #', 'Person1:' (and masks such as '# PhoneNumber #') "
-        "to the references' '#Person1#' / '#PhoneNumber#' spelling, which ROUGE matches token for token.")
+        True,
+        description="Rewrite '#Person 1#', '# Person1 #', 'Person1:' (and masks such as '# PhoneNumber #') "
+        "to the references' '#Person1#' / '#PhoneNumber#' spelling, which ROUGE matches token for token.",
+    )
     remove_think: bool = Field(
-        True, description="Remove <think>...</think> blocks (Qwen3 writes them even with thinking off), an unclosed "
-        "<think> and stray think tags.")
+        True,
+        description="Remove <think>...</think> blocks (Qwen3 writes them even with thinking off), an unclosed "
+        "<think> and stray think tags.",
+    )
     remove_artifacts: bool = Field(
-        True, description="Remove unused/reserved vocabulary entries such as <unused68> and U+FFFD, which decoding "
-        "can leave behind.")
+        True,
+        description="Remove unused/reserved vocabulary entries such as <unused68> and U+FFFD, which decoding "
+        "can leave behind.",
+    )
     remove_foreign_chars: bool = Field(
-        False, description="Remove stray characters of generation.forbidden_scripts (e.g. Han). Off by default: "
-        "with suppression on none can appear, and otherwise the foreign-script rate should show them.")
+        False,
+        description="Remove stray characters of generation.forbidden_scripts (e.g. Han). Off by default: "
+        "with suppression on none can appear, and otherwise the foreign-script rate should show them.",
+    )
     drop_unfinished_sentence: bool = Field(
-        False, description="Cut a trailing fragment after the last full stop (a generation cut off by "
-        "max_new_tokens); a tail ending in -다/-요 is kept.")
+        False,
+        description="Cut a trailing fragment after the last full stop (a generation cut off by "
+        "max_new_tokens); a tail ending in -다/-요 is kept.",
+    )
 
 
 def token_budget(generation: "GenerationConfig") -> int:
@@ -218,7 +279,8 @@ def token_budget(generation: "GenerationConfig") -> int:
 
 class EvaluationConfig(_Section):
     tokenizer: ScorerTokenizer = Field(
-        "kiwi", description="Morpheme analyzer for scheme 'kiwi' (whitespace: for English data only).")
+        "kiwi", description="Morpheme analyzer for scheme 'kiwi' (whitespace: for English data only)."
+    )
     scheme: Literal["kiwi", "dialogsum", "dcs"] = Field(
         "kiwi",
         description="How dev scores are computed, so they match a leaderboard: 'kiwi' (rouge-score on Kiwi forms, "
@@ -230,23 +292,27 @@ class EvaluationConfig(_Section):
         description="Scheme 'dcs': the BERTScore model (hub id or local copy); loaded at scoring time.",
     )
     bertscore_layers: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Scheme 'dcs': the BERTScore layer; None takes bert-score's default for a known hub id "
         "(9 for bert-base-multilingual-cased); a local copy needs it set.",
     )
     rouge_during_training: bool = Field(False, description="Generate and score a dev subset at each evaluation.")
-    rouge_subset: int = Field(32, ge=1,
-        description="Dev dialogues generated at each evaluation when rouge_during_training.")
+    rouge_subset: int = Field(
+        32, ge=1, description="Dev dialogues generated at each evaluation when rouge_during_training."
+    )
     select_best_by: Literal["eval_loss", "eval_rouge_sum"] = Field(
         "eval_loss",
         description="Metric that picks the final model among evaluated checkpoints (loss: lower is better; "
-        "rouge sum: higher, needs rouge_during_training).")
+        "rouge sum: higher, needs rouge_during_training).",
+    )
 
 
 class LoggingConfig(_Section):
     steps: int = Field(10, ge=1, description="Log loss, grad norm, LR and throughput every N optimizer steps.")
     report_to: list[Literal["wandb", "tensorboard"]] = Field(
-        default_factory=list, description="Experiment trackers besides metrics.jsonl (each needs its package).")
+        default_factory=list, description="Experiment trackers besides metrics.jsonl (each needs its package)."
+    )
     output_root: str = Field("runs", description="Where new run directories are created (runs/<config>-<time>).")
 
 
@@ -258,10 +324,12 @@ class Config(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA / QLoRA adapters.")
     generation: GenerationConfig = Field(
         default_factory=GenerationConfig,
-        description="Decoding settings; a checkpoint's own defaults never override them.")
+        description="Decoding settings; a checkpoint's own defaults never override them.",
+    )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How dev scores are computed.")
     cleanup: CleanupConfig = Field(
-        default_factory=CleanupConfig, description="Summary clean-up after decoding, one switch per step.")
+        default_factory=CleanupConfig, description="Summary clean-up after decoding, one switch per step."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="What is logged and where runs go.")
 
     @model_validator(mode="after")
@@ -317,8 +385,14 @@ def config_fields(model_cls: type[BaseModel] = Config, prefix: str = "") -> list
             default = "(required)"
         else:
             default = json.dumps(field.get_default(call_default_factory=True), ensure_ascii=False)
-        rows.append({"key": f"{prefix}{name}", "type": _type_name(annotation), "default": default,
-                     "description": field.description or ""})
+        rows.append(
+            {
+                "key": f"{prefix}{name}",
+                "type": _type_name(annotation),
+                "default": default,
+                "description": field.description or "",
+            }
+        )
     return rows
 
 

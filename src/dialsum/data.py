@@ -200,7 +200,9 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     table = read_table(path, required=["fname"])
     columns = reference_columns(table[0])
     if not columns:
-        raise DataError(f"{path}: no reference column (expected 'summary' or 'summary1', 'summary2', ...); is this a test file?")
+        raise DataError(
+            f"{path}: no reference column (expected 'summary' or 'summary1', 'summary2', ...); is this a test file?"
+        )
     references: dict[str, list[str]] = {}
     for number, row in enumerate(table, start=1):
         fname = row["fname"].strip()
@@ -278,7 +280,8 @@ def _dcs_dialogues(path: Path, located: list[tuple[str, Any]]) -> list[Dialogue]
         dialogue = _dcs_dialogue(f"{path} {location}", record)
         if dialogue.id in first_seen:
             raise DataError(
-                f"{path} {location} (id={dialogue.id}): duplicate id {dialogue.id!r}, first seen at {first_seen[dialogue.id]}"
+                f"{path} {location} (id={dialogue.id}): duplicate id {dialogue.id!r}, "
+                f"first seen at {first_seen[dialogue.id]}"
             )
         first_seen[dialogue.id] = location
         dialogues.append(dialogue)
@@ -286,7 +289,8 @@ def _dcs_dialogues(path: Path, located: list[tuple[str, Any]]) -> list[Dialogue]
 
 
 def _dcs_dialogue(where: str, record: Any) -> Dialogue:
-    """One Korean_DCS record: {"id", "input": {"conversation": [{"speaker", "utterance"}], "subject_keyword"}, "output"}."""
+    """One Korean_DCS record:
+    {"id", "input": {"conversation": [{"speaker", "utterance"}], "subject_keyword"}, "output"}."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {_json_type(record)}")
     id_ = record.get("id")

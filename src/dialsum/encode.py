@@ -60,7 +60,7 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
 def fallback_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     """For tokenizers without a chat template (base models):
 
-        <bos>### System:\\n{system}\\n\\n### User:\\n{user}\\n\\n### Assistant:\\n
+    <bos>### System:\\n{system}\\n\\n### User:\\n{user}\\n\\n### Assistant:\\n
     """
     parts = [tokenizer.bos_token or ""]
     for message in messages:
@@ -111,7 +111,9 @@ def check_chat_template(tokenizer, prompt: PromptConfig) -> TemplateCheck:
     if not tokenizer.chat_template:
         check.notes.append("no chat template: using the plain '### User/### Assistant' fallback format")
         return check
-    probe = Dialogue(id="probe", turns=[Turn("#Person1#", "안녕하세요."), Turn("#Person2#", "반갑습니다.")], topic="인사")
+    probe = Dialogue(
+        id="probe", turns=[Turn("#Person1#", "안녕하세요."), Turn("#Person2#", "반갑습니다.")], topic="인사"
+    )
     messages = build_messages(probe, prompt)
     prompt_text = render_prompt(tokenizer, messages)
     full_text = _full_rendering(tokenizer, messages, _PROBE_SUMMARY)
@@ -122,23 +124,31 @@ def check_chat_template(tokenizer, prompt: PromptConfig) -> TemplateCheck:
         check.ok = False
         check.problems.append(
             "the generation prompt is not a prefix of the full chat rendering (they differ at "
-            f"{prompt_text[cut:cut + 40]!r} vs {full_text[cut:cut + 40]!r}); dialsum trains on the generation "
+            f"{prompt_text[cut : cut + 40]!r} vs {full_text[cut : cut + 40]!r}); dialsum trains on the generation "
             "prompt + summary, exactly what it generates from, but the template's own training format differs"
         )
     elif full_ids[: len(prompt_ids)] != prompt_ids:
         check.ok = False
-        check.problems.append("the prompt's tokens are not a prefix of the full rendering's tokens (a merge crosses the boundary)")
+        check.problems.append(
+            "the prompt's tokens are not a prefix of the full rendering's tokens (a merge crosses the boundary)"
+        )
     else:
-        between = full_text[len(prompt_text):].split(_PROBE_SUMMARY, 1)[0]
+        between = full_text[len(prompt_text) :].split(_PROBE_SUMMARY, 1)[0]
         if between.strip():
             check.notes.append(
                 f"the template puts {between!r} before an assistant answer that the generation prompt lacks "
                 "(e.g. a Qwen3 <think> block); dialsum trains on the generation prompt + summary, as it generates"
             )
-    dated = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, date_string="01 Jan 2000")
+    dated = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, date_string="01 Jan 2000"
+    )
     if dated != prompt_text:
-        check.notes.append(f"the template prints a date line; dialsum pins it to '{PINNED_DATE}' for training and inference")
-    user_only = tokenizer.apply_chat_template(messages[-1:], tokenize=False, add_generation_prompt=True, date_string=PINNED_DATE)
+        check.notes.append(
+            f"the template prints a date line; dialsum pins it to '{PINNED_DATE}' for training and inference"
+        )
+    user_only = tokenizer.apply_chat_template(
+        messages[-1:], tokenize=False, add_generation_prompt=True, date_string=PINNED_DATE
+    )
     if not prompt.system and "system" in user_only:
         check.notes.append("no system prompt configured, and the template injects its own default system prompt")
     return check
@@ -198,7 +208,9 @@ def _fit_turns(dialogue: Dialogue, budget: int, ids_with) -> tuple[list[int], in
 
 
 def _prompt_ids(tokenizer, dialogue: Dialogue, config: Config, turns: list[Turn]) -> list[int]:
-    return tokenizer(render_prompt(tokenizer, build_messages(dialogue, config.prompt, turns)), add_special_tokens=False)["input_ids"]
+    return tokenizer(
+        render_prompt(tokenizer, build_messages(dialogue, config.prompt, turns)), add_special_tokens=False
+    )["input_ids"]
 
 
 def prompt_budget(config: Config, target_length: int = 0) -> int:
@@ -264,7 +276,9 @@ def add_seq2seq_special_tokens(tokenizer, dialogues: list[Dialogue]) -> list[str
     vocab = tokenizer.get_vocab()
     missing = sorted(token for token in found if token not in vocab)
     if missing:
-        tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False, special=False) for token in missing])
+        tokenizer.add_tokens(
+            [AddedToken(token, single_word=False, normalized=False, special=False) for token in missing]
+        )
     _metaspace_first_only(tokenizer)
     return missing
 

@@ -281,8 +281,9 @@ def _read_candidate_file(path: Path) -> list[tuple[str, dict[str, str]]]:
         if multi:
             index = row["candidate"].strip()
             if not index.isdigit():
-                raise DataError(f"{path} row {number} (fname={fname}): field 'candidate' must be a number, "
-                                f"got {index!r}")
+                raise DataError(
+                    f"{path} row {number} (fname={fname}): field 'candidate' must be a number, got {index!r}"
+                )
             name = f"{path}#{int(index)}"
         source = per_source.setdefault(name, {})
         if fname in source:
@@ -377,7 +378,7 @@ def _short_names(names: list[str]) -> list[str]:
     common = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
     shown = []
     for name, path in zip(names, paths):
-        suffix = name[len(str(path)):]
+        suffix = name[len(str(path)) :]
         try:
             shown.append(str(path.resolve().relative_to(common)) + suffix)
         except ValueError:
@@ -414,8 +415,10 @@ def ensemble_files(
     tokenize = tokenizer_for(scheme)
     sources = load_sources(paths, split=split)
     if len(sources.names) == 2:
-        console.print("[yellow]two sources: their utilities against each other are equal, so MBR cannot choose and "
-                      "the first source wins every tie; give three or more[/]")
+        console.print(
+            "[yellow]two sources: their utilities against each other are equal, so MBR cannot choose and "
+            "the first source wins every tie; give three or more[/]"
+        )
     refs = None
     if references is not None:  # fail on a bad reference file before the slow part
         by_id = load_references(references)
@@ -507,4 +510,3 @@ def ensemble_files(
 
 def _plain(scores: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
-

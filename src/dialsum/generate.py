@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 # ==================================================================================================
 # Batched generation
 # ==================================================================================================
@@ -53,7 +52,6 @@ def lead_baseline(dialogue: Dialogue) -> str:
         if turn.utterance.strip():
             return " ".join(turn.utterance.split())
     return " ".join(dialogue.preamble.split())
-
 
 
 def stop_token_ids(model, tokenizer, kind: str = "causal") -> list[int]:
@@ -115,8 +113,9 @@ def effective_generation_config(model, config: Config, stops: list[int], pad_id:
 
     own = getattr(model, "generation_config", None)
     structural = {key: getattr(own, key, None) for key in _STRUCTURAL_KEYS if getattr(own, key, None) is not None}
-    effective = GenerationConfig(**_generation_kwargs(config), eos_token_id=list(stops), pad_token_id=pad_id,
-                                 **structural)
+    effective = GenerationConfig(
+        **_generation_kwargs(config), eos_token_id=list(stops), pad_token_id=pad_id, **structural
+    )
     ignored: dict[str, Any] = {}
     if own is not None:
         defaults = GenerationConfig().to_dict()
@@ -133,8 +132,20 @@ def effective_generation_config(model, config: Config, stops: list[int], pad_id:
 
 def describe_generation(effective, ignored: dict[str, Any]) -> dict[str, Any]:
     """What generation.json holds: the settings used, and the checkpoint's settings that were not."""
-    keys = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
-            "length_penalty", "eos_token_id", "pad_token_id", "decoder_start_token_id", "bos_token_id")
+    keys = (
+        "max_new_tokens",
+        "num_beams",
+        "do_sample",
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "length_penalty",
+        "eos_token_id",
+        "pad_token_id",
+        "decoder_start_token_id",
+        "bos_token_id",
+    )
     used = {key: getattr(effective, key, None) for key in keys}
     if not effective.do_sample:
         for key in ("temperature", "top_p", "top_k"):
@@ -181,23 +192,30 @@ def generate_summaries(
     g = config.generation
     inputs, trim = encode_inference_inputs(tokenizer, list(dialogues), config, kind)
     if trim.trimmed:
-        print(f"inference: {trim.trimmed} of {trim.total} dialogues trimmed to fit training.max_length="
-              f"{config.training.max_length} ({trim.turns_cut} turns cut from their ends, as in training)",
-              file=sys.stderr)
+        print(
+            f"inference: {trim.trimmed} of {trim.total} dialogues trimmed to fit training.max_length="
+            f"{config.training.max_length} ({trim.turns_cut} turns cut from their ends, as in training)",
+            file=sys.stderr,
+        )
     stops = stop_token_ids(model, tokenizer, kind)
     closer = tokenizer.convert_ids_to_tokens(stops[0]) if kind == "causal" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     effective, ignored = effective_generation_config(
-        model.get_base_model() if hasattr(model, "get_base_model") else model, config, stops, pad_id)
+        model.get_base_model() if hasattr(model, "get_base_model") else model, config, stops, pad_id
+    )
     if ignored and model not in _REPORTED_IGNORED:
         _REPORTED_IGNORED.add(model)
-        print(f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
-              f"generation section decides", file=sys.stderr)
+        print(
+            f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
+            f"generation section decides",
+            file=sys.stderr,
+        )
     tag_ids = tag_token_ids(tokenizer) if g.no_repeat_ngram_size else []
     if info is not None:
         described = describe_generation(effective, ignored)
         described["used"].update(  # dialsum's own logits processors
-            no_repeat_ngram_size=g.no_repeat_ngram_size, no_repeat_exempt_tag_tokens=len(tag_ids),
+            no_repeat_ngram_size=g.no_repeat_ngram_size,
+            no_repeat_exempt_tag_tokens=len(tag_ids),
             forbidden_scripts=g.forbidden_scripts if g.suppress_foreign_scripts else [],
         )
         info.update(trimmed=trim.trimmed, turns_cut=trim.turns_cut, generation=described)
@@ -229,20 +247,28 @@ def generate_summaries(
                         mask[row, :n] = 1
                 processors = LogitsProcessorList()
                 if g.no_repeat_ngram_size:
-                    processors.append(NoRepeatNGramExceptTags(
-                        g.no_repeat_ngram_size, tag_ids, prompt_length=width if kind == "causal" else 0))
+                    processors.append(
+                        NoRepeatNGramExceptTags(
+                            g.no_repeat_ngram_size, tag_ids, prompt_length=width if kind == "causal" else 0
+                        )
+                    )
                 if g.suppress_foreign_scripts and g.forbidden_scripts:
                     processors.append(
                         ForeignScriptSuppressor(
-                            tokenizer, g.forbidden_scripts,
+                            tokenizer,
+                            g.forbidden_scripts,
                             prompt_length=width if kind == "causal" else None,  # seq2seq: the decoder start
                             keep_token_ids=stops + [pad_id],
                         )
                     )
                 per_batch = {"max_new_tokens": max(limits[i] for i in batch)} if limits is not None else {}
                 output = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=effective,
-                    logits_processor=processors, num_return_sequences=per_input, **per_batch,
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=effective,
+                    logits_processor=processors,
+                    num_return_sequences=per_input,
+                    **per_batch,
                 )
                 skip = width if kind == "causal" else 1  # the prompt, or the decoder start token
                 stop_set = set(stops)
@@ -277,8 +303,10 @@ def _token_limits(tokenizer, dialogues, config: Config, given: Sequence[int] | N
 def _check_candidates(config: Config, n: int) -> None:
     g = config.generation
     if n > 1 and not g.do_sample and g.num_beams < n:
-        raise ConfigError(f"--num-candidates {n} needs generation.do_sample=true or generation.num_beams >= {n} "
-                          f"(now num_beams={g.num_beams}, do_sample=false): greedy decoding has one candidate")
+        raise ConfigError(
+            f"--num-candidates {n} needs generation.do_sample=true or generation.num_beams >= {n} "
+            f"(now num_beams={g.num_beams}, do_sample=false): greedy decoding has one candidate"
+        )
 
 
 def generate_candidates(
@@ -321,14 +349,18 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
     (`allowed_token_ids`); the per-step byte-fragment check needs the HF backend."""
     config, g = source.config, source.config.generation
     if config.model.kind != "causal":
-        raise ConfigError("generation.backend=vllm supports decoder-only models only; use generation.backend=hf for seq2seq")
+        raise ConfigError(
+            "generation.backend=vllm supports decoder-only models only; use generation.backend=hf for seq2seq"
+        )
     if g.num_beams > 1 or g.no_repeat_ngram_size:
         raise ConfigError("generation.num_beams > 1 and no_repeat_ngram_size need generation.backend=hf")
     try:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
     except ImportError:
-        raise DialsumError("generation.backend=vllm needs vLLM, which is not installed: pip install 'dialsum[vllm]'") from None
+        raise DialsumError(
+            "generation.backend=vllm needs vLLM, which is not installed: pip install 'dialsum[vllm]'"
+        ) from None
     from dialsum.models import has_cuda, load_tokenizer, resolve_model_path
 
     if not has_cuda():
@@ -343,9 +375,11 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
     stops = stop_token_ids(SimpleNamespace(generation_config=_checkpoint_generation_config(weights_dir)), tokenizer)
     allowed = None
     if g.suppress_foreign_scripts and g.forbidden_scripts:
-        print("generation.backend=vllm: foreign-script suppression is the static mask only (allowed_token_ids); "
-              "byte fragments that combine into a forbidden character can pass (generation.backend=hf checks them)",
-              file=sys.stderr)
+        print(
+            "generation.backend=vllm: foreign-script suppression is the static mask only (allowed_token_ids); "
+            "byte fragments that combine into a forbidden character can pass (generation.backend=hf checks them)",
+            file=sys.stderr,
+        )
         table = suppression_table(tokenizer, g.forbidden_scripts)
         special = set(tokenizer.all_special_ids) - set(stops)
         allowed = [i for i in range(table.size) if not table.static_bad[i] and i not in special]
@@ -374,8 +408,9 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
         lora = LoRARequest("dialsum", 1, str(source.model_dir))
     llm = LLM(**llm_kwargs)
     outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=progress)
-    return _cleanup([clean_summary(output.outputs[0].text, tokenizer, end_token=closer) for output in outputs], config,
-                    None)
+    return _cleanup(
+        [clean_summary(output.outputs[0].text, tokenizer, end_token=closer) for output in outputs], config, None
+    )
 
 
 # ==================================================================================================
@@ -383,8 +418,9 @@ def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progr
 # ==================================================================================================
 
 
-def _predict_candidates(source: InferenceSource, dialogues: Sequence[Dialogue], output_path: str | Path, n: int,
-                        progress: bool) -> dict[str, Any]:
+def _predict_candidates(
+    source: InferenceSource, dialogues: Sequence[Dialogue], output_path: str | Path, n: int, progress: bool
+) -> dict[str, Any]:
     from transformers import set_seed
 
     from dialsum.ensemble import write_candidates
@@ -398,8 +434,10 @@ def _predict_candidates(source: InferenceSource, dialogues: Sequence[Dialogue], 
     candidates = generate_candidates(model, tokenizer, dialogues, config, n, progress=progress)
     write_candidates(output_path, [d.id for d in dialogues], candidates)
     distinct = sum(len(set(c)) for c in candidates) / max(len(candidates), 1)
-    print(f"wrote {n} candidates for each of {len(dialogues)} dialogues to {output_path} "
-          f"({distinct:.1f} distinct per dialogue on average)")
+    print(
+        f"wrote {n} candidates for each of {len(dialogues)} dialogues to {output_path} "
+        f"({distinct:.1f} distinct per dialogue on average)"
+    )
     return {"n": len(dialogues), "candidates": n, "distinct_per_dialogue": distinct, "output": str(output_path)}
 
 
@@ -436,8 +474,16 @@ def predict(
     else:
         model, tokenizer = load_source(source)
         generate_started = time.perf_counter()
-        summaries = generate_summaries(model, tokenizer, dialogues, config, kind=config.model.kind, progress=progress,
-                                       info=info, cleanup_counts=cleanup)
+        summaries = generate_summaries(
+            model,
+            tokenizer,
+            dialogues,
+            config,
+            kind=config.model.kind,
+            progress=progress,
+            info=info,
+            cleanup_counts=cleanup,
+        )
     generate_seconds = time.perf_counter() - generate_started
     if is_dcs(output_path):  # the DCS input written back, `output` filled in
         write_dcs_submission(data_path, output_path, summaries)

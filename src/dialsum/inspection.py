@@ -35,8 +35,9 @@ def render_example(tokenizer, example: dict) -> Text:
     return text
 
 
-def inspect_data(config: Config, data_path: str | None = None, n: int = 3, console: Console | None = None,
-                 model: str | None = None) -> dict:
+def inspect_data(
+    config: Config, data_path: str | None = None, n: int = 3, console: Console | None = None, model: str | None = None
+) -> dict:
     """Render the first `n` training examples and the dataset's token statistics.
 
     `model` (a model or tokenizer folder, e.g. ../shared/models/llama-3.2-korean-bllossom-3b) replaces
@@ -96,18 +97,28 @@ def inspect_data(config: Config, data_path: str | None = None, n: int = 3, conso
         "lengths": length_percentiles(lengths) if lengths else {},
         "padding_waste_padded": padded_waste(lengths, batch) if lengths else 0.0,
         "padding_waste_packed": padded_waste(rows, batch) if rows else 0.0,
-        "pack_fill_fixed_rows": 1 - packed_waste(lengths, config.training.max_length, padding_free=False) if lengths else 0.0,
+        "pack_fill_fixed_rows": 1 - packed_waste(lengths, config.training.max_length, padding_free=False)
+        if lengths
+        else 0.0,
     }
     table = Table(title=f"dataset: {path}", show_header=False)
     table.add_row("records", f"{len(dialogues)} ({unlabeled} without summary, not encoded)")
-    table.add_row("encoded", f"{stats.encoded}; trimmed to fit max_length={config.training.max_length}: {stats.trimmed}; skipped: {len(stats.skipped_ids)}")
+    table.add_row(
+        "encoded",
+        f"{stats.encoded}; trimmed to fit max_length={config.training.max_length}: {stats.trimmed}; "
+        f"skipped: {len(stats.skipped_ids)}",
+    )
     if lengths:
-        table.add_row("tokens before trimming p50/p90/p95/p99/max",
-                      " / ".join(f"{v:.0f}" for v in result["lengths_before_trimming"].values()))
+        table.add_row(
+            "tokens before trimming p50/p90/p95/p99/max",
+            " / ".join(f"{v:.0f}" for v in result["lengths_before_trimming"].values()),
+        )
         table.add_row("tokens p50/p90/p95/p99/max", " / ".join(f"{v:.0f}" for v in result["lengths"].values()))
         table.add_row(f"padding waste, padded batches of {batch}", f"{result['padding_waste_padded']:.1%}")
-        table.add_row(f"padding waste, packed rows ({len(rows)}) padded per batch of {batch}",
-                      f"{result['padding_waste_packed']:.1%} (0 with padding-free packing)")
+        table.add_row(
+            f"padding waste, packed rows ({len(rows)}) padded per batch of {batch}",
+            f"{result['padding_waste_packed']:.1%} (0 with padding-free packing)",
+        )
         table.add_row(f"pack fill, fixed rows of {config.training.max_length}", f"{result['pack_fill_fixed_rows']:.1%}")
     console.print(table)
     return result

@@ -120,8 +120,12 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
         "test": config.data.test,
         "n": len(ids),
         "folds": [
-            {"fold": i, "dir": f"fold-{i}", "heldout": sum(1 for f in folds if f == i),
-             "train": sum(1 for f in folds if f != i)}
+            {
+                "fold": i,
+                "dir": f"fold-{i}",
+                "heldout": sum(1 for f in folds if f == i),
+                "train": sum(1 for f in folds if f != i),
+            }
             for i in range(k)
         ],
         "assignment": dict(zip(ids, folds)),
@@ -219,11 +223,17 @@ def kfold(
             continue
         if not (run_dir / REPORT_FILE).is_file():
             if run_dir.exists() and not resume:
-                raise RunDirError(f"{run_dir}: fold {entry['fold']} started but did not finish; pass --resume to "
-                                  "continue it from its last checkpoint")
+                raise RunDirError(
+                    f"{run_dir}: fold {entry['fold']} started but did not finish; pass --resume to "
+                    "continue it from its last checkpoint"
+                )
             console.rule(f"fold {entry['fold']} of {folds}: train {entry['train']}, held out {entry['heldout']}")
-            run(_fold_config(config, entry, include_dev), config_path=config_path, output_dir=run_dir,
-                resume=resume and run_dir.exists())
+            run(
+                _fold_config(config, entry, include_dev),
+                config_path=config_path,
+                output_dir=run_dir,
+                resume=resume and run_dir.exists(),
+            )
         if state.is_main_process:
             _predict_heldout(run_dir, entry, include_dev)
     if state.is_main_process:
@@ -242,12 +252,17 @@ def _ensemble_folds(parent: Path, spec: dict[str, Any]) -> dict[str, Any]:
     dirs = [parent / entry["dir"] for entry in spec["folds"]]
     result: dict[str, Any] = {}
     if spec.get("dev") and all((d / DEV_PREDICTIONS_FILE).is_file() for d in dirs):
-        report = ensemble_files([d / DEV_PREDICTIONS_FILE for d in dirs], parent / KFOLD_ENSEMBLE_DEV,
-                                references=spec["dev"], console=quiet)
+        report = ensemble_files(
+            [d / DEV_PREDICTIONS_FILE for d in dirs], parent / KFOLD_ENSEMBLE_DEV, references=spec["dev"], console=quiet
+        )
         result["ensemble_dev"] = {k: report["ensemble"][k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
     if all((d / SUBMISSION_FILE).is_file() for d in dirs):
-        ensemble_files([d / SUBMISSION_FILE for d in dirs], parent / KFOLD_ENSEMBLE_TEST,
-                       submission=parent / KFOLD_SUBMISSION, console=quiet)
+        ensemble_files(
+            [d / SUBMISSION_FILE for d in dirs],
+            parent / KFOLD_ENSEMBLE_TEST,
+            submission=parent / KFOLD_SUBMISSION,
+            console=quiet,
+        )
         result["ensemble_test"] = str(parent / KFOLD_SUBMISSION)
     return result
 
@@ -271,8 +286,12 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
         row["test_predictions"] = (run_dir / "submission.csv").is_file()
         rows.append(row)
     done = [r for r in rows if "oof_rouge_sum" in r]
-    summary: dict[str, Any] = {"k": spec["k"], "include_dev": spec["include_dev"], "folds": rows,
-                               "folds_done": len(done)}
+    summary: dict[str, Any] = {
+        "k": spec["k"],
+        "include_dev": spec["include_dev"],
+        "folds": rows,
+        "folds_done": len(done),
+    }
     for name in ("oof", "dev"):
         present = [r for r in done if f"{name}_rouge_sum" in r]
         if present:
@@ -304,8 +323,9 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
         return [f"{v:.2f}" if isinstance(v, (int, float)) else "-" for v in values]
 
     for r in rows:
-        table.add_row(str(r["fold"]), str(r["train"]), str(r["heldout"]), *cells(r),
-                      "yes" if r["test_predictions"] else "no")
+        table.add_row(
+            str(r["fold"]), str(r["train"]), str(r["heldout"]), *cells(r), "yes" if r["test_predictions"] else "no"
+        )
     if done:
         mean = {f"oof_{k}": summary["mean_oof"][k] for k in keys}
         if "mean_dev" in summary:
@@ -315,22 +335,44 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
     Console().print(table)
 
     (parent / KFOLD_SCORES_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    md = [f"# {spec['k']}-fold run", "", f"`{parent}` · seed {spec['seed']} · include_dev {spec['include_dev']} · "
-          f"{len(done)}/{len(rows)} folds done", "", "| " + " | ".join(columns) + " |",
-          "|" + "---|" * len(columns)]
+    md = [
+        f"# {spec['k']}-fold run",
+        "",
+        f"`{parent}` · seed {spec['seed']} · include_dev {spec['include_dev']} · {len(done)}/{len(rows)} folds done",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for r in rows:
-        md.append("| " + " | ".join([str(r["fold"]), str(r["train"]), str(r["heldout"]), *cells(r),
-                                     "yes" if r["test_predictions"] else "no"]) + " |")
+        md.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["fold"]),
+                    str(r["train"]),
+                    str(r["heldout"]),
+                    *cells(r),
+                    "yes" if r["test_predictions"] else "no",
+                ]
+            )
+            + " |"
+        )
     if done:
         md.append("| mean |  |  | " + " | ".join(cells(mean)) + " |  |")
     if "ensemble_dev" in summary:
         e = summary["ensemble_dev"]
-        md += ["", f"MBR ensemble of the {len(rows)} folds on dev: ROUGE sum {e['rouge_sum']:.2f} "
-               f"(R1 {e['rouge1']:.2f}, R2 {e['rouge2']:.2f}, RL {e['rougeL']:.2f}) against the folds' mean "
-               f"{summary['mean_dev']['rouge_sum']:.2f}; `{KFOLD_ENSEMBLE_DEV}`."]
+        md += [
+            "",
+            f"MBR ensemble of the {len(rows)} folds on dev: ROUGE sum {e['rouge_sum']:.2f} "
+            f"(R1 {e['rouge1']:.2f}, R2 {e['rouge2']:.2f}, RL {e['rougeL']:.2f}) against the folds' mean "
+            f"{summary['mean_dev']['rouge_sum']:.2f}; `{KFOLD_ENSEMBLE_DEV}`.",
+        ]
     if "ensemble_test" in summary:
         md += ["", f"Test: the folds' consensus is in `{KFOLD_SUBMISSION}` (organizers' format)."]
-    md += ["", "Ensemble the folds' test predictions: `dialsum ensemble " + str(parent) + " --split test "
-           "--output ensemble.csv --submission submission.csv`."]
+    md += [
+        "",
+        "Ensemble the folds' test predictions: `dialsum ensemble " + str(parent) + " --split test "
+        "--output ensemble.csv --submission submission.csv`.",
+    ]
     (parent / KFOLD_REPORT_FILE).write_text("\n".join(md) + "\n", encoding="utf-8")
     return summary

@@ -36,13 +36,16 @@ def _summary_tokens(tokenizer, summaries: Sequence[str]) -> list[int]:
     return [len(ids) + 1 for ids in encoded]  # + the stop token the generation must also produce
 
 
-def fit_length_rule(dialogues: Sequence[Dialogue], tokenizer, buckets: int = 5, quantile: float = 0.95,
-                    cap: int = 256, source: str = "") -> dict[str, Any]:
+def fit_length_rule(
+    dialogues: Sequence[Dialogue], tokenizer, buckets: int = 5, quantile: float = 0.95, cap: int = 256, source: str = ""
+) -> dict[str, Any]:
     """Bucket edges (dialogue characters, training quantiles) and each bucket's token limit."""
     labeled = [d for d in dialogues if d.references]
     if len(labeled) < buckets:
-        raise ConfigError(f"generation.max_new_tokens=auto: {len(labeled)} labeled training dialogues in "
-                          f"{source or 'the data'}, fewer than generation.length_buckets={buckets}")
+        raise ConfigError(
+            f"generation.max_new_tokens=auto: {len(labeled)} labeled training dialogues in "
+            f"{source or 'the data'}, fewer than generation.length_buckets={buckets}"
+        )
     chars = np.array([dialogue_chars(d) for d in labeled], dtype=float)
     tokens = np.array(_summary_tokens(tokenizer, [d.references[0] for d in labeled]), dtype=float)
     edges = sorted({float(np.quantile(chars, b / buckets)) for b in range(1, buckets)})
@@ -51,8 +54,9 @@ def fit_length_rule(dialogues: Sequence[Dialogue], tokenizer, buckets: int = 5, 
     for b in range(len(edges) + 1):
         members = tokens[index == b]
         limit = min(cap, math.ceil(float(np.quantile(members, quantile)))) if len(members) else cap
-        rule_buckets.append({"max_chars": edges[b] if b < len(edges) else None, "limit": int(limit),
-                             "n": int(len(members))})
+        rule_buckets.append(
+            {"max_chars": edges[b] if b < len(edges) else None, "limit": int(limit), "n": int(len(members))}
+        )
     return {
         "unit": "dialogue characters -> summary tokens (+1 stop token)",
         "quantile": quantile,
@@ -78,11 +82,22 @@ def _rule(config: Config, tokenizer) -> dict[str, Any]:
         return g.length_rule
     if not config.data.train:
         raise ConfigError("generation.max_new_tokens=auto needs generation.length_rule or data.train to fit it on")
-    key = (config.data.train, getattr(tokenizer, "name_or_path", ""), g.length_buckets, g.length_quantile,
-           g.max_new_tokens_cap)
+    key = (
+        config.data.train,
+        getattr(tokenizer, "name_or_path", ""),
+        g.length_buckets,
+        g.length_quantile,
+        g.max_new_tokens_cap,
+    )
     if key not in _FITTED:
-        _FITTED[key] = fit_length_rule(load_dialogues(config.data.train), tokenizer, g.length_buckets,
-                                       g.length_quantile, g.max_new_tokens_cap, source=str(config.data.train))
+        _FITTED[key] = fit_length_rule(
+            load_dialogues(config.data.train),
+            tokenizer,
+            g.length_buckets,
+            g.length_quantile,
+            g.max_new_tokens_cap,
+            source=str(config.data.train),
+        )
     return _FITTED[key]
 
 

@@ -227,6 +227,7 @@ def _summarise(rows: list[dict], predictions: list[str], refs: list[list[str]], 
 # Files
 # --------------------------------------------------------------------------------------------------
 
+
 def _id_list(ids: Iterable[str], limit: int = 5) -> str:
     ids = list(ids)
     shown = ", ".join(ids[:limit])

@@ -83,10 +83,11 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     if name.startswith(TINY_PREFIX):
         from dialsum.tiny import ARCHES, tiny_model_cached
 
-        arch = name[len(TINY_PREFIX):]
+        arch = name[len(TINY_PREFIX) :]
         if arch not in ARCHES:
-            raise ConfigError(f"model.name_or_path={name}: tiny models are "
-                              + ", ".join(TINY_PREFIX + a for a in ARCHES))
+            raise ConfigError(
+                f"model.name_or_path={name}: tiny models are " + ", ".join(TINY_PREFIX + a for a in ARCHES)
+            )
         return str(tiny_model_cached(arch))
     return name
 
@@ -96,10 +97,14 @@ def load_tokenizer(name_or_path: str | Path, config: Config):
 
     try:
         return AutoTokenizer.from_pretrained(
-            resolve_model_path(name_or_path), trust_remote_code=config.model.trust_remote_code, revision=config.model.revision
+            resolve_model_path(name_or_path),
+            trust_remote_code=config.model.trust_remote_code,
+            revision=config.model.revision,
         )
     except OSError as error:  # a missing directory, an unreachable hub, a repo id that does not exist
-        raise ConfigError(f"model.name_or_path={name_or_path}: cannot load the tokenizer: {str(error).splitlines()[0]}") from None
+        raise ConfigError(
+            f"model.name_or_path={name_or_path}: cannot load the tokenizer: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def qlora_settings(config: Config) -> dict:
@@ -183,13 +188,18 @@ def load_model(name_or_path: str | Path, config: Config, for_training: bool = Fa
 
         found = re.search(r"unsupported GLOBAL (\S+)", str(error), re.IGNORECASE)
         what = f"it would call {found.group(1)}" if found else type(error).__name__
-        raise ConfigError(f"model.name_or_path={name_or_path}: pytorch_model.bin refused by torch's weights_only "
-                          f"loader ({what}; a checkpoint must hold tensors only); nothing was executed") from None
+        raise ConfigError(
+            f"model.name_or_path={name_or_path}: pytorch_model.bin refused by torch's weights_only "
+            f"loader ({what}; a checkpoint must hold tensors only); nothing was executed"
+        ) from None
     except OSError as error:
         raise ConfigError(f"model.name_or_path={name_or_path}: cannot load: {str(error).splitlines()[0]}") from None
     if fmt == "bin":
-        print(f"loaded {name_or_path}: weights from pytorch_model.bin (torch weights_only loader; no safetensors "
-              f"in the checkpoint)", file=sys.stderr)
+        print(
+            f"loaded {name_or_path}: weights from pytorch_model.bin (torch weights_only loader; no safetensors "
+            f"in the checkpoint)",
+            file=sys.stderr,
+        )
     elif fmt == "safetensors":
         print(f"loaded {name_or_path}: weights from safetensors", file=sys.stderr)
     return model
@@ -222,7 +232,9 @@ def checkpoint_kind(model_path: str | Path, config: Config | None = None) -> str
     return "seq2seq" if getattr(model_config, "is_encoder_decoder", False) else "causal"
 
 
-def resolve_inference_source(model_path: str | Path, config: Config | None = None, overrides: list[str] | None = None) -> InferenceSource:
+def resolve_inference_source(
+    model_path: str | Path, config: Config | None = None, overrides: list[str] | None = None
+) -> InferenceSource:
     """A run directory (config.yaml + model/), a run's model/ directory, or any HF model path / hub id.
 
     For a run, the config is the run's config.yaml; a `config` given as well supplies everything but the
@@ -258,16 +270,22 @@ def resolve_inference_source(model_path: str | Path, config: Config | None = Non
         if not adapter:  # a bare checkpoint: it names itself, and its config.json says its kind
             kind = checkpoint_kind(model_dir, config)
             if config is not None and config.model.kind != kind:
-                print(f"{model_path}: the checkpoint is {kind} (config.json), not model.kind={config.model.kind}; "
-                      f"using {kind}", file=sys.stderr)
+                print(
+                    f"{model_path}: the checkpoint is {kind} (config.json), not model.kind={config.model.kind}; "
+                    f"using {kind}",
+                    file=sys.stderr,
+                )
             raw["model"] = {**raw.get("model", {}), "name_or_path": str(model_dir), "kind": kind}
         elif config is None:
-            raise ConfigError(f"{model_path}: a LoRA adapter outside a run directory needs --config naming its "
-                              "base model")
+            raise ConfigError(
+                f"{model_path}: a LoRA adapter outside a run directory needs --config naming its base model"
+            )
         config = config_from_dict(raw, source=str(model_path))
     if overrides:
         config = config_from_dict(config.to_dict(), overrides, source="--set")
-    return InferenceSource(config=config, model_dir=Path(model_dir) if adapter else model_dir, adapter=adapter, run_dir=run_dir)
+    return InferenceSource(
+        config=config, model_dir=Path(model_dir) if adapter else model_dir, adapter=adapter, run_dir=run_dir
+    )
 
 
 def load_source(source: InferenceSource):

@@ -33,7 +33,9 @@ def count_tokens(inputs: dict, meta: dict | None = None) -> TokenCounts:
     if "attention_mask" in inputs:
         real = int(inputs["attention_mask"].sum())
         processed = inputs["attention_mask"].numel()
-        if "decoder_input_ids" in inputs or ("labels" in inputs and inputs["labels"].shape != inputs["attention_mask"].shape):
+        if "decoder_input_ids" in inputs or (
+            "labels" in inputs and inputs["labels"].shape != inputs["attention_mask"].shape
+        ):
             labels = inputs["labels"]
             real += int((labels != -100).sum())
             processed += labels.numel()
@@ -74,8 +76,9 @@ class MonitorMixin:
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            window = torch.tensor([self._window.real, self._window.processed, self._window.examples],
-                                  dtype=torch.float64)
+            window = torch.tensor(
+                [self._window.real, self._window.processed, self._window.examples], dtype=torch.float64
+            )
             if self.accelerator.num_processes > 1:
                 window = self.accelerator.reduce(window.to(self.accelerator.device), reduction="sum").cpu()
             elapsed = time.perf_counter() - self._window_start
@@ -110,7 +113,9 @@ class RougeEvalMixin:
     dialsum_config: Config | None = None
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        metrics = super().evaluate(
+            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
         if not self.rouge_dialogues or metric_key_prefix != "eval":
             return metrics
         from dialsum.generate import generate_summaries
@@ -126,10 +131,15 @@ class RougeEvalMixin:
         once = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
         rouge = None
         if not once or self.accelerator.is_main_process:
-            predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config,
-                                             kind=config.model.kind, progress=False)
-            scores = score(predictions, [d.references for d in self.rouge_dialogues],
-                           tokenizer=config.evaluation.tokenizer, forbidden_scripts=config.generation.forbidden_scripts)
+            predictions = generate_summaries(
+                model, self.processing_class, self.rouge_dialogues, config, kind=config.model.kind, progress=False
+            )
+            scores = score(
+                predictions,
+                [d.references for d in self.rouge_dialogues],
+                tokenizer=config.evaluation.tokenizer,
+                forbidden_scripts=config.generation.forbidden_scripts,
+            )
             rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
         if once:
             from accelerate.utils import broadcast_object_list

@@ -67,8 +67,10 @@ class PackedBatchCollator:
             from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
             batch = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=True)(
-                [{"input_ids": r["input_ids"], "labels": r["labels"], "seq_lengths": s}
-                 for r, s in zip(rows, seq_lengths)]
+                [
+                    {"input_ids": r["input_ids"], "labels": r["labels"], "seq_lengths": s}
+                    for r, s in zip(rows, seq_lengths)
+                ]
             )
             return {**batch, **meta}
         width = max(len(row["input_ids"]) for row in rows)
@@ -126,8 +128,9 @@ def example_budget_batches(examples_per_row: list[int], examples_per_batch: int,
 GROUP_WINDOW = 16  # micro-batches' worth of shuffled rows that are sorted by length together
 
 
-def epoch_batches(examples_per_row: list[int], row_lengths: list[int] | None, examples_per_batch: int,
-                  rng: random.Random) -> list[list[int]]:
+def epoch_batches(
+    examples_per_row: list[int], row_lengths: list[int] | None, examples_per_batch: int, rng: random.Random
+) -> list[list[int]]:
     """One epoch of micro-batches: rows shuffled; within windows of `GROUP_WINDOW` micro-batches, sorted by length
     so that the rows of a micro-batch are about as long as each other (the rows layout pads them to the longest);
     cut by the example budget; the micro-batches shuffled again."""
@@ -136,8 +139,11 @@ def epoch_batches(examples_per_row: list[int], row_lengths: list[int] | None, ex
     if row_lengths is not None and order:
         rows_per_batch = max(1, round(len(order) * examples_per_batch / max(1, sum(examples_per_row))))
         window = GROUP_WINDOW * rows_per_batch
-        order = [i for start in range(0, len(order), window)
-                 for i in sorted(order[start : start + window], key=lambda i: -row_lengths[i])]
+        order = [
+            i
+            for start in range(0, len(order), window)
+            for i in sorted(order[start : start + window], key=lambda i: -row_lengths[i])
+        ]
     batches = example_budget_batches(examples_per_row, examples_per_batch, order)
     rng.shuffle(batches)
     return batches
@@ -147,8 +153,9 @@ class ExampleBudgetBatchSampler(Sampler[list[int]]):
     """Shuffles packed rows each epoch (seed + epoch) and yields micro-batches of ~`examples_per_batch` examples,
     grouping rows of similar length when `row_lengths` is given (`epoch_batches`)."""
 
-    def __init__(self, examples_per_row: list[int], examples_per_batch: int, seed: int,
-                 row_lengths: list[int] | None = None):
+    def __init__(
+        self, examples_per_row: list[int], examples_per_batch: int, seed: int, row_lengths: list[int] | None = None
+    ):
         self.examples_per_row = list(examples_per_row)
         self.row_lengths = row_lengths
         self.examples_per_batch = examples_per_batch
@@ -175,10 +182,12 @@ def example_budget_note(examples_per_row: list[int], examples_per_batch: int) ->
     total, batches = sum(examples_per_row), len(ExampleBudgetBatchSampler(examples_per_row, examples_per_batch, 0))
     mean = total / batches if batches else 0.0
     if batches and abs(mean / examples_per_batch - 1) > 0.1:
-        return (f"packing: a packed row holds {total / len(examples_per_row):.1f} examples on average, so a "
-                f"micro-batch "
-                f"holds {mean:.1f} examples, not training.per_device_train_batch_size={examples_per_batch}; lower "
-                "training.max_length or raise the batch size to keep the recipe's effective batch")
+        return (
+            f"packing: a packed row holds {total / len(examples_per_row):.1f} examples on average, so a "
+            f"micro-batch "
+            f"holds {mean:.1f} examples, not training.per_device_train_batch_size={examples_per_batch}; lower "
+            "training.max_length or raise the batch size to keep the recipe's effective batch"
+        )
     return None
 
 
@@ -208,8 +217,17 @@ class EpochPlan:
         return 1 - self.real_tokens / self.processed_tokens if self.processed_tokens else 0.0
 
 
-def plan_epoch(lengths: list[int], max_length: int, per_device_batch: int, accumulation: int, world_size: int = 1,
-               packing: bool = True, unit: str = "examples", layout: Layout = "rows", seed: int = 0) -> EpochPlan:
+def plan_epoch(
+    lengths: list[int],
+    max_length: int,
+    per_device_batch: int,
+    accumulation: int,
+    world_size: int = 1,
+    packing: bool = True,
+    unit: str = "examples",
+    layout: Layout = "rows",
+    seed: int = 0,
+) -> EpochPlan:
     """Simulate one epoch: TRL's best-fit-decreasing packing (`stats.pack_lengths`), dialsum's micro-batching, the
     layout's padding. `attention_pairs` counts what the kernel computes: a dense kernel (sdpa/eager with a
     mask, padded or packed rows) computes every query-key pair of each B × L × L block, masked-out ones included;
@@ -251,11 +269,19 @@ def plan_epoch(lengths: list[int], max_length: int, per_device_batch: int, accum
     micro = math.ceil(len(batches) / world_size)
     steps = max(1, micro // accumulation + int(micro % accumulation > 0))
     return EpochPlan(
-        examples=len(lengths), real_tokens=sum(lengths), packing=packing, unit=unit if packing else "examples",
-        layout=layout if packing else "padded", rows=n_rows, micro_batches=micro, optimizer_steps=steps,
-        examples_per_step=len(lengths) / steps, max_rows_per_micro_batch=max((len(b) for b in batches), default=0),
+        examples=len(lengths),
+        real_tokens=sum(lengths),
+        packing=packing,
+        unit=unit if packing else "examples",
+        layout=layout if packing else "padded",
+        rows=n_rows,
+        micro_batches=micro,
+        optimizer_steps=steps,
+        examples_per_step=len(lengths) / steps,
+        max_rows_per_micro_batch=max((len(b) for b in batches), default=0),
         max_tokens_per_micro_batch=biggest,
-        processed_tokens=processed, attention_pairs=pairs,
+        processed_tokens=processed,
+        attention_pairs=pairs,
     )
 
 
@@ -280,14 +306,24 @@ class PackedBatchesMixin:
 
             dataset = self._remove_unused_columns(self.train_dataset, description="Training")
             seq_lengths = dataset["seq_lengths"]
-            sampler = ExampleBudgetBatchSampler([len(s) for s in seq_lengths], self.examples_per_micro_batch,
-                                                seed=self.args.seed, row_lengths=[sum(s) for s in seq_lengths])
-            loader = self.accelerator.prepare(DataLoader(
-                dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
-                worker_init_fn=partial(seed_worker, num_workers=self.args.dataloader_num_workers,
-                                       rank=self.args.process_index),
-            ))
+            sampler = ExampleBudgetBatchSampler(
+                [len(s) for s in seq_lengths],
+                self.examples_per_micro_batch,
+                seed=self.args.seed,
+                row_lengths=[sum(s) for s in seq_lengths],
+            )
+            loader = self.accelerator.prepare(
+                DataLoader(
+                    dataset,
+                    batch_sampler=sampler,
+                    collate_fn=self.data_collator,
+                    num_workers=self.args.dataloader_num_workers,
+                    pin_memory=self.args.dataloader_pin_memory,
+                    worker_init_fn=partial(
+                        seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+                    ),
+                )
+            )
         self.micro_batches_per_epoch = len(loader)
         return loader
 

@@ -66,17 +66,29 @@ class Architecture:
             raise ConfigError(f"config.json: not a Llama/Qwen-style decoder (no {', '.join(missing)})")
         heads = config["num_attention_heads"]
         return cls(
-            model_type=config.get("model_type", "?"), vocab=config["vocab_size"], hidden=config["hidden_size"],
-            layers=config["num_hidden_layers"], heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads, intermediate=config["intermediate_size"],
+            model_type=config.get("model_type", "?"),
+            vocab=config["vocab_size"],
+            hidden=config["hidden_size"],
+            layers=config["num_hidden_layers"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            intermediate=config["intermediate_size"],
             tied=bool(config.get("tie_word_embeddings", False)),
         )
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer."""
         d, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-                "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d)}
+        return {
+            "q_proj": (d, q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "o_proj": (q, d),
+            "gate_proj": (d, i),
+            "up_proj": (d, i),
+            "down_proj": (i, d),
+        }
 
     @property
     def layer_matmul_params(self) -> int:
@@ -140,16 +152,23 @@ def memory_estimate(arch: Architecture, config: Config, method: str, tokens: int
         per_layer += 3 * sum(shapes[n][0] for n in names)  # the dropped input (bf16) and its mask (1 byte)
     activations = tokens * per_layer * arch.layers
     checkpointed = tokens * (2 * d * arch.layers + per_layer)
-    return {"weights": weights, "gradients": grads, "optimizer": optimizer,
-            "activations": activations, "activations_checkpointed": checkpointed}
+    return {
+        "weights": weights,
+        "gradients": grads,
+        "optimizer": optimizer,
+        "activations": activations,
+        "activations_checkpointed": checkpointed,
+    }
 
 
 def forward_flops(arch: Architecture, epoch: EpochPlan, trained_tokens: int) -> float:
     """Forward FLOPs of one epoch: block linears per computed position, the fused LM head per trained position,
     attention per query-key pair the kernel computes."""
-    return (2 * arch.layers * arch.layer_matmul_params * epoch.processed_tokens
-            + 2 * arch.hidden * arch.vocab * trained_tokens
-            + 4 * arch.layers * arch.heads * arch.head_dim * epoch.attention_pairs)
+    return (
+        2 * arch.layers * arch.layer_matmul_params * epoch.processed_tokens
+        + 2 * arch.hidden * arch.vocab * trained_tokens
+        + 4 * arch.layers * arch.heads * arch.head_dim * epoch.attention_pairs
+    )
 
 
 def training_flops(arch: Architecture, epoch: EpochPlan, trained_tokens: int, method: str) -> float:
@@ -186,8 +205,10 @@ def resolve_model_dir(config: Config, model_dir: str | Path | None) -> Path:
         return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model"], local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means: not cached
         pass
-    raise ConfigError(f"model.name_or_path={name}: no local config.json; pass --model-dir DIR (config.json, tokenizer) "
-                      f"or put a folder named {name.split('/')[-1].lower()} under $DIALSUM_MODEL_DIRS")
+    raise ConfigError(
+        f"model.name_or_path={name}: no local config.json; pass --model-dir DIR (config.json, tokenizer) "
+        f"or put a folder named {name.split('/')[-1].lower()} under $DIALSUM_MODEL_DIRS"
+    )
 
 
 def scale_lengths(lengths: list[int], n: int, seed: int = 0) -> list[int]:
@@ -226,8 +247,14 @@ class Plan:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
 
-def build_plan(config: Config, model_dir: str | Path | None = None, data: str | Path | None = None,
-               train_examples: int | None = None, world_size: int = 1, mfu: float = DEFAULT_MFU) -> Plan:
+def build_plan(
+    config: Config,
+    model_dir: str | Path | None = None,
+    data: str | Path | None = None,
+    train_examples: int | None = None,
+    world_size: int = 1,
+    mfu: float = DEFAULT_MFU,
+) -> Plan:
     from transformers import AutoTokenizer
 
     from dialsum.data import load_dialogues
@@ -256,15 +283,43 @@ def build_plan(config: Config, model_dir: str | Path | None = None, data: str | 
     t = config.training
     epochs = t.num_train_epochs if t.max_steps <= 0 else None
     runs = {
-        "padded": plan_epoch(lengths, t.max_length, t.per_device_train_batch_size, t.gradient_accumulation_steps,
-                             world_size, packing=False, seed=t.seed),
-        "packed rows": plan_epoch(lengths, t.max_length, t.per_device_train_batch_size, t.gradient_accumulation_steps,
-                                  world_size, packing=True, unit=t.packing_batch_unit, layout="rows", seed=t.seed),
-        "packed flat": plan_epoch(lengths, t.max_length, t.per_device_train_batch_size, t.gradient_accumulation_steps,
-                                  world_size, packing=True, unit=t.packing_batch_unit, layout="flat", seed=t.seed),
+        "padded": plan_epoch(
+            lengths,
+            t.max_length,
+            t.per_device_train_batch_size,
+            t.gradient_accumulation_steps,
+            world_size,
+            packing=False,
+            seed=t.seed,
+        ),
+        "packed rows": plan_epoch(
+            lengths,
+            t.max_length,
+            t.per_device_train_batch_size,
+            t.gradient_accumulation_steps,
+            world_size,
+            packing=True,
+            unit=t.packing_batch_unit,
+            layout="rows",
+            seed=t.seed,
+        ),
+        "packed flat": plan_epoch(
+            lengths,
+            t.max_length,
+            t.per_device_train_batch_size,
+            t.gradient_accumulation_steps,
+            world_size,
+            packing=True,
+            unit=t.packing_batch_unit,
+            layout="flat",
+            seed=t.seed,
+        ),
     }
-    layout = ("packed flat" if packing_layout(config.model.attn_implementation) == "flat" else "packed rows") \
-        if t.packing else "padded"
+    layout = (
+        ("packed flat" if packing_layout(config.model.attn_implementation) == "flat" else "packed rows")
+        if t.packing
+        else "padded"
+    )
     method = ("qlora" if config.lora.load_in_4bit else "lora") if config.lora.enabled else "full"
     own = runs[layout]
     memory = {}
@@ -278,22 +333,43 @@ def build_plan(config: Config, model_dir: str | Path | None = None, data: str | 
         steps_total = epoch.optimizer_steps * math.ceil(epochs) if epochs else t.max_steps
         run_epochs = epochs if epochs else t.max_steps / epoch.optimizer_steps
         layouts[name] = {
-            "unit": epoch.unit, "optimizer_steps_per_epoch": epoch.optimizer_steps,
+            "unit": epoch.unit,
+            "optimizer_steps_per_epoch": epoch.optimizer_steps,
             "optimizer_steps_total": steps_total,
-            "examples_per_step": round(epoch.examples_per_step, 1), "micro_batches_per_epoch": epoch.micro_batches,
-            "max_rows_per_micro_batch": epoch.max_rows_per_micro_batch, "rows": epoch.rows,
+            "examples_per_step": round(epoch.examples_per_step, 1),
+            "micro_batches_per_epoch": epoch.micro_batches,
+            "max_rows_per_micro_batch": epoch.max_rows_per_micro_batch,
+            "rows": epoch.rows,
             "max_tokens_per_micro_batch": epoch.max_tokens_per_micro_batch,
-            "processed_tokens": epoch.processed_tokens, "padding_waste": round(epoch.padding_waste, 4),
-            "flops_per_epoch": flops, "flops_per_real_token": flops / epoch.real_tokens,
+            "processed_tokens": epoch.processed_tokens,
+            "padding_waste": round(epoch.padding_waste, 4),
+            "flops_per_epoch": flops,
+            "flops_per_real_token": flops / epoch.real_tokens,
         }
-        hours[name] = {gpu: flops * run_epochs / (peak * mfu * world_size) / 3600
-                       for gpu, peak in PEAK_BF16_FLOPS.items()}
+        hours[name] = {
+            gpu: flops * run_epochs / (peak * mfu * world_size) / 3600 for gpu, peak in PEAK_BF16_FLOPS.items()
+        }
     return Plan(
-        model_dir=str(directory), data=str(path), architecture=asdict(arch), params=arch.params, examples=n,
-        examples_in_file=len(examples), trimmed=stats.trimmed, skipped=len(stats.skipped_ids), real_tokens=sum(lengths),
-        trained_tokens=total_trained, length_percentiles=length_percentiles(lengths), world_size=world_size,
-        epochs=epochs if epochs else round(t.max_steps / own.optimizer_steps, 3), layouts=layouts, layout=layout,
-        memory_gb=memory, method=method, tokens_per_micro_batch=own.max_tokens_per_micro_batch, mfu=mfu, hours=hours,
+        model_dir=str(directory),
+        data=str(path),
+        architecture=asdict(arch),
+        params=arch.params,
+        examples=n,
+        examples_in_file=len(examples),
+        trimmed=stats.trimmed,
+        skipped=len(stats.skipped_ids),
+        real_tokens=sum(lengths),
+        trained_tokens=total_trained,
+        length_percentiles=length_percentiles(lengths),
+        world_size=world_size,
+        epochs=epochs if epochs else round(t.max_steps / own.optimizer_steps, 3),
+        layouts=layouts,
+        layout=layout,
+        memory_gb=memory,
+        method=method,
+        tokens_per_micro_batch=own.max_tokens_per_micro_batch,
+        mfu=mfu,
+        hours=hours,
     )
 
 
@@ -303,44 +379,82 @@ def print_plan(plan: Plan, console=None) -> None:
 
     console = console or Console(width=max(Console().width, 132))  # the tables need the width, even in a pipe
     a = plan.architecture
-    console.print(f"[bold]dialsum plan[/] — {a['model_type']} from {plan.model_dir}: {plan.params / 1e9:.2f} B "
-                  f"parameters (hidden {a['hidden']}, {a['layers']} layers, {a['heads']}/{a['kv_heads']} heads, "
-                  f"vocab {a['vocab']:,})")
+    console.print(
+        f"[bold]dialsum plan[/] — {a['model_type']} from {plan.model_dir}: {plan.params / 1e9:.2f} B "
+        f"parameters (hidden {a['hidden']}, {a['layers']} layers, {a['heads']}/{a['kv_heads']} heads, "
+        f"vocab {a['vocab']:,})"
+    )
     scaled = ""
     if plan.examples != plan.examples_in_file:
         scaled = f" (length distribution of {plan.examples_in_file} real examples)"
-    console.print(f"data: {plan.data}: {plan.examples:,} examples{scaled}, {plan.trimmed} trimmed, "
-                  f"{plan.skipped} skipped; "
-                  f"{plan.real_tokens:,} tokens, {plan.trained_tokens:,} trained; lengths "
-                  + ", ".join(f"{k} {v:.0f}" for k, v in plan.length_percentiles.items()))
+    console.print(
+        f"data: {plan.data}: {plan.examples:,} examples{scaled}, {plan.trimmed} trimmed, "
+        f"{plan.skipped} skipped; "
+        f"{plan.real_tokens:,} tokens, {plan.trained_tokens:,} trained; lengths "
+        + ", ".join(f"{k} {v:.0f}" for k, v in plan.length_percentiles.items())
+    )
 
     table = Table(title=f"one epoch, {plan.world_size} GPU(s); the config trains as: {plan.layout}")
-    for column in ("layout", "steps/epoch", "steps total", "examples/step", "largest micro-batch (rows/tokens)",
-                   "padding waste", "PFLOP/epoch", "GFLOP/real token", "A100 h", "H100 h"):
+    for column in (
+        "layout",
+        "steps/epoch",
+        "steps total",
+        "examples/step",
+        "largest micro-batch (rows/tokens)",
+        "padding waste",
+        "PFLOP/epoch",
+        "GFLOP/real token",
+        "A100 h",
+        "H100 h",
+    ):
         table.add_column(column, justify="left" if column == "layout" else "right")
     for name, row in plan.layouts.items():
-        table.add_row(("[bold]" if name == plan.layout else "") + name, str(row["optimizer_steps_per_epoch"]),
-                      str(row["optimizer_steps_total"]), f"{row['examples_per_step']:.1f}",
-                      f"{row['max_rows_per_micro_batch']} / {row['max_tokens_per_micro_batch']:,}",
-                      f"{row['padding_waste']:.1%}", f"{row['flops_per_epoch'] / 1e15:,.1f}",
-                      f"{row['flops_per_real_token'] / 1e9:.2f}",
-                      *(f"{plan.hours[name][gpu]:.2f}" for gpu in PEAK_BF16_FLOPS))
+        table.add_row(
+            ("[bold]" if name == plan.layout else "") + name,
+            str(row["optimizer_steps_per_epoch"]),
+            str(row["optimizer_steps_total"]),
+            f"{row['examples_per_step']:.1f}",
+            f"{row['max_rows_per_micro_batch']} / {row['max_tokens_per_micro_batch']:,}",
+            f"{row['padding_waste']:.1%}",
+            f"{row['flops_per_epoch'] / 1e15:,.1f}",
+            f"{row['flops_per_real_token'] / 1e9:.2f}",
+            *(f"{plan.hours[name][gpu]:.2f}" for gpu in PEAK_BF16_FLOPS),
+        )
     console.print(table)
-    console.print(f"hours: {plan.method} fine-tuning, {plan.epochs:g} epoch(s), {plan.world_size} GPU(s), at MFU "
-                  f"{plan.mfu:.0%} of the bf16 dense peak ("
-                  + ", ".join(f"{g} {p / 1e12:.0f} TFLOPS" for g, p in PEAK_BF16_FLOPS.items()) + "). Steps count "
-                  "optimizer steps; an optimizer step sees per_device_train_batch_size × gradient_accumulation_steps "
-                  "× GPUs " + ("packed rows." if plan.layouts[plan.layout]["unit"] == "rows" else "examples."))
+    console.print(
+        f"hours: {plan.method} fine-tuning, {plan.epochs:g} epoch(s), {plan.world_size} GPU(s), at MFU "
+        f"{plan.mfu:.0%} of the bf16 dense peak ("
+        + ", ".join(f"{g} {p / 1e12:.0f} TFLOPS" for g, p in PEAK_BF16_FLOPS.items())
+        + "). Steps count "
+        "optimizer steps; an optimizer step sees per_device_train_batch_size × gradient_accumulation_steps "
+        "× GPUs " + ("packed rows." if plan.layouts[plan.layout]["unit"] == "rows" else "examples.")
+    )
 
-    memory = Table(title=f"memory per GPU (GB), largest micro-batch: {plan.tokens_per_micro_batch:,} tokens; "
-                         "plus ~1-3 GB CUDA context and allocator slack")
-    for column in ("method", "weights", "gradients", "optimizer", "activations", "total",
-                   "activations (ckpt)", "total (ckpt)"):
+    memory = Table(
+        title=f"memory per GPU (GB), largest micro-batch: {plan.tokens_per_micro_batch:,} tokens; "
+        "plus ~1-3 GB CUDA context and allocator slack"
+    )
+    for column in (
+        "method",
+        "weights",
+        "gradients",
+        "optimizer",
+        "activations",
+        "total",
+        "activations (ckpt)",
+        "total (ckpt)",
+    ):
         memory.add_column(column, justify="left" if column == "method" else "right")
     for method, parts in plan.memory_gb.items():
         static = parts["weights"] + parts["gradients"] + parts["optimizer"]
-        memory.add_row(("[bold]" if method == plan.method else "") + method, f"{parts['weights']:.1f}",
-                       f"{parts['gradients']:.2f}", f"{parts['optimizer']:.2f}", f"{parts['activations']:.1f}",
-                       f"{static + parts['activations']:.1f}", f"{parts['activations_checkpointed']:.1f}",
-                       f"{static + parts['activations_checkpointed']:.1f}")
+        memory.add_row(
+            ("[bold]" if method == plan.method else "") + method,
+            f"{parts['weights']:.1f}",
+            f"{parts['gradients']:.2f}",
+            f"{parts['optimizer']:.2f}",
+            f"{parts['activations']:.1f}",
+            f"{static + parts['activations']:.1f}",
+            f"{parts['activations_checkpointed']:.1f}",
+            f"{static + parts['activations_checkpointed']:.1f}",
+        )
     console.print(memory)

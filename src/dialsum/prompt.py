@@ -52,9 +52,11 @@ def resolve_topic_policy(config: Config, *splits: list[Dialogue]) -> tuple[Confi
     resolved = config.model_copy(deep=True)
     resolved.prompt.topic = choice
     if choice == "never" and named and len(lacking) < len(named):
-        note = (f"prompt.topic=auto -> never: {lacking[0]} has no topic for every dialogue, so every prompt (train, "
-                f"dev, test) reads the default topic '{config.prompt.default_topic}' (set prompt.topic=always to "
-                f"use topics where present)")
+        note = (
+            f"prompt.topic=auto -> never: {lacking[0]} has no topic for every dialogue, so every prompt (train, "
+            f"dev, test) reads the default topic '{config.prompt.default_topic}' (set prompt.topic=always to "
+            f"use topics where present)"
+        )
         return resolved, note
     return resolved, None
 
@@ -66,9 +68,11 @@ def topic_mismatch(prompt: PromptConfig, dialogues: list[Dialogue], source: str)
     missing = sum(1 for d in dialogues if not (d.topic or "").strip())
     if not missing:
         return None
-    return (f"{source}: {missing} of {len(dialogues)} dialogues have no topic while prompt.topic=always (training "
-            f"used topics): their prompts read the default topic '{prompt.default_topic}', unlike training "
-            f"(set prompt.topic=auto or never to train on the form predicted)")
+    return (
+        f"{source}: {missing} of {len(dialogues)} dialogues have no topic while prompt.topic=always (training "
+        f"used topics): their prompts read the default topic '{prompt.default_topic}', unlike training "
+        f"(set prompt.topic=auto or never to train on the form predicted)"
+    )
 
 
 def conversation_lines(dialogue: Dialogue, prompt: PromptConfig, turns: list[Turn] | None = None) -> list[str]:

@@ -42,7 +42,11 @@ console = Console(stderr=True)
 MISSING = "—"
 IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
 CELL_WIDTH = 60  # long settings (prompts) are cut in tables; compare.json keeps them whole
-SCORE_KEYS = ("rouge_sum", "final_score", "score")  # per-example ranking score, first present wins (score_rows: final_score)
+SCORE_KEYS = (
+    "rouge_sum",
+    "final_score",
+    "score",
+)  # per-example ranking score, first present wins (score_rows: final_score)
 
 
 def _missing_file_notes(run: RunData) -> list[str]:
@@ -51,7 +55,9 @@ def _missing_file_notes(run: RunData) -> list[str]:
         CONFIG_FILE: "not a run directory?",
         SUMMARY_FILE: "incomplete run?",
         METRICS_FILE: "training never logged",
-        DEV_SCORES_FILE: "data.dev not set" if run.config.get("data.dev") is None and run.config else "no dev scoring yet: `dialsum run` not finished?",
+        DEV_SCORES_FILE: "data.dev not set"
+        if run.config.get("data.dev") is None and run.config
+        else "no dev scoring yet: `dialsum run` not finished?",
     }
     return [f"{run.path}: no {name} ({why[name]})" for name in run.missing if name in why]
 
@@ -201,7 +207,9 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     points = [
         (row["step"], row[key])
         for row in rows
-        if isinstance(row.get("step"), (int, float)) and isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+        if isinstance(row.get("step"), (int, float))
+        and isinstance(row.get(key), (int, float))
+        and not isinstance(row.get(key), bool)
     ]
     return [p[0] for p in points], [p[1] for p in points]
 
@@ -226,7 +234,14 @@ def _draw_runs(ax, runs: list[RunData], key: str, label_suffix: str = "", linest
     for i, run in enumerate(runs):
         steps, values = _series(run.metrics, key)
         if steps:
-            ax.plot(steps, values, label=f"{run.name}{label_suffix}", color=f"C{i}", linestyle=linestyle, marker="." if len(steps) <= 60 else None)
+            ax.plot(
+                steps,
+                values,
+                label=f"{run.name}{label_suffix}",
+                color=f"C{i}",
+                linestyle=linestyle,
+                marker="." if len(steps) <= 60 else None,
+            )
             drew = True
     return drew
 
@@ -263,7 +278,11 @@ def plot_eval(runs: list[RunData], path: Path) -> Path | None:
     def has(key: str) -> bool:
         return any(_series(run.metrics, key)[0] for run in runs)
 
-    rouge_keys = ["eval_rouge_sum"] if has("eval_rouge_sum") else [k for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL") if has(k)]
+    rouge_keys = (
+        ["eval_rouge_sum"]
+        if has("eval_rouge_sum")
+        else [k for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL") if has(k)]
+    )
     panels = (["eval_loss"] if has("eval_loss") else []) + (["rouge"] if rouge_keys else [])
     if not panels:
         return None
@@ -282,7 +301,9 @@ def plot_eval(runs: list[RunData], path: Path) -> Path | None:
     return path
 
 
-def write_plots(runs: list[RunData], output_dir: Path, keys: tuple[str, ...] = ("loss", "grad_norm", "learning_rate", "eval")) -> list[Path]:
+def write_plots(
+    runs: list[RunData], output_dir: Path, keys: tuple[str, ...] = ("loss", "grad_norm", "learning_rate", "eval")
+) -> list[Path]:
     """loss.png, grad_norm.png, learning_rate.png, eval.png in output_dir; a plot without data is skipped."""
     output_dir.mkdir(parents=True, exist_ok=True)
     specs = {
@@ -304,7 +325,9 @@ def write_plots(runs: list[RunData], output_dir: Path, keys: tuple[str, ...] = (
 def run_plots(run_dir: str | Path, output_dir: str | Path | None = None) -> list[Path]:
     """Loss and grad-norm plots of one run (eval too when logged), by default into RUN_DIR/plots/."""
     run = load_run(run_dir)
-    return write_plots([run], Path(output_dir) if output_dir else Path(run_dir) / PLOTS_DIR, keys=("loss", "grad_norm", "eval"))
+    return write_plots(
+        [run], Path(output_dir) if output_dir else Path(run_dir) / PLOTS_DIR, keys=("loss", "grad_norm", "eval")
+    )
 
 
 # ---------------------------------------------------------------- markdown
@@ -344,7 +367,9 @@ def _metric_cells(comparison: Comparison, metric: Metric) -> tuple[list[str], se
 def _metric_label(metric: Metric, runs: list[RunData]) -> str:
     if metric.name == "grad_norm_spikes":
         thresholds = {_threshold(run) for run in runs} - {None}
-        return f"grad-norm spikes (> {thresholds.pop():g})" if len(thresholds) == 1 else "grad-norm spikes (> threshold)"
+        return (
+            f"grad-norm spikes (> {thresholds.pop():g})" if len(thresholds) == 1 else "grad-norm spikes (> threshold)"
+        )
     return metric.label
 
 
@@ -358,7 +383,10 @@ def print_comparison(comparison: Comparison, runs: list[RunData]) -> None:
     table.add_section()
     for metric in METRICS:
         cells, best = _metric_cells(comparison, metric)
-        table.add_row(_metric_label(metric, runs), *[Text(c, style="bold green" if i in best else "") for i, c in enumerate(cells)])
+        table.add_row(
+            _metric_label(metric, runs),
+            *[Text(c, style="bold green" if i in best else "") for i, c in enumerate(cells)],
+        )
     console.print(table)
     for note in comparison.notes:
         console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
@@ -390,7 +418,10 @@ def comparison_json(comparison: Comparison) -> dict:
     return {
         "runs": [{"name": n, "path": p} for n, p in zip(comparison.names, comparison.paths)],
         "settings": {key: [None if v is _ABSENT else v for v in values] for key, values in comparison.settings.items()},
-        "metrics": {name: [v if v is None or math.isfinite(v) else None for v in values] for name, values in comparison.metrics.items()},  # strict JSON: no NaN
+        "metrics": {
+            name: [v if v is None or math.isfinite(v) else None for v in values]
+            for name, values in comparison.metrics.items()
+        },  # strict JSON: no NaN
         "notes": comparison.notes,
         "plots": [p.name for p in comparison.plots],
     }
@@ -413,7 +444,9 @@ def compare_runs(run_dirs: list[str | Path], output_dir: str | Path) -> Path:
     print_comparison(comparison, runs)
     markdown = output_dir / "compare.md"
     markdown.write_text(comparison_markdown(comparison, runs, output_dir), encoding="utf-8")
-    (output_dir / "compare.json").write_text(json.dumps(comparison_json(comparison), indent=2, ensure_ascii=False), encoding="utf-8")
+    (output_dir / "compare.json").write_text(
+        json.dumps(comparison_json(comparison), indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     return markdown
 
 
@@ -433,25 +466,47 @@ def _setup_rows(run: RunData) -> list[list[str]]:
     if not c("lora.enabled"):
         lora = "off (full fine-tuning)"
     else:
-        lora = f"{'QLoRA 4-bit' if c('lora.load_in_4bit') else 'LoRA'} r={c('lora.r')}, alpha={c('lora.alpha')}, dropout={c('lora.dropout')}, targets {format_setting(c('lora.target_modules'))}"
+        kind = "QLoRA 4-bit" if c("lora.load_in_4bit") else "LoRA"
+        lora = (
+            f"{kind} r={c('lora.r')}, alpha={c('lora.alpha')}, dropout={c('lora.dropout')}, "
+            f"targets {format_setting(c('lora.target_modules'))}"
+        )
     per_device, accumulation = c("training.per_device_train_batch_size"), c("training.gradient_accumulation_steps")
-    batch = run.summary.get("effective_batch_size") or (per_device * accumulation if per_device and accumulation else None)
-    batch_text = f"{batch} ({per_device} x {accumulation} accumulation x {run.summary.get('world_size', 1)} process(es))" if batch else MISSING
+    batch = run.summary.get("effective_batch_size") or (
+        per_device * accumulation if per_device and accumulation else None
+    )
+    batch_text = (
+        f"{batch} ({per_device} x {accumulation} accumulation x {run.summary.get('world_size', 1)} process(es))"
+        if batch
+        else MISSING
+    )
     if batch and run.summary.get("effective_batch_unit"):  # packing counts examples unless configured in rows
         batch_text = f"{batch} {run.summary['effective_batch_unit']} " + batch_text.removeprefix(f"{batch} ")
     max_steps = c("training.max_steps")
-    length = f"max_steps {max_steps}" if isinstance(max_steps, int) and max_steps > 0 else f"{_fmt(c('training.num_train_epochs'))} epoch(s)"
+    length = (
+        f"max_steps {max_steps}"
+        if isinstance(max_steps, int) and max_steps > 0
+        else f"{_fmt(c('training.num_train_epochs'))} epoch(s)"
+    )
     return [
         ["model", _fmt(c("model.name_or_path"))],
         ["kind", _fmt(c("model.kind"))],
         ["LoRA", lora if run.config else MISSING],
-        ["learning rate", f"{_fmt(c('training.learning_rate'))} ({_fmt(c('training.lr_scheduler_type'))}, warmup {_fmt(c('training.warmup_ratio'))}, weight decay {_fmt(c('training.weight_decay'))})"],
+        [
+            "learning rate",
+            f"{_fmt(c('training.learning_rate'))} ({_fmt(c('training.lr_scheduler_type'))}, "
+            f"warmup {_fmt(c('training.warmup_ratio'))}, weight decay {_fmt(c('training.weight_decay'))})",
+        ],
         ["effective batch", batch_text],
         ["max length", _fmt(c("training.max_length"))],
         ["packing", _fmt(c("training.packing"))],
         ["length of training", length if run.config else MISSING],
         ["data", f"train {_fmt(c('data.train'))}, dev {_fmt(c('data.dev'))}, test {_fmt(c('data.test'))}"],
-        ["generation", f"{_fmt(c('generation.backend'))}, beams {_fmt(c('generation.num_beams'))}, max_new_tokens {_fmt(c('generation.max_new_tokens'))}"],
+        [
+            "generation",
+            f"{_fmt(c('generation.backend'))}, beams {_fmt(c('generation.num_beams'))}, "
+            f"max_new_tokens {_fmt(c('generation.max_new_tokens'))}",
+        ],
     ]
 
 
@@ -461,15 +516,34 @@ def _spikes_section(run: RunData, limit: int = 20) -> list[str]:
         spikes = [[row.get("step"), row.get("grad_norm")] for row in run.spikes]
     spikes = [s for s in spikes if isinstance(s, list) and len(s) == 2 and isinstance(s[1], (int, float))]
     threshold = _threshold(run)
-    lines = [f"Threshold {_fmt(threshold)}: {len(spikes)} optimizer step(s) above it; max grad norm {_fmt(run.summary.get('grad_norm_max'), '.3f')}."]
+    lines = [
+        f"Threshold {_fmt(threshold)}: {len(spikes)} optimizer step(s) above it; "
+        f"max grad norm {_fmt(run.summary.get('grad_norm_max'), '.3f')}."
+    ]
     if spikes:
         largest = sorted(spikes, key=lambda s: -s[1])[:limit]
         title = "largest" if len(spikes) > limit else "all"
-        lines += ["", f"Spikes ({title}, by step):", "", md_table(["step", "grad norm"], [[_fmt(s[0]), f"{s[1]:.3f}"] for s in sorted(largest, key=lambda s: s[0])])]
+        lines += [
+            "",
+            f"Spikes ({title}, by step):",
+            "",
+            md_table(["step", "grad norm"], [[_fmt(s[0]), f"{s[1]:.3f}"] for s in sorted(largest, key=lambda s: s[0])]),
+        ]
     return lines
 
 
-DEV_SCORE_ORDER = ["rouge1", "rouge2", "rougeL", "rouge_sum", "final_score", "foreign_rate", "pred_len", "ref_len", "n", "empty_predictions"]
+DEV_SCORE_ORDER = [
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rouge_sum",
+    "final_score",
+    "foreign_rate",
+    "pred_len",
+    "ref_len",
+    "n",
+    "empty_predictions",
+]
 
 
 def _dev_scores_section(dev_scores: dict | None) -> list[str]:
@@ -510,7 +584,7 @@ def pick_examples(examples: list[dict], score_key: str, k: int = 5) -> tuple[lis
         key=lambda e: e[score_key],
         reverse=True,
     )
-    return ranked[:k], ranked[max(k, len(ranked) - k):][::-1]
+    return ranked[:k], ranked[max(k, len(ranked) - k) :][::-1]
 
 
 def _examples_section(examples: list[dict] | None, score_key: str | None, k: int) -> list[str]:
@@ -524,10 +598,20 @@ def _examples_section(examples: list[dict] | None, score_key: str | None, k: int
 
     def to_row(example: dict) -> list[str]:
         prediction = str(example.get("prediction") or "").strip() or "(empty)"
-        return [_fmt(example.get("id")), format_metric(example[score_key], ".2f"), prediction, str(example.get("reference") or "")]
+        return [
+            _fmt(example.get("id")),
+            format_metric(example[score_key], ".2f"),
+            prediction,
+            str(example.get("reference") or ""),
+        ]
 
     lines = [f"### Best {len(best)} (by {score_key})", "", md_table(header, [to_row(e) for e in best])]
-    lines += ["", f"### Worst {len(worst)} (by {score_key})", "", md_table(header, [to_row(e) for e in worst]) if worst else "Too few examples."]
+    lines += [
+        "",
+        f"### Worst {len(worst)} (by {score_key})",
+        "",
+        md_table(header, [to_row(e) for e in worst]) if worst else "Too few examples.",
+    ]
     return lines
 
 
@@ -542,8 +626,14 @@ def _cleanup_section(run_dir: Path) -> list[str]:
     counts = json.loads(path.read_text(encoding="utf-8"))
     splits = [split for split in ("dev", "test") if split in counts]
     rows = [[step] + [str(counts[split].get(step, "off")) for split in splits] for step in STEPS]
-    return ["", "## Clean-up", "", "Summaries each step changed (`cleanup.*` switches; off: not run).", "",
-            md_table(["step", *splits], rows)]
+    return [
+        "",
+        "## Clean-up",
+        "",
+        "Summaries each step changed (`cleanup.*` switches; off: not run).",
+        "",
+        md_table(["step", *splits], rows),
+    ]
 
 
 def _length_section(run_dir: Path) -> list[str]:
@@ -557,15 +647,29 @@ def _length_section(run_dir: Path) -> list[str]:
     rows = []
     for name, label in (("auto", "per-bucket rule (auto)"), ("fixed", "fixed, one limit")):
         s = data[name]
-        rows.append([label, f"{s['mean_limit']:.1f}", *(f"{s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL",
-                     "rouge_sum")), f"{s['pred_len']:.1f}"])
-    buckets = [[("≤ %.0f" % b["max_chars"]) if b["max_chars"] is not None else "longer", str(b["n"]), str(b["limit"])]
-               for b in data["rule"]["buckets"]]
-    return ["", "## Length control", "",
-            f"Dev generated twice: with the length rule fitted on `{data['rule'].get('fitted_on', '')}` "
-            f"(quantile {data['rule']['quantile']}) and with its single global limit.", "",
-            md_table(["max_new_tokens", "mean limit", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE sum", "mean chars"], rows),
-            "", md_table(["dialogue chars", "training dialogues", "limit (tokens)"], buckets)]
+        rows.append(
+            [
+                label,
+                f"{s['mean_limit']:.1f}",
+                *(f"{s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")),
+                f"{s['pred_len']:.1f}",
+            ]
+        )
+    buckets = [
+        [("≤ %.0f" % b["max_chars"]) if b["max_chars"] is not None else "longer", str(b["n"]), str(b["limit"])]
+        for b in data["rule"]["buckets"]
+    ]
+    return [
+        "",
+        "## Length control",
+        "",
+        f"Dev generated twice: with the length rule fitted on `{data['rule'].get('fitted_on', '')}` "
+        f"(quantile {data['rule']['quantile']}) and with its single global limit.",
+        "",
+        md_table(["max_new_tokens", "mean limit", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE sum", "mean chars"], rows),
+        "",
+        md_table(["dialogue chars", "training dialogues", "limit (tokens)"], buckets),
+    ]
 
 
 def write_run_report(
@@ -590,15 +694,34 @@ def write_run_report(
 
     env = run.env
     header = " · ".join(
-        part for part in [
+        part
+        for part in [
             f"`{run_dir}`",
             f"started {env['started']}" if env.get("started") else "",
             f"commit {str(env['git_commit'])[:10]}" if env.get("git_commit") else "",
             str(env.get("device", "")),
-        ] if part
+        ]
+        if part
     )
-    parts = [f"# Run report: {run.name}", "", header, "", "## Setup", "", md_table(["setting", "value"], _setup_rows(run))]
-    parts += ["", "## Training", "", md_table(["measure", "value"], summary_rows(run.summary)), "", "### Grad-norm spikes", "", *_spikes_section(run)]
+    parts = [
+        f"# Run report: {run.name}",
+        "",
+        header,
+        "",
+        "## Setup",
+        "",
+        md_table(["setting", "value"], _setup_rows(run)),
+    ]
+    parts += [
+        "",
+        "## Training",
+        "",
+        md_table(["measure", "value"], summary_rows(run.summary)),
+        "",
+        "### Grad-norm spikes",
+        "",
+        *_spikes_section(run),
+    ]
     parts += ["", "## Dev scores", "", *_dev_scores_section(dev_scores)]
     parts += _cleanup_section(run_dir)
     parts += _length_section(run_dir)

@@ -26,7 +26,6 @@ from dialsum.rundir import (
 console = Console(stderr=True)
 
 
-
 def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
     """The organizers' format (sample_submission.csv): an unnamed index column, then fname,summary, in test order."""
     with path.open("w", encoding="utf-8", newline="") as handle:
@@ -42,20 +41,29 @@ def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: C
 
     references = [d.references for d in dialogues]
     e = config.evaluation
-    return score_scheme(predictions, references, e.scheme, e.tokenizer, config.generation.forbidden_scripts,
-                        e.bertscore_model, e.bertscore_layers)
+    return score_scheme(
+        predictions,
+        references,
+        e.scheme,
+        e.tokenizer,
+        config.generation.forbidden_scripts,
+        e.bertscore_model,
+        e.bertscore_layers,
+    )
 
 
-def _compare_length_control(run_dir: Path, model, tokenizer, labeled: list[Dialogue], config: Config,
-                            auto_scores: dict) -> None:
+def _compare_length_control(
+    run_dir: Path, model, tokenizer, labeled: list[Dialogue], config: Config, auto_scores: dict
+) -> None:
     """Dev once more at the rule's single global limit: report.md shows the per-bucket rule beside it."""
     from dialsum.generate import generate_summaries
     from dialsum.length import limits_for
     from dialsum.rundir import LENGTH_CONTROL_FILE
 
     rule = config.generation.length_rule
-    fixed = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind,
-                               max_new_tokens=[rule["global_limit"]] * len(labeled))
+    fixed = generate_summaries(
+        model, tokenizer, labeled, config, kind=config.model.kind, max_new_tokens=[rule["global_limit"]] * len(labeled)
+    )
     fixed_scores, _ = score_dialogues(fixed, labeled, config)
     keys = ("rouge1", "rouge2", "rougeL", "rouge_sum", "pred_len")
     limits = limits_for(config, tokenizer, labeled)
@@ -65,12 +73,19 @@ def _compare_length_control(run_dir: Path, model, tokenizer, labeled: list[Dialo
         "rule": rule,
     }
     (run_dir / LENGTH_CONTROL_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    console.print(f"length control on dev: ROUGE sum {auto_scores['rouge_sum']:.2f} with the per-bucket rule, "
-                  f"{fixed_scores['rouge_sum']:.2f} with one fixed limit of {rule['global_limit']} tokens")
+    console.print(
+        f"length control on dev: ROUGE sum {auto_scores['rouge_sum']:.2f} with the per-bucket rule, "
+        f"{fixed_scores['rouge_sum']:.2f} with one fixed limit of {rule['global_limit']} tokens"
+    )
 
 
-def run(config: Config, config_path: str | Path | None = None, output_dir: str | Path | None = None, resume: bool = False,
-        overrides: list[str] | None = None) -> Path:
+def run(
+    config: Config,
+    config_path: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    overrides: list[str] | None = None,
+) -> Path:
     from dialsum.generate import generate_summaries
     from dialsum.models import load_for_inference
     from dialsum.report import write_run_report
@@ -99,13 +114,22 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     if config.data.dev:
         dev = load_dialogues(config.data.dev)
         labeled = [d for d in dev if d.references]
-        predictions = generate_summaries(model, tokenizer, labeled, config, kind=config.model.kind,
-                                         info=generation_info, cleanup_counts=cleanup["dev"])
+        predictions = generate_summaries(
+            model,
+            tokenizer,
+            labeled,
+            config,
+            kind=config.model.kind,
+            info=generation_info,
+            cleanup_counts=cleanup["dev"],
+        )
         write_predictions(run_dir / DEV_PREDICTIONS_FILE, [d.id for d in labeled], predictions)
         if labeled:
             dev_scores, rows = score_dialogues(predictions, labeled, config)
             dev_scores["skipped_without_reference"] = len(dev) - len(labeled)
-            (run_dir / DEV_SCORES_FILE).write_text(json.dumps(dev_scores, indent=2, ensure_ascii=False), encoding="utf-8")
+            (run_dir / DEV_SCORES_FILE).write_text(
+                json.dumps(dev_scores, indent=2, ensure_ascii=False), encoding="utf-8"
+            )
             examples = [
                 {"id": d.id, "prediction": p, "reference": d.references[0], **row}
                 for d, p, row in zip(labeled, predictions, rows)
@@ -124,8 +148,9 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
         mismatch = topic_mismatch(config.prompt, test, str(config.data.test))
         if mismatch:
             console.print(f"[yellow]prompt:[/] {mismatch}")
-        predictions = generate_summaries(model, tokenizer, test, config, kind=config.model.kind, info=generation_info,
-                                         cleanup_counts=cleanup["test"])
+        predictions = generate_summaries(
+            model, tokenizer, test, config, kind=config.model.kind, info=generation_info, cleanup_counts=cleanup["test"]
+        )
         submission = run_dir / SUBMISSION_FILE
         if is_dcs(config.data.test):  # DCS: the test file back with `output` filled in (submission.json/.jsonl)
             submission = submission.with_suffix(Path(config.data.test).suffix.lower())
@@ -146,8 +171,13 @@ def run(config: Config, config_path: str | Path | None = None, output_dir: str |
     return run_dir
 
 
-def screen(model_names: list[str], data_path: str | Path, config: Config | None = None,
-           overrides: list[str] | None = None, limit: int | None = None) -> list[dict]:
+def screen(
+    model_names: list[str],
+    data_path: str | Path,
+    config: Config | None = None,
+    overrides: list[str] | None = None,
+    limit: int | None = None,
+) -> list[dict]:
     """Zero-shot screening: predict and score each model without training, ranked by final score.
 
     `lead` (the first utterance, speaker tag removed) is the floor every table needs: a model below

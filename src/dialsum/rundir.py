@@ -72,8 +72,9 @@ def check_run_dir(run_dir: Path, resume: bool) -> bool:
     if exists and not resume:
         if failed_start(run_dir):
             return True
-        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to "
-                          "start another")
+        raise RunDirError(
+            f"{run_dir}: run directory already exists; pass --resume to continue it or --output-dir to start another"
+        )
     return False
 
 
@@ -105,8 +106,9 @@ def git_commit() -> str | None:
     inside some other checkout must not lend it that checkout's commit."""
     here = Path(__file__).resolve()
     try:
-        top = subprocess.run(["git", "-C", str(here.parent), "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+        top = subprocess.run(
+            ["git", "-C", str(here.parent), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         if not top or here.relative_to(Path(top).resolve()).as_posix() != "src/dialsum/rundir.py":
             return None
         out = subprocess.run(["git", "-C", top, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -153,12 +155,14 @@ def append_resume(run_dir: Path, step: int, overrides: list[str]) -> None:
     """env.json keeps the first start and appends one entry per resume: command, time, step, overrides."""
     path = run_dir / ENV_FILE
     env = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    env.setdefault("resumes", []).append({
-        "command": sys.argv,
-        "time": datetime.now().isoformat(timespec="seconds"),
-        "step": step,
-        "overrides": overrides,
-    })
+    env.setdefault("resumes", []).append(
+        {
+            "command": sys.argv,
+            "time": datetime.now().isoformat(timespec="seconds"),
+            "step": step,
+            "overrides": overrides,
+        }
+    )
     path.write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
@@ -301,20 +305,39 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
         ["final eval loss", fmt(s("final_eval_loss"), ".4f")],
     ]
     if s("best_step") is not None:
-        rows.append(["model/ = best checkpoint", f"step {s('best_step')}, {s('best_metric')} "
-                     f"{fmt(s('best_metric_value'), '.4f')} (eval loss there {fmt(s('best_eval_loss'), '.4f')})"])
+        rows.append(
+            [
+                "model/ = best checkpoint",
+                f"step {s('best_step')}, {s('best_metric')} "
+                f"{fmt(s('best_metric_value'), '.4f')} (eval loss there {fmt(s('best_eval_loss'), '.4f')})",
+            ]
+        )
     precision = s("precision") or {}
     if precision:
         frozen = "/".join(precision.get("frozen_weights", [])) or "—"
-        rows.append(["precision", f"weights {'/'.join(precision.get('trainable_weights', []))} (frozen {frozen}), "
-                     f"compute {precision.get('compute')}, optimizer state "
-                     f"{'/'.join(precision.get('optimizer_state', []))}"])
+        rows.append(
+            [
+                "precision",
+                f"weights {'/'.join(precision.get('trainable_weights', []))} (frozen {frozen}), "
+                f"compute {precision.get('compute')}, optimizer state "
+                f"{'/'.join(precision.get('optimizer_state', []))}",
+            ]
+        )
     spikes = [x for x in s("grad_norm_spikes") or [] if isinstance(x, list) and len(x) == 2]
     worst = max(spikes, key=lambda x: x[1]) if spikes else None
-    rows.append([f"grad-norm > {fmt(s('grad_norm_threshold'))}", f"{len(spikes)} step(s)"
-                 + (f", max {worst[1]:.2f} at step {int(worst[0])}" if worst else "")])
+    rows.append(
+        [
+            f"grad-norm > {fmt(s('grad_norm_threshold'))}",
+            f"{len(spikes)} step(s)" + (f", max {worst[1]:.2f} at step {int(worst[0])}" if worst else ""),
+        ]
+    )
     encode = s("encode") or {}
     if s("train_examples") is not None:
-        rows.append(["examples", f"{s('train_examples')} train ({encode.get('trimmed', 0)} trimmed, "
-                     f"{len(encode.get('skipped_ids', []))} skipped), {fmt(s('dev_examples'))} dev"])
+        rows.append(
+            [
+                "examples",
+                f"{s('train_examples')} train ({encode.get('trimmed', 0)} trimmed, "
+                f"{len(encode.get('skipped_ids', []))} skipped), {fmt(s('dev_examples'))} dev",
+            ]
+        )
     return rows

@@ -67,8 +67,12 @@ class Scheme:
 SCHEMES: dict[str, Scheme] = {
     "kiwi": Scheme("kiwi", "none (dialsum's own scale: rouge-score arithmetic)", "final_score", ROUGE_TYPES),
     "dialogsum": Scheme("dialogsum", "DialogSum-Korean (Upstage): sum of ROUGE-1/2/L F1", "rouge_sum", ROUGE_TYPES),
-    "dcs": Scheme("dcs", "Korean_DCS (NIKL): mean of ROUGE-1, BERTScore, BLEURT-20", "final_score",
-                  ("rouge1", "bertscore", "bleurt")),
+    "dcs": Scheme(
+        "dcs",
+        "Korean_DCS (NIKL): mean of ROUGE-1, BERTScore, BLEURT-20",
+        "final_score",
+        ("rouge1", "bertscore", "bleurt"),
+    ),
 }
 
 
@@ -91,8 +95,10 @@ def analyzer_name(scheme: str, tokenizer: str = "kiwi") -> str:
         if tokenizer == "whitespace":
             return "whitespace split"
         return f"Kiwi morpheme forms (kiwipiepy {_version('kiwipiepy')})"
-    mecab = (f"Mecab morphemes (python-mecab-ko {_version('python-mecab-ko')}, "
-             f"mecab-ko-dic {_version('python-mecab-ko-dic')})")
+    mecab = (
+        f"Mecab morphemes (python-mecab-ko {_version('python-mecab-ko')}, "
+        f"mecab-ko-dic {_version('python-mecab-ko-dic')})"
+    )
     if scheme == "dcs":
         return "lowercase, [^A-Za-z0-9가-힣] → space, " + mecab
     return mecab
@@ -225,8 +231,9 @@ def _bertscorer(model: str, num_layers: int | None):
     return BERTScorer(model_type=model, num_layers=num_layers)
 
 
-def bertscore_f1(predictions: list[str], references: list[str], model: str = DEFAULT_BERTSCORE_MODEL,
-                 num_layers: int | None = None) -> tuple[list[float] | None, str | None]:
+def bertscore_f1(
+    predictions: list[str], references: list[str], model: str = DEFAULT_BERTSCORE_MODEL, num_layers: int | None = None
+) -> tuple[list[float] | None, str | None]:
     """BERTScore F1 ×100 per row, or (None, a one-line note naming what could not be loaded)."""
     try:
         import bert_score  # noqa: F401
@@ -406,8 +413,13 @@ def evaluate_scheme_files(
     return summary, per_row
 
 
-_LABELS = {"rouge1": "ROUGE-1 F1", "rouge2": "ROUGE-2 F1", "rougeL": "ROUGE-L F1", "bertscore": "BERTScore F1",
-           "bleurt": "BLEURT-20"}
+_LABELS = {
+    "rouge1": "ROUGE-1 F1",
+    "rouge2": "ROUGE-2 F1",
+    "rougeL": "ROUGE-L F1",
+    "bertscore": "BERTScore F1",
+    "bleurt": "BLEURT-20",
+}
 
 
 def format_scheme_table(result: dict[str, Any], title: str | None = None):
@@ -425,8 +437,11 @@ def format_scheme_table(result: dict[str, Any], title: str | None = None):
 
     for key in scheme.metrics:
         table.add_row(_LABELS[key], value(key))
-    rows = [("rouge_sum", "ROUGE sum"), ("final_score", "final score (mean)")] if scheme.name != "dcs" else [
-        ("final_score", "final score (mean of three)")]
+    rows = (
+        [("rouge_sum", "ROUGE sum"), ("final_score", "final score (mean)")]
+        if scheme.name != "dcs"
+        else [("final_score", "final score (mean of three)")]
+    )
     for key, label in rows:
         if key == scheme.headline:
             table.add_row(f"[bold]{label}[/bold]", f"[bold]{value(key)}[/bold]")

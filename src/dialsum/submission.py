@@ -15,7 +15,12 @@ from dialsum.data import load_dialogues
 from dialsum.errors import DataError
 
 __all__ = [
-    "DCS_SUFFIXES", "check_output_path", "is_dcs", "read_dcs_outputs", "read_dcs_records", "write_dcs_submission"
+    "DCS_SUFFIXES",
+    "check_output_path",
+    "is_dcs",
+    "read_dcs_outputs",
+    "read_dcs_records",
+    "write_dcs_submission",
 ]
 
 DCS_SUFFIXES = (".json", ".jsonl")

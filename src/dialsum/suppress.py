@@ -37,8 +37,14 @@ from transformers import LogitsProcessor
 
 from dialsum.scripts import SCRIPT_RANGES, foreign_script_pattern, script_key
 
-__all__ = ["ForeignScriptSuppressor", "NoRepeatNGramExceptTags", "banned_bytes", "suppression_table", "tag_token_ids",
-           "token_bytes"]
+__all__ = [
+    "ForeignScriptSuppressor",
+    "NoRepeatNGramExceptTags",
+    "banned_bytes",
+    "suppression_table",
+    "tag_token_ids",
+    "token_bytes",
+]
 
 # ==================================================================================================
 # UTF-8, byte by byte
@@ -65,7 +71,9 @@ def _next_byte_range(pending: bytes) -> tuple[int, int]:
     """Valid values of the byte after `pending` (a valid, incomplete prefix), per RFC 3629:
     no overlong forms, no surrogates, nothing above U+10FFFF."""
     if len(pending) == 1:
-        return {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}.get(pending[0], (0x80, 0xBF))
+        return {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}.get(
+            pending[0], (0x80, 0xBF)
+        )
     return 0x80, 0xBF
 
 
@@ -132,7 +140,9 @@ def _pending_at_end(tail: bytes) -> bytes:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table used by byte-level BPE vocabularies."""
-    visible = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    visible = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = visible[:]
     extra = 0
     for byte in range(256):
@@ -191,7 +201,9 @@ def token_bytes(tokenizer) -> list[bytes]:
         elif match := _BYTE_FALLBACK.match(text):
             result.append(bytes([int(match.group(1), 16)]))
         else:
-            result.append(tokenizer.decode([i], skip_special_tokens=True, clean_up_tokenization_spaces=False).encode("utf-8"))
+            result.append(
+                tokenizer.decode([i], skip_special_tokens=True, clean_up_tokenization_spaces=False).encode("utf-8")
+            )
     return result
 
 
@@ -296,7 +308,9 @@ class _SuppressionTable:
         need = length - len(pending)
         lo, hi = _next_byte_range(pending)
         first = self.first
-        valid = [(first[:, 0] >= lo) & (first[:, 0] <= hi)] + [(first[:, k] >= 0x80) & (first[:, k] <= 0xBF) for k in (1, 2)]
+        valid = [(first[:, 0] >= lo) & (first[:, 0] <= hi)] + [
+            (first[:, k] >= 0x80) & (first[:, k] <= 0xBF) for k in (1, 2)
+        ]
         consumed = np.zeros(self.size, dtype=np.int64)  # leading bytes that validly continue the prefix
         run = np.ones(self.size, dtype=bool)
         for k in range(need):
@@ -405,8 +419,13 @@ class ForeignScriptSuppressor(LogitsProcessor):
         keep_token_ids: ids never banned; EOS and pad of the tokenizer are always added.
     """
 
-    def __init__(self, tokenizer, scripts: Sequence[str] | None = None, prompt_length: int | None = None,
-                 keep_token_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        tokenizer,
+        scripts: Sequence[str] | None = None,
+        prompt_length: int | None = None,
+        keep_token_ids: Sequence[int] = (),
+    ):
         self.table = suppression_table(tokenizer, scripts)
         self.prompt_length = prompt_length
         keep = set(int(i) for i in keep_token_ids)
@@ -461,17 +480,17 @@ class NoRepeatNGramExceptTags(LogitsProcessor):
         n = self.size
         if len(tokens) + 1 < n:
             return set()
-        prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+        prefix = tuple(tokens[len(tokens) - n + 1 :]) if n > 1 else ()
         if self.exempt.intersection(prefix):
             return set()
         found = set()
         for i in range(len(tokens) - n + 1):
-            if tuple(tokens[i:i + n - 1]) == prefix and tokens[i + n - 1] not in self.exempt:
+            if tuple(tokens[i : i + n - 1]) == prefix and tokens[i + n - 1] not in self.exempt:
                 found.add(tokens[i + n - 1])
         return found
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+        for row, ids in enumerate(input_ids[:, self.prompt_length :].tolist()):
             banned = self.banned(ids)
             if banned:
                 scores[row, list(banned)] = -math.inf

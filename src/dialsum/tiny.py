@@ -131,28 +131,47 @@ QWEN3_TEMPLATE = r"""{%- if messages[0].role == 'system' %}
 # They keep "\n\n" apart from the following word, so a generation prompt ending in "\n\n" tokenizes
 # as a prefix of prompt + answer; GPT-2's default pattern would glue the second "\n" to the answer.
 LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 # (special tokens, added non-special tokens) in the real id order. Llama/Qwen put them after the
 # BPE vocabulary (ids 128000+ / 151643+); koBART puts them first (<s>=0, </s>=1, <pad>=3).
 LLAMA3_SPECIALS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
-    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
 ]
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 KOBART_SPECIALS = ["<s>", "</s>", "<usr>", "<pad>", "<sys>", "<unk>", "<mask>"]
 VOCAB = {
     "llama": (LLAMA3_SPECIALS, []),
     "qwen2": (QWEN_SPECIALS, ["<tool_call>", "</tool_call>"]),
-    "qwen3": (QWEN_SPECIALS, ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]),
+    "qwen3": (
+        QWEN_SPECIALS,
+        ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"],
+    ),
     "bart": (KOBART_SPECIALS, []),
 }
 NAMED_TOKENS = {
     "llama": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},  # no pad, as released
     "qwen2": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},  # no BOS, as released
     "qwen3": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-    "bart": {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"},
+    "bart": {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+    },
 }
 MAX_POSITIONS = {"llama": 2048, "qwen2": 2048, "qwen3": 2048, "bart": 1024}
 
@@ -213,34 +232,45 @@ def build_tokenizer(arch: str, corpus: list[str], vocab_size: int = 2000):
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's pattern, as facebook/bart
     else:
         split = LLAMA3_SPLIT if arch == "llama" else QWEN2_SPLIT
-        bpe.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     if arch.startswith("qwen"):
         bpe.normalizer = normalizers.NFC()
     bpe.decoder = decoders.ByteLevel()
     first = specials if arch == "bart" else []  # koBART numbers its specials first, the others last
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(specials) - len(added) + len(first), special_tokens=first,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size - len(specials) - len(added) + len(first),
+        special_tokens=first,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(list(corpus) + FOREIGN_TEXT * 50, trainer)
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials if t not in first])
     bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     if arch == "llama":  # Llama-3's tokenizer.json prepends BOS to every encoding (the template does too)
         bos = "<|begin_of_text|>"
-        bpe.post_processor = processors.Sequence([
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(
-                single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bpe.token_to_id(bos))]
-            ),
-        ])
+        bpe.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single=f"{bos}:0 $A:0",
+                    pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                    special_tokens=[(bos, bpe.token_to_id(bos))],
+                ),
+            ]
+        )
     elif arch.startswith("qwen"):
         bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     # koBART: no post-processor, so nothing is added around an encoding
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, clean_up_tokenization_spaces=False, model_max_length=MAX_POSITIONS[arch], **NAMED_TOKENS[arch]
+        tokenizer_object=bpe,
+        clean_up_tokenization_spaces=False,
+        model_max_length=MAX_POSITIONS[arch],
+        **NAMED_TOKENS[arch],
     )
     tokenizer.chat_template = {"llama": LLAMA3_TEMPLATE, "qwen2": QWEN2_TEMPLATE, "qwen3": QWEN3_TEMPLATE}.get(arch)
     return tokenizer
@@ -268,35 +298,61 @@ def build_model(arch: str, tokenizer, seed: int = 0):
     if arch == "bart":
         eos = tokenizer.eos_token_id
         config = BartConfig(
-            vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=MAX_POSITIONS[arch],
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-            decoder_start_token_id=eos, forced_eos_token_id=eos,
+            vocab_size=vocab,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=MAX_POSITIONS[arch],
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+            decoder_start_token_id=eos,
+            forced_eos_token_id=eos,
         )
         model = AutoModelForSeq2SeqLM.from_config(config)
         model.generation_config = GenerationConfig(
-            bos_token_id=config.bos_token_id, eos_token_id=eos, pad_token_id=config.pad_token_id,
-            decoder_start_token_id=eos, forced_eos_token_id=eos,
+            bos_token_id=config.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=config.pad_token_id,
+            decoder_start_token_id=eos,
+            forced_eos_token_id=eos,
         )
         return model
 
-    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 max_position_embeddings=MAX_POSITIONS[arch], tie_word_embeddings=True)
+    small = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_POSITIONS[arch],
+        tie_word_embeddings=True,
+    )
     if arch == "llama":  # Llama-3.2-Instruct: stops on <|end_of_text|>, <|eom_id|>, <|eot_id|>; no pad
         stops = ids(["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
         config = LlamaConfig(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=stops, **small)
-        generation = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=stops, do_sample=True,
-                                      temperature=0.6, top_p=0.9)
+        generation = GenerationConfig(
+            bos_token_id=config.bos_token_id, eos_token_id=stops, do_sample=True, temperature=0.6, top_p=0.9
+        )
     else:  # Qwen: the embedding matrix is padded past the tokenizer (151936 rows for 151665 tokens)
         end, im_end = ids(["<|endoftext|>", "<|im_end|>"])
         family = Qwen2Config if arch == "qwen2" else Qwen3Config
         extra = {"head_dim": 16} if arch == "qwen3" else {}
-        config = family(vocab_size=-(-vocab // 128) * 128, bos_token_id=end, eos_token_id=im_end, pad_token_id=end,
-                        **small, **extra)
-        sampling = dict(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05) if arch == "qwen2" else \
-            dict(temperature=0.6, top_p=0.95, top_k=20)
-        generation = GenerationConfig(bos_token_id=end, eos_token_id=[im_end, end], pad_token_id=end, do_sample=True,
-                                      **sampling)
+        config = family(
+            vocab_size=-(-vocab // 128) * 128, bos_token_id=end, eos_token_id=im_end, pad_token_id=end, **small, **extra
+        )
+        sampling = (
+            dict(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+            if arch == "qwen2"
+            else dict(temperature=0.6, top_p=0.95, top_k=20)
+        )
+        generation = GenerationConfig(
+            bos_token_id=end, eos_token_id=[im_end, end], pad_token_id=end, do_sample=True, **sampling
+        )
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = generation
     return model
@@ -316,8 +372,14 @@ def arch_of(tokenizer_dir: str | Path) -> str:
     return REAL_MODEL_TYPES[model_type]
 
 
-def make_tiny_model(arch: Arch, output_dir: str | Path, corpus: list[str] | None = None,
-                    vocab_size: int = 2000, seed: int = 0, tokenizer_dir: str | Path | None = None) -> Path:
+def make_tiny_model(
+    arch: Arch,
+    output_dir: str | Path,
+    corpus: list[str] | None = None,
+    vocab_size: int = 2000,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
     """Write a tiny random model + tokenizer (safetensors) that the Auto classes load offline.
 
     `tokenizer_dir`: build the tiny model around a REAL tokenizer (e.g. ../shared/models/llama-3.2-korean-
@@ -336,7 +398,9 @@ def make_tiny_model(arch: Arch, output_dir: str | Path, corpus: list[str] | None
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     if arch.startswith("qwen") and tokenizer_dir is None:  # declare the tokenizer as the real Qwen repos do
-        _update_json(output_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer", bos_token=None, unk_token=None)
+        _update_json(
+            output_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer", bos_token=None, unk_token=None
+        )
     return output_dir
 
 

@@ -65,12 +65,12 @@ from dialsum.rundir import (
 console = Console(stderr=True)
 
 
-
 # ---------------------------------------------------------------- run directory and resume
 
 
 def precision_record(trainer) -> dict:
     """The dtypes training actually uses, read off the model, the accelerator and the optimizer."""
+
     def names(dtypes) -> list[str]:
         return sorted({str(d).removeprefix("torch.") for d in dtypes})
 
@@ -91,8 +91,15 @@ def precision_record(trainer) -> dict:
 
 # Config keys a resume may change: they do not alter the model, the data or the optimizer's state.
 RESUME_SAFE_KEYS = (
-    "training.num_train_epochs", "training.max_steps", "training.save_total_limit", "training.dataloader_num_workers",
-    "training.per_device_eval_batch_size", "training.grad_norm_threshold", "logging.", "generation.", "data.test",
+    "training.num_train_epochs",
+    "training.max_steps",
+    "training.save_total_limit",
+    "training.dataloader_num_workers",
+    "training.per_device_eval_batch_size",
+    "training.grad_norm_threshold",
+    "logging.",
+    "generation.",
+    "data.test",
     "evaluation.tokenizer",
 )
 
@@ -119,11 +126,15 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
         try:
             __import__("wandb" if backend == "wandb" else "tensorboard")
         except ImportError:
-            raise ConfigError(f"logging.report_to includes {backend}, which is not installed: pip install 'dialsum[{backend}]'") from None
+            raise ConfigError(
+                f"logging.report_to includes {backend}, which is not installed: pip install 'dialsum[{backend}]'"
+            ) from None
     evaluate_by_steps = has_dev and t.eval_steps is not None
     if has_dev and t.save_steps is not None and t.save_steps != t.eval_steps:
-        raise ConfigError(f"training.save_steps={t.save_steps} differs from training.eval_steps={t.eval_steps}: the "
-                          "best checkpoint must be saved at an evaluation; set them equal or leave save_steps unset")
+        raise ConfigError(
+            f"training.save_steps={t.save_steps} differs from training.eval_steps={t.eval_steps}: the "
+            "best checkpoint must be saved at an evaluation; set them equal or leave save_steps unset"
+        )
     save_steps = t.save_steps or t.eval_steps
     compute = compute_dtype(config)
     select_best_by = config.evaluation.select_best_by
@@ -195,8 +206,15 @@ def _to_dataset(examples: list[dict]):
     return Dataset.from_list(examples)
 
 
-def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], dev_examples: list[dict], run_dir: Path,
-                  rouge_dialogues: list[Dialogue] | None = None):
+def build_trainer(
+    config: Config,
+    model,
+    tokenizer,
+    train_examples: list[dict],
+    dev_examples: list[dict],
+    run_dir: Path,
+    rouge_dialogues: list[Dialogue] | None = None,
+):
     """SFTTrainer (decoder-only: packing, LoRA through TRL) or Seq2SeqTrainer, both with the run monitor
     and, when `rouge_dialogues` are given, generation-based ROUGE at each evaluation."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
@@ -217,9 +235,16 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
     else:  # TRL applies LoRA itself, after adding its fused LM head
         base = SFTTrainer
         extra = {"peft_config": peft_config}
-    trainer_class = type(f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, WarmupRatioMixin, PackedBatchesMixin, base), {})
+    trainer_class = type(
+        f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, WarmupRatioMixin, PackedBatchesMixin, base), {}
+    )
     trainer = trainer_class(
-        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer, **extra
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        **extra,
     )
     trainer.warmup_ratio = config.training.warmup_ratio
     if config.training.packing and not seq2seq:  # rows stay rows on sdpa/eager; micro-batches count examples
@@ -227,11 +252,14 @@ def build_trainer(config: Config, model, tokenizer, train_examples: list[dict], 
         trainer.data_collator = PackedBatchCollator(tokenizer.pad_token_id, layout)
         if config.training.packing_batch_unit == "examples":
             trainer.examples_per_micro_batch = config.training.per_device_train_batch_size
-            note = example_budget_note([len(s) for s in trainer.train_dataset["seq_lengths"]],
-                                       config.training.per_device_train_batch_size)
+            note = example_budget_note(
+                [len(s) for s in trainer.train_dataset["seq_lengths"]], config.training.per_device_train_batch_size
+            )
             if note:
                 console.print(f"[yellow]{note}[/]")
-    trainer._monitor_init(config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE)
+    trainer._monitor_init(
+        config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE
+    )
     trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
     trainer.rouge_dialogues = list(rouge_dialogues or [])
     trainer.dialsum_config = config
@@ -273,7 +301,9 @@ class RunSummary:
     precision: dict = field(default_factory=dict)
 
 
-def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats, n_dev: int, notes: list[str]) -> RunSummary:
+def summarise(
+    trainer, run_dir: Path, config: Config, encode_stats: EncodeStats, n_dev: int, notes: list[str]
+) -> RunSummary:
     rows, _ = read_jsonl(run_dir / METRICS_FILE)
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "eval_loss" in r]
@@ -288,8 +318,7 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
     rule = None
     if best_step is not None:
         direction = "highest" if trainer.args.greater_is_better else "lowest"
-        rule = (f"model/ holds the checkpoint of the evaluation with the {direction} {metric} "
-                "(saved at each evaluation)")
+        rule = f"model/ holds the checkpoint of the evaluation with the {direction} {metric} (saved at each evaluation)"
     examples_seen = sum(r.get("examples", 0) for r in train_rows)
     packing = config.training.packing and config.model.kind == "causal"
     spikes = [[r["step"], r["grad_norm"]] for r in read_jsonl(run_dir / SPIKES_FILE)[0]]
@@ -308,11 +337,14 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
         best_metric=metric if best_step is not None else None,
         best_metric_value=trainer.state.best_metric if best_step is not None else None,
         best_checkpoint_rule=rule,
-        effective_batch_size=trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size,
+        effective_batch_size=trainer.args.per_device_train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size,
         world_size=trainer.args.world_size,
         effective_batch_unit="rows" if packing and config.training.packing_batch_unit == "rows" else "examples",
-        examples_per_optimizer_step=(round(examples_seen / trainer.state.global_step, 2)
-                                     if examples_seen and trainer.state.global_step else None),
+        examples_per_optimizer_step=(
+            round(examples_seen / trainer.state.global_step, 2) if examples_seen and trainer.state.global_step else None
+        ),
         optimizer_steps_per_epoch=getattr(trainer, "optimizer_steps_per_epoch", None),
         packing_layout=packing_layout(config.model.attn_implementation) if packing else None,
         grad_norm_threshold=config.training.grad_norm_threshold,
@@ -329,8 +361,11 @@ def summarise(trainer, run_dir: Path, config: Config, encode_stats: EncodeStats,
 def print_summary(summary: RunSummary) -> None:
     table = Table(title=f"dialsum train — {summary.run_dir}", show_header=False)
     unit = "packed rows" if summary.effective_batch_unit == "rows" else "examples"
-    table.add_row("effective batch", f"{summary.effective_batch_size} {unit} ({summary.world_size} process(es))"
-                  + (f", packed in {summary.packing_layout} layout" if summary.packing_layout else ""))
+    table.add_row(
+        "effective batch",
+        f"{summary.effective_batch_size} {unit} ({summary.world_size} process(es))"
+        + (f", packed in {summary.packing_layout} layout" if summary.packing_layout else ""),
+    )
     for label, value in summary_rows(asdict(summary)):
         table.add_row(label, value)
     console.print(table)
@@ -358,11 +393,14 @@ def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) ->
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     step, planned = state.get("global_step", 0), state.get("max_steps", 0)
     t = config.training
-    length_changed = any(o.partition("=")[0].strip() in ("training.max_steps", "training.num_train_epochs")
-                         for o in overrides)
+    length_changed = any(
+        o.partition("=")[0].strip() in ("training.max_steps", "training.num_train_epochs") for o in overrides
+    )
     if (t.max_steps > 0 and step >= t.max_steps) or (not length_changed and planned and step >= planned):
-        raise RunDirError(f"{checkpoint}: the run already finished at step {step}; to train further, raise "
-                          "training.max_steps or training.num_train_epochs with --set on --resume")
+        raise RunDirError(
+            f"{checkpoint}: the run already finished at step {step}; to train further, raise "
+            "training.max_steps or training.num_train_epochs with --set on --resume"
+        )
 
 
 def _flatten(raw: dict, prefix: str = "") -> dict:
@@ -420,14 +458,18 @@ def train(
     overrides = list(overrides or [])
     if resume:
         if checkpoint is None:
-            raise RunDirError(f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/; "
-                              "run the same command without --resume to start afresh in it")
+            raise RunDirError(
+                f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/; "
+                "run the same command without --resume to start afresh in it"
+            )
         given = config
         config = resume_config(run_dir, overrides)
         ignored = sorted(k for k, v in _flatten(given.to_dict()).items() if _flatten(config.to_dict()).get(k) != v)
         if ignored and is_main:
-            console.print(f"[yellow]resume:[/] the run's {CONFIG_FILE} is used; the given config differs at "
-                          f"{', '.join(ignored)} (not applied: pass safe keys with --set)")
+            console.print(
+                f"[yellow]resume:[/] the run's {CONFIG_FILE} is used; the given config differs at "
+                f"{', '.join(ignored)} (not applied: pass safe keys with --set)"
+            )
         if overrides and is_main:
             console.print(f"resume: applying {', '.join(overrides)}")
         check_not_finished(checkpoint, config, overrides)
@@ -451,7 +493,9 @@ def train(
     for line in notes:
         console.print(f"[yellow]chat template:[/] {line}")
     train_examples, encode_stats = encode_dialogues(tokenizer, train_dialogues, config)
-    dev_examples, dev_stats = encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
+    dev_examples, dev_stats = (
+        encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
+    )
     console.print(f"train: {encode_stats.describe()}")
     if dev_dialogues:
         console.print(f"dev:   {dev_stats.describe()}")
@@ -475,8 +519,10 @@ def train(
     state.wait_for_everyone()
     if reuse and is_main:
         removed = clear_failed_start(run_dir)
-        console.print(f"[yellow]{run_dir}:[/] holds no checkpoint and no model (an earlier start failed); "
-                      f"starting afresh in it, replacing {', '.join(removed) or 'nothing'}")
+        console.print(
+            f"[yellow]{run_dir}:[/] holds no checkpoint and no model (an earlier start failed); "
+            f"starting afresh in it, replacing {', '.join(removed) or 'nothing'}"
+        )
     rouge_dialogues = []
     if config.evaluation.rouge_during_training and dev_dialogues:
         rouge_dialogues = [d for d in dev_dialogues if d.references][: config.evaluation.rouge_subset]
@@ -497,7 +543,9 @@ def train(
         resumed_step = int(Path(checkpoint).name.split("-")[-1])
         unreadable = sum(drop_metrics_after(run_dir / name, resumed_step) for name in (METRICS_FILE, SPIKES_FILE))
         if unreadable:
-            console.print(f"[yellow]resume:[/] dropped {unreadable} unreadable log line(s) (left by the interrupted run)")
+            console.print(
+                f"[yellow]resume:[/] dropped {unreadable} unreadable log line(s) (left by the interrupted run)"
+            )
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final_model(trainer, run_dir / MODEL_DIR)
     if trainer.is_world_process_zero():
