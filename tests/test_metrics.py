@@ -12,13 +12,13 @@ import pytest
 from conftest import SHARED, shared_file
 from dialsum.errors import DialsumError
 from dialsum.metrics import (
-    evaluate_files,
     format_table,
     get_kiwi,
     score,
     score_rows,
     tokenize_texts,
 )
+from dialsum.schemes import evaluate_scheme_files
 from dialsum.scripts import SCRIPT_RANGES, foreign_script_chars, has_foreign_script
 
 KO_DEV = SHARED / "data" / "dialogsum-ko" / "dev.csv"
@@ -239,7 +239,7 @@ def test_evaluate_files_against_dialogue_file(kiwi, ko_dev, tmp_path):
         ["fname", "dialogue", "summary"],
         [[r["fname"], r["dialogue"], r["summary"]] for r in ko_dev[:20]],
     )
-    summary, per_row = evaluate_files(predictions, references)
+    summary, per_row = evaluate_scheme_files(predictions, references)
     assert summary["n"] == 20 and summary["empty_predictions"] == 1
     assert summary["rouge1"] == pytest.approx(100 * 19 / 20)
     assert per_row[3]["fname"] == ko_dev[3]["fname"] and per_row[3]["rouge1"] == 0.0
@@ -254,7 +254,7 @@ def test_evaluate_files_id_mismatch_names_ids(ko_dev, tmp_path):
     rows = [[r["fname"], r["summary"]] for r in ko_dev[2:10]] + [["test_999", "x"]]
     predictions = _write_csv(tmp_path / "pred.csv", ["fname", "summary"], rows)
     with pytest.raises(DialsumError) as error:
-        evaluate_files(predictions, references)
+        evaluate_scheme_files(predictions, references)
     message = str(error.value)
     assert ko_dev[0]["fname"] in message and ko_dev[1]["fname"] in message and "test_999" in message
 
@@ -272,7 +272,7 @@ def test_evaluate_files_numbered_references(tmp_path):
         ["", "fname", "summary"],
         [[str(i), r["fname"], r["summary1"]] for i, r in enumerate(reversed(rows))],
     )
-    summary, per_row = evaluate_files(predictions, references, tokenizer="whitespace")
+    summary, per_row = evaluate_scheme_files(predictions, references, tokenizer="whitespace")
     expected = score(
         [r["summary1"] for r in rows],
         [[r["summary1"], r["summary2"], r["summary3"]] for r in rows],
@@ -286,4 +286,4 @@ def test_evaluate_files_without_reference_column(tmp_path):
     references = _write_csv(tmp_path / "test.csv", ["fname", "dialogue"], [["t1", "#Person1#: 안녕"]])
     predictions = _write_csv(tmp_path / "pred.csv", ["fname", "summary"], [["t1", "인사"]])
     with pytest.raises(DialsumError, match="no reference column"):
-        evaluate_files(predictions, references, tokenizer="whitespace")
+        evaluate_scheme_files(predictions, references, tokenizer="whitespace")

@@ -5,16 +5,15 @@ the mean over its references; the final score is the mean of the three metrics. 
 `rouge-score` package for the n-gram and LCS arithmetic but never its default tokenizer: that one
 keeps only `[a-z0-9]` and so turns every Korean text into an empty token list (ROUGE 0).
 
-Also here: the foreign-script rate of predictions (the script table itself lives in `scripts.py`,
-shared with generation-time suppression), `evaluate_files` for scoring a predictions CSV, and the
-score table. The competition recipes (`dialogsum`, `dcs`) build on this in `schemes.py`.
+Also here: the foreign-script rate of predictions (the script table itself lives in `scripts.py`, shared
+with generation-time suppression) and the score table. The competition recipes (`dialogsum`, `dcs`) build on
+this in `schemes.py`, which also scores a predictions file against a reference file under any scheme.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from statistics import fmean
 from typing import Any, get_args
 
@@ -26,7 +25,6 @@ __all__ = [
     "ROUGE_TYPES",
     "TOKENIZERS",
     "clear_token_cache",
-    "evaluate_files",
     "format_table",
     "get_kiwi",
     "print_scores",
@@ -232,57 +230,6 @@ def _id_list(ids: Iterable[str], limit: int = 5) -> str:
     ids = list(ids)
     shown = ", ".join(ids[:limit])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else f" ({len(ids)})")
-
-
-def evaluate_files(
-    predictions_csv: str | Path,
-    references_csv: str | Path,
-    tokenizer: str = "kiwi",
-    forbidden_scripts: Iterable[str] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score a `fname,summary` predictions CSV against a reference file, joined on `fname`.
-
-    Every reference id needs exactly one prediction and vice versa; a mismatch raises DialsumError
-    naming the ids. An empty prediction cell scores 0 and is counted in `empty_predictions`.
-    Returns (summary as from `score`, plus the two paths; per-row dicts in reference order with
-    fname, prediction, reference (the first) and the `score_rows` fields).
-    """
-    from dialsum.data import load_references, read_table
-
-    predictions_csv, references_csv = Path(predictions_csv), Path(references_csv)
-    _check_tokenizer(tokenizer)
-    script_key(forbidden_scripts)  # fail on a bad script name before the slow part
-    predicted: dict[str, str] = {}
-    for number, row in enumerate(read_table(predictions_csv, required=["fname", "summary"]), start=1):
-        fname = row["fname"].strip()
-        if fname in predicted:
-            raise DialsumError(f"{predictions_csv}: row {number}: duplicate fname {fname!r}")
-        predicted[fname] = row["summary"].strip()
-    references = load_references(references_csv)
-
-    missing = [f for f in references if f not in predicted]
-    extra = [f for f in predicted if f not in references]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing predictions for {_id_list(missing)}")
-        if extra:
-            parts.append(f"predictions for ids not in the references: {_id_list(extra)}")
-        raise DialsumError(f"{predictions_csv} vs {references_csv}: " + "; ".join(parts))
-    unlabeled = [f for f, refs in references.items() if not refs]
-    if unlabeled:
-        raise DialsumError(f"{references_csv}: empty reference summary for {_id_list(unlabeled)}")
-
-    ids = list(references)
-    predictions = [predicted[f] for f in ids]
-    refs = [references[f] for f in ids]
-    summary, rows = score_with_rows(predictions, refs, tokenizer, forbidden_scripts)
-    summary["predictions"] = str(predictions_csv)
-    summary["references"] = str(references_csv)
-    per_row = [
-        {"fname": f, "prediction": p, "reference": r[0], **row} for f, p, r, row in zip(ids, predictions, refs, rows)
-    ]
-    return summary, per_row
 
 
 # --------------------------------------------------------------------------------------------------
