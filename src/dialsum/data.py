@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from dialsum.errors import DataError
 
@@ -149,6 +149,17 @@ def write_predictions(path: str | Path, ids: Iterable[str], summaries: Iterable[
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["fname", "summary"])
         writer.writerows(zip(ids, summaries))
+
+
+def write_candidates(path: str | Path, ids: Sequence[str], candidates: Sequence[Sequence[str]]) -> None:
+    """A multi-candidate file: `fname,candidate,summary`, candidates 0..n-1 of each dialogue in input order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["fname", "candidate", "summary"])
+        for fname, texts in zip(ids, candidates, strict=True):
+            writer.writerows([fname, k, text] for k, text in enumerate(texts))
 
 
 # --------------------------------------------------------------------------------------------------

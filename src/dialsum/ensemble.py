@@ -322,19 +322,6 @@ def _expand(path: Path, split: str) -> list[Path]:
     return found
 
 
-def write_candidates(path: str | Path, ids: Sequence[str], candidates: Sequence[Sequence[str]]) -> None:
-    """A multi-candidate file: `fname,candidate,summary`, candidates 0..n-1 of each dialogue in input order."""
-    import csv
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["fname", "candidate", "summary"])
-        for fname, texts in zip(ids, candidates, strict=True):
-            writer.writerows([fname, k, text] for k, text in enumerate(texts))
-
-
 def _few(ids: list[str]) -> str:
     return ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
 
@@ -434,7 +421,7 @@ def ensemble_files(
     result = mbr_select(sources.by_row(), tokenize, utility, length_percentile)
     write_predictions(output, sources.ids, result.summaries)
     if submission is not None:
-        from dialsum.run import write_submission
+        from dialsum.submission import write_submission
 
         write_submission(Path(submission), sources.ids, result.summaries)
 

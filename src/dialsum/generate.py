@@ -423,7 +423,7 @@ def _predict_candidates(
 ) -> dict[str, Any]:
     from transformers import set_seed
 
-    from dialsum.ensemble import write_candidates
+    from dialsum.data import write_candidates
 
     config = source.config
     if config.generation.backend != "hf":

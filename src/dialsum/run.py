@@ -26,15 +26,6 @@ from dialsum.rundir import (
 console = Console(stderr=True)
 
 
-def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
-    """The organizers' format (sample_submission.csv): an unnamed index column, then fname,summary, in test order."""
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["", "fname", "summary"])
-        for index, (fname, summary) in enumerate(zip(ids, summaries, strict=True)):
-            writer.writerow([index, fname, summary])
-
-
 def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: Config) -> tuple[dict, list[dict]]:
     """Scores under `evaluation.scheme` (named with its analyzer), plus per-row scores for the report's examples."""
     from dialsum.schemes import score_scheme
@@ -90,7 +81,7 @@ def run(
     from dialsum.models import load_for_inference
     from dialsum.report import write_run_report
     from dialsum.schemes import print_scheme_scores
-    from dialsum.submission import is_dcs, write_dcs_submission
+    from dialsum.submission import is_dcs, write_dcs_submission, write_submission
     from dialsum.train import train
 
     # 1. Train (the run directory holds the resolved config and the final model). With

@@ -1,4 +1,5 @@
-"""Korean_DCS submissions: the input JSON/JSONL written back with `output` filled in, nothing else changed.
+"""Competition submissions: DialogSum-Korean's CSV (the organizers' sample_submission.csv format) and Korean_DCS's
+JSON/JSONL (the input written back with `output` filled in, nothing else changed).
 
 The NIKL competition takes its test file back with each record's `output` set to the summary. Records keep
 their order, their keys and their ids byte for byte (ids hold spaces and Hangul:
@@ -7,6 +8,7 @@ their order, their keys and their ids byte for byte (ids hold spaces and Hangul:
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -109,3 +111,12 @@ def write_dcs_submission(source: str | Path, output: str | Path, summaries: list
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(body, encoding="utf-8", newline="")
     return output
+
+
+def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
+    """The organizers' format (sample_submission.csv): an unnamed index column, then fname,summary, in test order."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["", "fname", "summary"])
+        for index, (fname, summary) in enumerate(zip(ids, summaries, strict=True)):
+            writer.writerow([index, fname, summary])
