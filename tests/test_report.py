@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dialsum.compare import compare_runs
 from dialsum.config import config_from_dict
-from dialsum.report import compare_runs, md_cell, pick_examples, run_plots, write_run_report
+from dialsum.report import md_cell, pick_examples, run_plots, write_run_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -204,7 +204,7 @@ def compare(
     ),
 ) -> None:
     """The A/B table: differing settings, dev ROUGE, grad-norm spikes, speed; loss/grad-norm/LR plots."""
-    from dialsum.report import compare_runs
+    from dialsum.compare import compare_runs
 
     path = compare_runs(run_dirs, output)
     typer.echo(f"comparison written to {path}")

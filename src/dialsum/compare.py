@@ -1,0 +1,241 @@
+"""`dialsum compare`: runs side by side — the settings that differ, the results, and overlaid plots.
+
+Only reads what the run directories hold (`rundir.load_run`): nothing trains or generates and nothing imports
+torch, so comparing is quick. Loading is forgiving on purpose: a crashed or half-written run still gets its
+column, with "—" where a value is missing and a note that says why, so one broken run never hides the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from dialsum.report import (
+    _ABSENT,
+    _missing_file_notes,
+    _relative,
+    _shorten,
+    _threshold,
+    console,
+    format_metric,
+    format_setting,
+    md_cell,
+    md_table,
+    write_plots,
+)
+from dialsum.rundir import DEV_SCORES_FILE, SUMMARY_FILE, RunData, load_run
+
+IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
+
+
+def _column_names(paths: list[Path]) -> list[str]:
+    """Run directory names; parent/name where two runs share a name, #i if that still collides."""
+    names = [p.resolve().name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+# ---------------------------------------------------------------- what to compare
+
+
+def _canonical(value: Any) -> str:
+    # 1 and 1.0 are the same setting; lists compare by content.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def differing_settings(runs: list[RunData]) -> list[str]:
+    """Dotted config keys whose value is not the same in every run that has a config, in config order."""
+    configured = [run for run in runs if run.config]
+    keys: dict[str, None] = {}
+    for run in configured:
+        keys.update(dict.fromkeys(run.config))
+    differing = []
+    for key in keys:
+        if key in IGNORED_SETTINGS:
+            continue
+        values = {_canonical(run.config[key]) if key in run.config else "\0absent" for run in configured}
+        if len(values) > 1:
+            differing.append(key)
+    return differing
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # key in compare.json
+    label: str  # row label in the tables
+    source: str  # "dev_scores" or "summary"
+    key: str
+    fmt: str
+    better: str | None = None  # "max" or "min": the best run's value is shown bold
+
+
+METRICS = [
+    Metric("dev_rouge1", "dev ROUGE-1", "dev_scores", "rouge1", ".2f", "max"),
+    Metric("dev_rouge2", "dev ROUGE-2", "dev_scores", "rouge2", ".2f", "max"),
+    Metric("dev_rougeL", "dev ROUGE-L", "dev_scores", "rougeL", ".2f", "max"),
+    Metric("dev_rouge_sum", "dev ROUGE sum", "dev_scores", "rouge_sum", ".2f", "max"),
+    Metric("dev_final_score", "dev final score", "dev_scores", "final_score", ".2f", "max"),
+    Metric("dev_foreign_rate", "dev foreign-script rate", "dev_scores", "foreign_rate", ".2f", "min"),
+    Metric("grad_norm_spikes", "grad-norm spikes", "summary", "grad_norm_spikes", "d", "min"),
+    Metric("grad_norm_max", "grad-norm max", "summary", "grad_norm_max", ".3f", "min"),
+    Metric("train_seconds", "train time (s)", "summary", "train_seconds", ".1f", "min"),
+    Metric("tokens_per_second", "tokens/s (real)", "summary", "tokens_per_second", ".1f", "max"),
+    Metric("real_token_fraction", "real-token fraction", "summary", "real_token_fraction", ".3f", "max"),
+    Metric("steps", "steps", "summary", "steps", "d"),
+    Metric("examples_per_optimizer_step", "examples / optimizer step", "summary", "examples_per_optimizer_step", ".1f"),
+    Metric("optimizer_steps_per_epoch", "optimizer steps / epoch", "summary", "optimizer_steps_per_epoch", "d"),
+    Metric("final_train_loss", "final train loss", "summary", "final_train_loss", ".4f"),
+    Metric("best_eval_loss", "best eval loss", "summary", "best_eval_loss", ".4f", "min"),
+    Metric("best_step", "best step", "summary", "best_step", "d"),
+]
+
+
+def metric_value(run: RunData, metric: Metric) -> float | None:
+    value = (run.dev_scores if metric.source == "dev_scores" else run.summary).get(metric.key)
+    if metric.key == "grad_norm_spikes" and isinstance(value, list):
+        value = len(value)  # the summary lists [step, norm] pairs; the table shows how many
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def _best_runs(values: list[float | None], better: str | None) -> set[int]:
+    """The runs to highlight (all tied ones): only when two or more runs have values that differ."""
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    if better is None or len(present) < 2 or len(set(present)) == 1:
+        return set()
+    best = max(present) if better == "max" else min(present)
+    return {i for i, v in enumerate(values) if v == best}
+
+
+@dataclass
+class Comparison:
+    """The table compare.md, compare.json and the console show: strings for display, raw values for JSON."""
+
+    names: list[str]
+    paths: list[str]
+    settings: dict[str, list[Any]]  # dotted key -> one raw value per run (_ABSENT where unknown)
+    metrics: dict[str, list[float | None]]  # Metric.name -> one value per run
+    notes: list[str]
+    plots: list[Path] = field(default_factory=list)
+
+
+def build_comparison(runs: list[RunData], notes: list[str]) -> Comparison:
+    settings = {key: [run.config.get(key, _ABSENT) for run in runs] for key in differing_settings(runs)}
+    metrics = {m.name: [metric_value(run, m) for run in runs] for m in METRICS}
+    for run in runs:
+        notes.extend(_missing_file_notes(run))
+        notes.extend(run.problems)
+        for source, data in (("dev_scores", run.dev_scores), ("summary", run.summary)):
+            absent = [m.key for m in METRICS if m.source == source and m.key not in data]
+            if data and absent:  # the file was read but lacks these keys
+                file = DEV_SCORES_FILE if source == "dev_scores" else SUMMARY_FILE
+                notes.append(f"{run.path}: {file} has no {', '.join(absent)}")
+    if len(runs) > 1 and not settings and sum(bool(run.config) for run in runs) > 1:
+        notes.append("every run has the same config (apart from logging.output_root)")
+    return Comparison([r.name for r in runs], [str(r.path) for r in runs], settings, metrics, notes)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _metric_cells(comparison: Comparison, metric: Metric) -> tuple[list[str], set[int]]:
+    values = comparison.metrics[metric.name]
+    return [format_metric(v, metric.fmt) for v in values], _best_runs(values, metric.better)
+
+
+def _metric_label(metric: Metric, runs: list[RunData]) -> str:
+    if metric.name == "grad_norm_spikes":
+        thresholds = {_threshold(run) for run in runs} - {None}
+        return (
+            f"grad-norm spikes (> {thresholds.pop():g})" if len(thresholds) == 1 else "grad-norm spikes (> threshold)"
+        )
+    return metric.label
+
+
+def print_comparison(comparison: Comparison, runs: list[RunData]) -> None:
+    table = Table(title="dialsum compare")
+    table.add_column("")
+    for name in comparison.names:
+        table.add_column(name, overflow="fold")
+    for key, values in comparison.settings.items():
+        table.add_row(Text(key, style="cyan"), *[Text(_shorten(format_setting(v))) for v in values])
+    table.add_section()
+    for metric in METRICS:
+        cells, best = _metric_cells(comparison, metric)
+        table.add_row(
+            _metric_label(metric, runs),
+            *[Text(c, style="bold green" if i in best else "") for i, c in enumerate(cells)],
+        )
+    console.print(table)
+    for note in comparison.notes:
+        console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
+def comparison_markdown(comparison: Comparison, runs: list[RunData], output_dir: Path) -> str:
+    parts = ["# Run comparison", ""]
+    parts += [f"- **{md_cell(run.name)}**: [`{run.path}`]({_relative(run.path, output_dir)})" for run in runs]
+    parts += ["", "## Settings that differ", ""]
+    if comparison.settings:
+        rows = [[key, *[_shorten(format_setting(v)) for v in values]] for key, values in comparison.settings.items()]
+        parts.append(md_table(["setting", *comparison.names], rows))
+    else:
+        parts.append("None: every run with a config.yaml has the same settings." if runs else "No runs to compare.")
+    parts += ["", "## Results", ""]
+    rows = []
+    for metric in METRICS:
+        cells, best = _metric_cells(comparison, metric)
+        rows.append([_metric_label(metric, runs), *[f"**{c}**" if i in best else c for i, c in enumerate(cells)]])
+    parts += [md_table(["metric", *comparison.names], rows), "", "Bold: the best run in that row (ties share it)."]
+    if comparison.notes:
+        parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in comparison.notes]
+    if comparison.plots:
+        parts += ["", "## Plots", ""] + [f"![{p.stem}]({_relative(p, output_dir)})\n" for p in comparison.plots]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def comparison_json(comparison: Comparison) -> dict:
+    return {
+        "runs": [{"name": n, "path": p} for n, p in zip(comparison.names, comparison.paths)],
+        "settings": {key: [None if v is _ABSENT else v for v in values] for key, values in comparison.settings.items()},
+        "metrics": {
+            name: [v if v is None or math.isfinite(v) else None for v in values]
+            for name, values in comparison.metrics.items()
+        },  # strict JSON: no NaN
+        "notes": comparison.notes,
+        "plots": [p.name for p in comparison.plots],
+    }
+
+
+def compare_runs(run_dirs: list[str | Path], output_dir: str | Path) -> Path:
+    """Compare runs: print the table, write compare.md, compare.json and plots into output_dir.
+
+    A path that is not a directory is left out of the table and named in the notes; a run with
+    missing or corrupt files keeps its column, with "—" and a note. Returns the compare.md path.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in run_dirs]
+    notes = [f"{p}: not a directory (left out)" for p in paths if not p.is_dir()]
+    paths = [p for p in paths if p.is_dir()]
+    runs = [load_run(path, name) for path, name in zip(paths, _column_names(paths))]
+    comparison = build_comparison(runs, notes)
+    comparison.plots = write_plots(runs, output_dir) if runs else []
+    print_comparison(comparison, runs)
+    markdown = output_dir / "compare.md"
+    markdown.write_text(comparison_markdown(comparison, runs, output_dir), encoding="utf-8")
+    (output_dir / "compare.json").write_text(
+        json.dumps(comparison_json(comparison), indent=2, ensure_ascii=False), encoding="utf-8"
+    )
+    return markdown
