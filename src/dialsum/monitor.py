@@ -1,6 +1,7 @@
 """What the trainer reports while it trains: real vs processed tokens and throughput, grad-norm spikes, dev
 ROUGE at each evaluation, every log line in metrics.jsonl, warmup as a true ratio, and the configured logging
-/ eval / save steps kept on resume. Mixed into TRL's SFTTrainer or Seq2SeqTrainer by `train.build_trainer`.
+/ eval / save steps kept on resume (mixed into TRL's SFTTrainer or Seq2SeqTrainer by `train.build_trainer`); and
+at the end, the run's summary (summary.json) read off the trainer and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -8,14 +9,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from dialsum.config import Config
 from dialsum.data import Dialogue
-from dialsum.packing import EXAMPLES_KEY, REAL_TOKENS_KEY, pop_batch_meta
+from dialsum.encode import EncodeStats
+from dialsum.models import PRECISION_POLICY
+from dialsum.packing import EXAMPLES_KEY, REAL_TOKENS_KEY, packing_layout, pop_batch_meta
+from dialsum.rundir import METRICS_FILE, SPIKES_FILE, read_jsonl
 
 
 @dataclass
@@ -176,3 +180,116 @@ def configured_steps_callback():
             state.compute_steps(args, state.max_steps)
 
     return ConfiguredSteps()
+
+
+# ---------------------------------------------------------------- the run's summary
+
+
+def precision_record(trainer) -> dict:
+    """The dtypes training actually uses, read off the model, the accelerator and the optimizer."""
+
+    def names(dtypes) -> list[str]:
+        return sorted({str(d).removeprefix("torch.") for d in dtypes})
+
+    params = list(trainer.model.parameters())
+    state = trainer.optimizer.state.values() if trainer.optimizer is not None else []
+    optimizer_state = names(v.dtype for s in state for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    trainable = names(p.dtype for p in params if p.requires_grad)
+    return {
+        "trainable_weights": trainable,
+        "frozen_weights": names(p.dtype for p in params if not p.requires_grad),
+        "compute": {"bf16": "bfloat16", "fp16": "float16"}.get(str(trainer.accelerator.mixed_precision), "float32"),
+        # torch's AdamW keeps its moments in the parameter's dtype; measured once the optimizer holds state
+        "optimizer_state": optimizer_state or trainable,
+        "optimizer": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        "policy": PRECISION_POLICY,
+    }
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    model_kind: str
+    steps: int = 0
+    epochs: float = 0.0
+    train_seconds: float = 0.0
+    tokens_per_second: float | None = None
+    real_token_fraction: float | None = None
+    final_train_loss: float | None = None
+    final_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    best_metric: str | None = None
+    best_metric_value: float | None = None
+    best_checkpoint_rule: str | None = None
+    effective_batch_size: int = 0
+    world_size: int = 1
+    effective_batch_unit: str = "examples"  # what effective_batch_size counts: examples, or packed rows
+    examples_per_optimizer_step: float | None = None  # measured: training examples per optimizer step, mean
+    optimizer_steps_per_epoch: int | None = None
+    packing_layout: str | None = None  # "rows" (sdpa/eager) or "flat" (flash-attention); None without packing
+    grad_norm_threshold: float = 1.5
+    grad_norm_spikes: list[list[float]] = field(default_factory=list)
+    grad_norm_max: float | None = None
+    train_examples: int = 0
+    dev_examples: int = 0
+    encode: dict = field(default_factory=dict)
+    template_notes: list[str] = field(default_factory=list)
+    precision: dict = field(default_factory=dict)
+
+
+def summarise(
+    trainer, run_dir: Path, config: Config, encode_stats: EncodeStats, n_dev: int, notes: list[str]
+) -> RunSummary:
+    rows, _ = read_jsonl(run_dir / METRICS_FILE)
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    grad_norms = [r["grad_norm"] for r in train_rows if r.get("grad_norm") is not None]
+    real = sum(r.get("real_tokens", 0) for r in train_rows)
+    processed = sum(r.get("processed_tokens", 0) for r in train_rows)
+    seconds = sum(r.get("train_seconds", 0.0) for r in train_rows)
+    # The step the Trainer selected (and reloaded into model/), by the metric it selected with.
+    best_step = trainer.state.best_global_step if eval_rows and trainer.args.load_best_model_at_end else None
+    best = next((r for r in eval_rows if r["step"] == best_step), None)
+    metric = trainer.args.metric_for_best_model
+    rule = None
+    if best_step is not None:
+        direction = "highest" if trainer.args.greater_is_better else "lowest"
+        rule = f"model/ holds the checkpoint of the evaluation with the {direction} {metric} (saved at each evaluation)"
+    examples_seen = sum(r.get("examples", 0) for r in train_rows)
+    packing = config.training.packing and config.model.kind == "causal"
+    spikes = [[r["step"], r["grad_norm"]] for r in read_jsonl(run_dir / SPIKES_FILE)[0]]
+    return RunSummary(
+        run_dir=str(run_dir),
+        model_kind=config.model.kind,
+        steps=trainer.state.global_step,
+        epochs=round(trainer.state.epoch or 0.0, 3),
+        train_seconds=round(seconds, 2),
+        tokens_per_second=round(real / seconds, 1) if seconds else None,
+        real_token_fraction=round(real / processed, 4) if processed else None,
+        final_train_loss=train_rows[-1]["loss"] if train_rows else None,
+        final_eval_loss=eval_rows[-1]["eval_loss"] if eval_rows else None,
+        best_eval_loss=best["eval_loss"] if best else None,
+        best_step=best_step,
+        best_metric=metric if best_step is not None else None,
+        best_metric_value=trainer.state.best_metric if best_step is not None else None,
+        best_checkpoint_rule=rule,
+        effective_batch_size=trainer.args.per_device_train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size,
+        world_size=trainer.args.world_size,
+        effective_batch_unit="rows" if packing and config.training.packing_batch_unit == "rows" else "examples",
+        examples_per_optimizer_step=(
+            round(examples_seen / trainer.state.global_step, 2) if examples_seen and trainer.state.global_step else None
+        ),
+        optimizer_steps_per_epoch=getattr(trainer, "optimizer_steps_per_epoch", None),
+        packing_layout=packing_layout(config.model.attn_implementation) if packing else None,
+        grad_norm_threshold=config.training.grad_norm_threshold,
+        grad_norm_spikes=spikes,
+        grad_norm_max=max([s[1] for s in spikes] + grad_norms) if (spikes or grad_norms) else None,
+        train_examples=encode_stats.encoded,
+        dev_examples=n_dev,
+        encode=asdict(encode_stats),
+        template_notes=notes,
+        precision=precision_record(trainer),
+    )
