@@ -24,3 +24,30 @@ def test_readme_flow_table_names_every_module():
     modules = {p.name for p in (ROOT / "src" / "dialsum").glob("*.py")} - {"__init__.py", "errors.py"}
     assert modules - named == set(), "modules missing from README's flow table"
     assert named - modules == set(), "README's flow table names modules that do not exist"
+
+
+def test_modules_import_each_other_without_a_cycle():
+    """Lazy (in-function) imports count too: a ring of modules that need each other is one concern split badly.
+    Mutation caught: generate importing write_candidates from ensemble, which imports run, which imports
+    generate (the ring this test was written for)."""
+    import ast
+
+    graph = {}
+    for path in (ROOT / "src" / "dialsum").glob("*.py"):
+        imports = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dialsum."):
+                imports.add(node.module.split(".")[1])
+        graph[path.stem] = imports
+
+    def ring_from(start: str, seen: tuple[str, ...]) -> tuple[str, ...] | None:
+        for module in sorted(graph.get(start, ())):
+            if module in seen:
+                return seen[seen.index(module) :] + (module,)
+            found = ring_from(module, seen + (module,))
+            if found:
+                return found
+        return None
+
+    rings = [ring for name in sorted(graph) if (ring := ring_from(name, (name,)))]
+    assert rings == [], " -> ".join(rings[0])
