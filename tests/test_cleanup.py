@@ -137,3 +137,11 @@ def test_no_reference_summary_changes_except_the_one_with_bare_tags():
         "drop_unfinished_sentence": 0,
     }
     assert len(changed) == 1 and changed[0][0].startswith("Person1은")
+
+
+def test_control_characters_never_reach_a_summary():
+    """An undertrained byte-level model emitted these (tiny Llama on the sample: U+0019, U+0003); a summary or a
+    CSV cell never wants them. Mutation caught: remove_artifacts without the control-character rule."""
+    text, changed = clean("#Person1#은 아이\x19와 함께 \x03간다.")
+    assert text == "#Person1#은 아이와 함께 간다." and "remove_artifacts" in changed
+    assert remove_artifacts("줄\t바꿈\n유지") == "줄\t바꿈\n유지"  # whitespace is clean_summary's to collapse

@@ -96,9 +96,14 @@ def remove_think(text: str) -> str:
     return _THINK_STRAY.sub(" ", text)
 
 
+# Control characters (C0 and C1, but tab and line ends, which become spaces): byte-level vocabularies hold a token
+# for each, an undertrained model emits them (seen: U+0019, U+0003), and no summary or CSV cell wants them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def remove_artifacts(text: str) -> str:
-    """Drop reserved/unused vocabulary entries and U+FFFD."""
-    return _RESERVED.sub("", text).replace("\ufffd", "")
+    """Drop reserved/unused vocabulary entries, U+FFFD and control characters."""
+    return _CONTROL.sub("", _RESERVED.sub("", text).replace("\ufffd", ""))
 
 
 def remove_foreign_chars(text: str, forbidden_scripts: Iterable[str] | None = ("Han",)) -> str:

@@ -257,8 +257,8 @@ class CleanupConfig(_Section):
     )
     remove_artifacts: bool = Field(
         True,
-        description="Remove unused/reserved vocabulary entries such as <unused68> and U+FFFD, which decoding "
-        "can leave behind.",
+        description="Remove unused/reserved vocabulary entries such as <unused68>, U+FFFD and control "
+        "characters, which decoding can leave behind.",
     )
     remove_foreign_chars: bool = Field(
         False,
