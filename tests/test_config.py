@@ -314,3 +314,18 @@ def test_config_keys_command_prints_one_section_and_rejects_an_unknown_one():
         "model, "
         "prompt, training"
     ]
+
+
+@pytest.mark.parametrize(
+    "typed,meant",
+    [
+        ("training.lr", "training.learning_rate"),
+        ("training.wd", "training.weight_decay"),
+        ("training.learning_rte", "training.learning_rate"),
+    ],
+)
+def test_unknown_key_names_the_key_meant(typed, meant):
+    """Mutation caught: spelling similarity alone (it suggests 'training.seed' for 'training.lr')."""
+    with pytest.raises(ConfigError) as error:
+        load_config(ROOT / "configs" / "demo.yaml", [f"{typed}=1"])
+    assert str(error.value) == f"--set {typed}: unknown config key '{typed}' (did you mean '{meant}'?)"

@@ -410,7 +410,17 @@ def _valid_keys() -> list[str]:
 
 
 def _unknown_key_error(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.6)
+    """Names the nearest valid key: an abbreviation of a key of the same section first ('training.lr' ->
+    'training.learning_rate', 'training.wd' -> 'training.weight_decay'), else the closest spelling."""
+    keys = _valid_keys()
+    section, _, leaf = key.rpartition(".")
+    initials = [
+        k
+        for k in keys
+        if k.rpartition(".")[0] == section
+        and "".join(word[:1] for word in k.rpartition(".")[2].split("_")) == leaf.lower()
+    ]
+    close = initials[:1] or difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(f"{source}: unknown config key '{key}'{hint}")
 
