@@ -11,6 +11,7 @@ are `dialsum.suppress`; the decoded text is cleaned by `dialsum.cleanup`.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -261,14 +262,17 @@ def generate_summaries(
                             keep_token_ids=stops + [pad_id],
                         )
                     )
-                per_batch = {"max_new_tokens": max(limits[i] for i in batch)} if limits is not None else {}
+                batch_config = effective  # one settings object: generate() warns on settings passed beside it
+                if limits is not None or per_input > 1:
+                    batch_config = copy.deepcopy(effective)
+                    batch_config.num_return_sequences = per_input
+                    if limits is not None:
+                        batch_config.max_new_tokens = max(limits[i] for i in batch)
                 output = model.generate(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),
-                    generation_config=effective,
+                    generation_config=batch_config,
                     logits_processor=processors,
-                    num_return_sequences=per_input,
-                    **per_batch,
                 )
                 skip = width if kind == "causal" else 1  # the prompt, or the decoder start token
                 stop_set = set(stops)
