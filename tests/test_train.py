@@ -443,6 +443,36 @@ def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_
     assert not all(torch.equal(final[k], last[k]) for k in last)
 
 
+def test_rouge_during_training_follows_the_dialogsum_scheme(tiny_llama, real_dev_path, tmp_path, monkeypatch):
+    """evaluation.scheme=dialogsum: checkpoints are selected by the leaderboard's ROUGE (Mecab + rouge 1.0.1), not
+    by Kiwi ROUGE. Mutation caught: the training-time scorer ignoring the scheme (Kiwi's `metrics.score` is
+    called instead)."""
+    import dialsum.metrics
+    import dialsum.schemes
+
+    calls = []
+
+    def score_scheme(predictions, references, scheme, **kwargs):
+        calls.append(scheme)
+        return {"rouge1": 7.0, "rouge2": 2.0, "rougeL": 5.0, "rouge_sum": 14.0}, []
+
+    def kiwi_score(*args, **kwargs):
+        raise AssertionError("Kiwi ROUGE used under evaluation.scheme=dialogsum")
+
+    monkeypatch.setattr(dialsum.schemes, "score_scheme", score_scheme)
+    monkeypatch.setattr(dialsum.metrics, "score", kiwi_score)
+    config = make_config(tiny_llama, real_dev_path, max_steps=2, eval_steps=2, save_steps=2)
+    config.data.dev = str(small_dev(real_dev_path, tmp_path, n=4))
+    config.evaluation.scheme = "dialogsum"
+    config.evaluation.rouge_during_training = True
+    config.evaluation.rouge_subset = 2
+    config.generation.max_new_tokens = 4
+    run_dir = train(config, output_dir=tmp_path / "run")
+    assert calls == ["dialogsum"]
+    rows = [row for row in read_jsonl(run_dir / "metrics.jsonl")[0] if "eval_rouge_sum" in row]
+    assert [(row["step"], row["eval_rouge_sum"]) for row in rows] == [(2, 14.0)]
+
+
 def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_path, tmp_path):
     """The preset (model.dtype auto) with training.bf16=true: fp32 master weights under bf16 autocast, so 10 steps at
     lr 2e-5 change (nearly) every weight, norms included; bf16 weights would change ~25% and no norm weight."""

@@ -138,12 +138,20 @@ class RougeEvalMixin:
             predictions = generate_summaries(
                 model, self.processing_class, self.rouge_dialogues, config, kind=config.model.kind, progress=False
             )
-            scores = score(
-                predictions,
-                [d.references for d in self.rouge_dialogues],
-                tokenizer=config.evaluation.tokenizer,
-                forbidden_scripts=config.generation.forbidden_scripts,
-            )
+            references = [d.references for d in self.rouge_dialogues]
+            if config.evaluation.scheme == "dialogsum":  # select checkpoints by the leaderboard's own ROUGE
+                from dialsum.schemes import score_scheme
+
+                scores, _ = score_scheme(
+                    predictions, references, "dialogsum", forbidden_scripts=config.generation.forbidden_scripts
+                )
+            else:  # kiwi; under dcs too (BERTScore and BLEURT at every evaluation would cost more than training)
+                scores = score(
+                    predictions,
+                    references,
+                    tokenizer=config.evaluation.tokenizer,
+                    forbidden_scripts=config.generation.forbidden_scripts,
+                )
             rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
         if once:
             from accelerate.utils import broadcast_object_list

@@ -420,6 +420,11 @@ def train(
     rouge_dialogues = []
     if config.evaluation.rouge_during_training and dev_dialogues:
         rouge_dialogues = [d for d in dev_dialogues if d.references][: config.evaluation.rouge_subset]
+        if config.evaluation.scheme == "dcs":
+            console.print(
+                "[yellow]evaluation:[/] dev ROUGE during training is Kiwi ROUGE (scheme dcs's BERTScore and "
+                "BLEURT would cost more than training at every evaluation); the final dev scores use dcs"
+            )
     trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir, rouge_dialogues)
     trainer.add_callback(configured_steps_callback())
     if is_main:
