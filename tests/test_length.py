@@ -153,3 +153,17 @@ def test_num_candidates_writes_beams_for_the_ensemble(tiny_llama, tmp_path):
     assert result.stderr.strip().count("\n") == 0
     with pytest.raises(DialsumError):
         predict(greedy, data, tmp_path / "g.csv", num_candidates=3, progress=False)
+
+
+@pytest.mark.slow
+def test_dialsum_train_alone_saves_the_rule(tiny_llama, tmp_path):
+    """`dialsum train` with max_new_tokens=auto stores the fitted rule in the run's config.yaml, so predicting needs
+    no training file. Mutation caught: the rule fitted only by `dialsum run` (train leaves length_rule null)."""
+    from dialsum.config import load_config
+    from dialsum.train import train
+
+    raw = _config(tiny_llama, max_new_tokens="auto", length_buckets=3).to_dict()
+    raw["training"].update(max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    run_dir = train(config_from_dict(raw), output_dir=tmp_path / "run")
+    rule = load_config(run_dir / "config.yaml").generation.length_rule
+    assert rule is not None and len(rule["buckets"]) == 3 and rule["n"] == 40

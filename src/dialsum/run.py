@@ -84,13 +84,8 @@ def run(
     from dialsum.submission import is_dcs, write_dcs_submission, write_submission
     from dialsum.train import train
 
-    # 1. Train (the run directory holds the resolved config and the final model). With
-    #    generation.max_new_tokens=auto the length rule is fitted first, so config.yaml holds it.
-    if config.generation.max_new_tokens == "auto" and not resume:
-        from dialsum.length import with_length_rule
-        from dialsum.models import load_tokenizer
-
-        config = with_length_rule(config, load_tokenizer(config.model.name_or_path, config))
+    # 1. Train (the run directory holds the resolved config, the length rule with max_new_tokens=auto, and the
+    #    final model).
     run_dir = train(config, config_path=config_path, output_dir=output_dir, resume=resume, overrides=overrides)
     from accelerate import PartialState
 

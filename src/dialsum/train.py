@@ -28,6 +28,7 @@ from dialsum.config import Config, config_from_dict, load_config, save_config
 from dialsum.data import Dialogue, load_dialogues
 from dialsum.encode import EncodeStats, encode_dialogues, prepare_tokenizer
 from dialsum.errors import ConfigError, RunDirError
+from dialsum.length import with_length_rule
 from dialsum.models import (
     compute_dtype,
     has_cuda,
@@ -386,6 +387,9 @@ def train(
         console.print(f"added {len(added_tokens)} speaker/mask tokens to the vocabulary: {', '.join(added_tokens[:8])}")
     for line in notes:
         console.print(f"[yellow]chat template:[/] {line}")
+    # generation.max_new_tokens=auto: the length rule is fitted once, here, and saved in config.yaml, so predict
+    # needs neither the training file nor a refit
+    config = with_length_rule(config, tokenizer)
     train_examples, encode_stats = encode_dialogues(tokenizer, train_dialogues, config)
     dev_examples, dev_stats = (
         encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
