@@ -96,7 +96,7 @@ METRICS = [
     Metric("examples_per_optimizer_step", "examples / optimizer step", "summary", "examples_per_optimizer_step", ".1f"),
     Metric("optimizer_steps_per_epoch", "optimizer steps / epoch", "summary", "optimizer_steps_per_epoch", "d"),
     Metric("final_train_loss", "final train loss", "summary", "final_train_loss", ".4f"),
-    Metric("best_eval_loss", "best eval loss", "summary", "best_eval_loss", ".4f", "min"),
+    Metric("best_eval_loss", "eval loss at the selected step", "summary", "best_eval_loss", ".4f", "min"),
     Metric("best_step", "best step", "summary", "best_step", "d"),
 ]
 
