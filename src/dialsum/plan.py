@@ -282,38 +282,22 @@ def build_plan(
         lengths, trained = scale_lengths(lengths, n), scale_lengths(trained, n)
     t = config.training
     epochs = t.num_train_epochs if t.max_steps <= 0 else None
+    layouts = {  # the same examples and batch, three ways to lay them out
+        "padded": dict(packing=False),
+        "packed rows": dict(packing=True, unit=t.packing_batch_unit, layout="rows"),
+        "packed flat": dict(packing=True, unit=t.packing_batch_unit, layout="flat"),
+    }
     runs = {
-        "padded": plan_epoch(
+        name: plan_epoch(
             lengths,
             t.max_length,
             t.per_device_train_batch_size,
             t.gradient_accumulation_steps,
             world_size,
-            packing=False,
             seed=t.seed,
-        ),
-        "packed rows": plan_epoch(
-            lengths,
-            t.max_length,
-            t.per_device_train_batch_size,
-            t.gradient_accumulation_steps,
-            world_size,
-            packing=True,
-            unit=t.packing_batch_unit,
-            layout="rows",
-            seed=t.seed,
-        ),
-        "packed flat": plan_epoch(
-            lengths,
-            t.max_length,
-            t.per_device_train_batch_size,
-            t.gradient_accumulation_steps,
-            world_size,
-            packing=True,
-            unit=t.packing_batch_unit,
-            layout="flat",
-            seed=t.seed,
-        ),
+            **how,
+        )
+        for name, how in layouts.items()
     }
     layout = (
         ("packed flat" if packing_layout(config.model.attn_implementation) == "flat" else "packed rows")
