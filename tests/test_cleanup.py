@@ -14,10 +14,10 @@ from dialsum.cleanup import (
     remove_foreign_chars,
     remove_think,
 )
-from dialsum.config import CleanupConfig, config_from_dict
+from dialsum.config import CleanupSettings, config_from_dict
 from dialsum.data import load_dialogues
 
-ALL_ON = CleanupConfig(drop_unfinished_sentence=True, remove_foreign_chars=True)
+ALL_ON = CleanupSettings(drop_unfinished_sentence=True, remove_foreign_chars=True)
 
 # Strings of the kinds the issue lists. The last is verbatim from dialogsum-ko dev.csv (a reference that spells the
 # tags 'Person1'); the others are LLM outputs of the shapes the published write-ups report.
@@ -110,12 +110,12 @@ def test_switches_and_counts():
         "remove_foreign_chars": 1,
         "drop_unfinished_sentence": 1,
     }
-    off = CleanupConfig(normalize_tags=False, remove_think=False, remove_artifacts=False)
+    off = CleanupSettings(normalize_tags=False, remove_think=False, remove_artifacts=False)
     cleaned, counts = clean_all(texts, off)
     assert cleaned == [" ".join(t.split()) for t in texts] and counts == {}
-    # a full Config is accepted too, and its cleanup section is read
+    # the cleanup section of a config, as generation passes it
     config = config_from_dict({"model": {"name_or_path": "x"}, "cleanup": {"normalize_tags": False}})
-    assert clean("#Person 1#은 삽니다.", config)[0] == "#Person 1#은 삽니다."
+    assert clean("#Person 1#은 삽니다.", config.cleanup)[0] == "#Person 1#은 삽니다."
 
 
 def test_no_reference_summary_changes_except_the_one_with_bare_tags():

@@ -231,7 +231,7 @@ def test_qlora_settings_follow_the_gpu(monkeypatch, bf16_gpu, expected):
     from transformers import BitsAndBytesConfig
 
     from dialsum.models import compute_dtype, kbit_training_settings, qlora_settings, training_weight_dtype
-    from dialsum.train import lora_config
+    from dialsum.train import peft_lora_config
 
     _gpu(monkeypatch, bf16_gpu)
     config = load_config(
@@ -254,7 +254,7 @@ def test_qlora_settings_follow_the_gpu(monkeypatch, bf16_gpu, expected):
     }
     config.training.gradient_checkpointing = False
     assert kbit_training_settings(config)["use_gradient_checkpointing"] is False
-    peft_config = lora_config(config)
+    peft_config = peft_lora_config(config)
     assert (peft_config.r, peft_config.lora_alpha, set(peft_config.target_modules)) == (16, 32, {"q_proj", "v_proj"})
     assert peft_config.task_type == "CAUSAL_LM"
 

@@ -16,8 +16,9 @@ from dialsum.cleanup import clean_summary
 from dialsum.config import config_from_dict, save_config
 from dialsum.data import Dialogue, Turn, load_dialogues
 from dialsum.errors import DialsumError
-from dialsum.generate import generate_summaries, lead_baseline, predict
+from dialsum.generate import generate_summaries, lead_baseline
 from dialsum.models import load_for_inference
+from dialsum.predict import predict
 from dialsum.scripts import foreign_script_chars, has_foreign_script
 from dialsum.suppress import ForeignScriptSuppressor, banned_bytes, decode_utf8, suppression_table
 
@@ -157,7 +158,7 @@ def test_suppression_never_emits_a_forbidden_character(attacked_llama):
 
     def sample(seed: int) -> list[str]:
         torch.manual_seed(seed)
-        return generate_summaries(model, tokenizer, records, config, kind="causal", progress=False)
+        return generate_summaries(model, tokenizer, records, config, progress=False)
 
     config.generation.suppress_foreign_scripts = False
     unsuppressed = sample(0)

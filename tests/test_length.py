@@ -79,7 +79,9 @@ def test_rule_is_written_into_the_config_and_used(tiny_llama):
     assert fitted.generation.length_rule["n"] == 40 and len(fitted.generation.length_rule["buckets"]) == 3
     assert config_from_dict(fitted.to_dict()).generation.length_rule == fitted.generation.length_rule  # YAML-safe
     dev = load_dialogues(SAMPLE / "dev.csv")
-    assert limits_for(fitted, tokenizer, dev) == limits_for(config, tokenizer, dev)  # fitted on data.train alike
+    assert limits_for(fitted.generation, tokenizer, dev) == limits_for(
+        config.generation, tokenizer, dev, config.data.train
+    )  # fitted on data.train alike
     assert with_length_rule(_config(tiny_llama), tokenizer).generation.length_rule is None  # fixed: untouched
 
 
@@ -114,7 +116,7 @@ def test_num_candidates_writes_beams_for_the_ensemble(tiny_llama, tmp_path):
     from conftest import ROOT
     from dialsum.config import save_config
     from dialsum.ensemble import load_sources
-    from dialsum.generate import predict
+    from dialsum.predict import predict
 
     run = tmp_path / "run"
     shutil.copytree(tiny_llama, run / "model")

@@ -360,7 +360,7 @@ def test_train_and_predict_through_a_tiny_model_with_the_real_bllossom_vocabular
     from typer.testing import CliRunner
 
     from dialsum.cli import app
-    from dialsum.generate import predict
+    from dialsum.predict import predict
     from dialsum.scripts import has_foreign_script
     from dialsum.train import train
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from dialsum.config import CleanupSettings
 from dialsum.scripts import foreign_script_pattern
 
 __all__ = [
@@ -133,17 +134,18 @@ class _Switches:
     drop_unfinished_sentence: bool = False
 
 
-def _switches(config) -> _Switches:
-    """The switches of a `CleanupConfig`, a full `Config` (its `.cleanup`), or None (the defaults)."""
-    if config is None:
+def _switches(section: CleanupSettings | None) -> _Switches:
+    """The switches of the config's `cleanup` section, or None (the defaults)."""
+    if section is None:
         return _Switches()
-    section = getattr(config, "cleanup", config)
     return _Switches(**{step: bool(getattr(section, step)) for step in STEPS})
 
 
-def clean(text: str, config=None, forbidden_scripts: Iterable[str] | None = ("Han",)) -> tuple[str, list[str]]:
+def clean(
+    text: str, section: CleanupSettings | None = None, forbidden_scripts: Iterable[str] | None = ("Han",)
+) -> tuple[str, list[str]]:
     """(cleaned text, the steps that changed it). Whitespace is collapsed at the end (not counted)."""
-    switches = _switches(config)
+    switches = _switches(section)
     changed: list[str] = []
     steps = (
         ("remove_think", remove_think),
@@ -163,14 +165,14 @@ def clean(text: str, config=None, forbidden_scripts: Iterable[str] | None = ("Ha
 
 
 def clean_all(
-    texts: Sequence[str], config=None, forbidden_scripts: Iterable[str] | None = ("Han",)
+    texts: Sequence[str], section: CleanupSettings | None = None, forbidden_scripts: Iterable[str] | None = ("Han",)
 ) -> tuple[list[str], dict[str, int]]:
     """Clean every text; counts per step (switched-on steps only) of the texts it changed."""
-    switches = _switches(config)
+    switches = _switches(section)
     counts = {step: 0 for step in STEPS if getattr(switches, step)}
     cleaned = []
     for text in texts:
-        result, changed = clean(text, config, forbidden_scripts)
+        result, changed = clean(text, section, forbidden_scripts)
         for step in changed:
             counts[step] += 1
         cleaned.append(result)

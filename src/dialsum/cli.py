@@ -43,9 +43,11 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its last checkpoint.")] = False,
 ) -> None:
     """Fine-tune a model (SFT with leak-free packing, LoRA/QLoRA, or seq2seq) into a run directory."""
-    from dialsum.train import train as run_training
+    import dialsum.train
 
-    run_training(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or [])
+    dialsum.train.train(
+        _config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or []
+    )
 
 
 @app.command()
@@ -83,9 +85,11 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its last checkpoint.")] = False,
 ) -> None:
     """End to end: train, predict and score dev, predict test, write submission.csv and report.md."""
-    from dialsum.run import run as run_all
+    import dialsum.run
 
-    run_all(_config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or [])
+    dialsum.run.run(
+        _config(config, set_), config_path=config, output_dir=output_dir, resume=resume, overrides=set_ or []
+    )
 
 
 @app.command()
@@ -117,9 +121,9 @@ def predict(
     ] = 1,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
-    from dialsum.generate import predict as run_predict
+    import dialsum.predict
 
-    run_predict(
+    dialsum.predict.predict(
         model,
         data,
         output,
@@ -190,10 +194,10 @@ def screen(
     limit: Annotated[int | None, typer.Option(help="Score only the first N dialogues.")] = None,
 ) -> None:
     """Zero-shot: predict and score several models without training, ranked, with a 'lead' floor."""
-    from dialsum.run import screen as run_screen
+    import dialsum.run
 
     names = [name.strip() for name in models.split(",") if name.strip()]
-    run_screen(names, data, config=_config(config, set_) if config else None, overrides=set_ or [], limit=limit)
+    dialsum.run.screen(names, data, config=_config(config, set_) if config else None, overrides=set_ or [], limit=limit)
 
 
 @app.command()
@@ -278,9 +282,9 @@ def kfold(
     resume: Annotated[bool, typer.Option(help="Continue unfinished folds from their last checkpoint.")] = False,
 ) -> None:
     """K runs on K folds: out-of-fold predictions and scores, test predictions from every fold, a summary table."""
-    from dialsum.kfold import kfold as run_kfold
+    import dialsum.kfold
 
-    run_kfold(
+    dialsum.kfold.kfold(
         _config(config, set_),
         folds,
         output_dir=output_dir,

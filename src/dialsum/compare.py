@@ -29,7 +29,7 @@ from dialsum.report import (
     md_table,
     write_plots,
 )
-from dialsum.rundir import DEV_SCORES_FILE, SUMMARY_FILE, RunData, load_run
+from dialsum.rundir import COMPARE_JSON_FILE, COMPARE_REPORT_FILE, DEV_SCORES_FILE, SUMMARY_FILE, RunData, load_run
 
 IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
 
@@ -233,9 +233,9 @@ def compare_runs(run_dirs: list[str | Path], output_dir: str | Path) -> Path:
     comparison = build_comparison(runs, notes)
     comparison.plots = write_plots(runs, output_dir) if runs else []
     print_comparison(comparison, runs)
-    markdown = output_dir / "compare.md"
+    markdown = output_dir / COMPARE_REPORT_FILE
     markdown.write_text(comparison_markdown(comparison, runs, output_dir), encoding="utf-8")
-    (output_dir / "compare.json").write_text(
+    (output_dir / COMPARE_JSON_FILE).write_text(
         json.dumps(comparison_json(comparison), indent=2, ensure_ascii=False), encoding="utf-8"
     )
     return markdown

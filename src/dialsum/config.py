@@ -46,7 +46,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Section):
+class ModelSettings(_Section):
     name_or_path: str = Field(description="HF hub id or local directory of the base model.")
     kind: Literal["causal", "seq2seq"] = Field(
         "causal",
@@ -65,7 +65,7 @@ class ModelConfig(_Section):
     revision: str | None = Field(None, description="Hub branch, tag or commit to load; None takes the default branch.")
 
 
-class DataConfig(_Section):
+class DataSettings(_Section):
     train: str | None = Field(None, description="Training file: competition CSV or Korean_DCS JSON/JSONL.")
     dev: str | None = Field(
         None, description="Dev file with reference summaries: eval loss, checkpoint selection and dev scores."
@@ -75,7 +75,7 @@ class DataConfig(_Section):
     )
 
 
-class PromptConfig(_Section):
+class PromptSettings(_Section):
     system: str = Field(DEFAULT_SYSTEM_PROMPT, description="System message of the chat prompt (decoder-only models).")
     question: str = Field(
         DEFAULT_QUESTION, description="The request after the conversation; {topic} is replaced by the dialogue's topic."
@@ -101,7 +101,7 @@ class PromptConfig(_Section):
     )
 
 
-class TrainingConfig(_Section):
+class TrainingSettings(_Section):
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (AdamW), reached after warmup.")
     lr_scheduler_type: str = Field(
         "cosine",
@@ -180,7 +180,7 @@ class TrainingConfig(_Section):
         return value
 
 
-class LoraConfig(_Section):
+class LoraSettings(_Section):
     enabled: bool = Field(False, description="Train LoRA adapters on a frozen base instead of every weight.")
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
@@ -193,7 +193,7 @@ class LoraConfig(_Section):
     )
 
 
-class GenerationConfig(_Section):
+class GenerationSettings(_Section):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="'hf': transformers generate with full suppression; 'vllm': faster on CUDA, static ban only."
     )
@@ -222,7 +222,7 @@ class GenerationConfig(_Section):
     length_rule: dict[str, Any] | None = Field(
         None,
         description="The fitted length rule (bucket edges in dialogue characters, per-bucket token limits); "
-        "written by dialsum run when max_new_tokens=auto so the run's config.yaml reproduces its generation.",
+        "written by dialsum train when max_new_tokens=auto so the run's config.yaml reproduces its generation.",
     )
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy (or sampling with do_sample).")
     do_sample: bool = Field(False, description="Sample instead of greedy/beam search; off means deterministic output.")
@@ -242,7 +242,7 @@ class GenerationConfig(_Section):
     )
 
 
-class CleanupConfig(_Section):
+class CleanupSettings(_Section):
     """Post-processing of every generated summary (dialsum.cleanup); the run report counts what each step changed."""
 
     normalize_tags: bool = Field(
@@ -272,12 +272,12 @@ class CleanupConfig(_Section):
     )
 
 
-def token_budget(generation: "GenerationConfig") -> int:
+def token_budget(generation: "GenerationSettings") -> int:
     """The most tokens a summary may get: max_new_tokens, or with 'auto' the cap (what the prompt leaves room for)."""
     return generation.max_new_tokens_cap if generation.max_new_tokens == "auto" else generation.max_new_tokens
 
 
-class EvaluationConfig(_Section):
+class EvaluationSettings(_Section):
     tokenizer: ScorerTokenizer = Field(
         "kiwi", description="Morpheme analyzer for scheme 'kiwi' (whitespace: for English data only)."
     )
@@ -308,7 +308,7 @@ class EvaluationConfig(_Section):
     )
 
 
-class LoggingConfig(_Section):
+class LoggingSettings(_Section):
     steps: int = Field(10, ge=1, description="Log loss, grad norm, LR and throughput every N optimizer steps.")
     report_to: list[Literal["wandb", "tensorboard"]] = Field(
         default_factory=list, description="Experiment trackers besides metrics.jsonl (each needs its package)."
@@ -317,20 +317,22 @@ class LoggingConfig(_Section):
 
 
 class Config(_Section):
-    model: ModelConfig = Field(description="Which model to fine-tune and how to load it.")
-    data: DataConfig = Field(default_factory=DataConfig, description="Train, dev and test files.")
-    prompt: PromptConfig = Field(default_factory=PromptConfig, description="How a dialogue becomes a prompt.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimizer, schedule, batching.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA / QLoRA adapters.")
-    generation: GenerationConfig = Field(
-        default_factory=GenerationConfig,
+    model: ModelSettings = Field(description="Which model to fine-tune and how to load it.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Train, dev and test files.")
+    prompt: PromptSettings = Field(default_factory=PromptSettings, description="How a dialogue becomes a prompt.")
+    training: TrainingSettings = Field(default_factory=TrainingSettings, description="Optimizer, schedule, batching.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA / QLoRA adapters.")
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings,
         description="Decoding settings; a checkpoint's own defaults never override them.",
     )
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How dev scores are computed.")
-    cleanup: CleanupConfig = Field(
-        default_factory=CleanupConfig, description="Summary clean-up after decoding, one switch per step."
+    evaluation: EvaluationSettings = Field(
+        default_factory=EvaluationSettings, description="How dev scores are computed."
     )
-    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="What is logged and where runs go.")
+    cleanup: CleanupSettings = Field(
+        default_factory=CleanupSettings, description="Summary clean-up after decoding, one switch per step."
+    )
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="What is logged and where runs go.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

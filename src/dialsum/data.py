@@ -13,15 +13,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from dialsum.errors import DataError
 
 __all__ = [
+    "FORMATS",
     "SAMPLE_DIR",
     "DataError",
     "Dialogue",
     "Turn",
+    "data_format",
+    "is_dcs",
     "load_dialogues",
     "parse_turns",
     "read_table",
@@ -46,17 +49,35 @@ class Dialogue:
     preamble: str = ""  # text before the first speaker tag, kept rather than dropped
 
 
+# The data formats dialsum reads and writes, by file extension: the one place that maps a path to its format.
+FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
+DataFormat = Literal["csv", "json", "jsonl"]
+
+
+def data_format(path: str | Path, what: str = "file") -> DataFormat:
+    """'csv' (the competition CSV), 'json' (a Korean_DCS list) or 'jsonl' (one DCS record per line), from the
+    extension; anything else is a DataError naming the path (`what`: 'file', 'output', ...)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(
+            f"{path}: unsupported {what} type {suffix or '(no extension)'!r}; expected {', '.join(FORMATS)}"
+        )
+    return FORMATS[suffix]  # type: ignore[return-value]
+
+
+def is_dcs(path: str | Path) -> bool:
+    """A Korean_DCS file (.json or .jsonl), as opposed to the competition CSV. Unknown extensions are not DCS."""
+    return FORMATS.get(Path(path).suffix.lower()) in ("json", "jsonl")
+
+
 def load_dialogues(path: str | Path) -> list[Dialogue]:
     """Read a competition `.csv`, a Korean_DCS `.json` list, or a `.jsonl` of DCS records, in file order."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _load_csv(path)
-    if suffix == ".json":
-        return _load_dcs_json(path)
-    if suffix == ".jsonl":
-        return _load_dcs_jsonl(path)
-    raise DataError(f"{path}: unsupported file type {suffix or '(no extension)'!r}; expected .csv, .json or .jsonl")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a .csv, .json or .jsonl file")
+    loaders = {"csv": _load_csv, "json": _load_dcs_json, "jsonl": _load_dcs_jsonl}
+    return loaders[data_format(path)](path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,7 +227,7 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     """fname → reference summaries, from a competition CSV (only `fname` and the reference columns are
     needed) or a DCS JSON/JSONL; for scoring a predictions file against it."""
     path = Path(path)
-    if path.suffix.lower() in (".json", ".jsonl"):
+    if is_dcs(path):
         return {d.id: list(d.references) for d in load_dialogues(path)}
     table = read_table(path, required=["fname"])
     columns = reference_columns(table[0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dialsum.config import Config, PromptConfig, token_budget
+from dialsum.config import Config, PromptSettings, token_budget
 from dialsum.data import Dialogue, Turn
 from dialsum.errors import ConfigError, DataError
 from dialsum.prompt import build_messages, seq2seq_source
@@ -105,7 +105,7 @@ class TemplateCheck:
     problems: list[str] = field(default_factory=list)  # the prompt is not a prefix of the full rendering
 
 
-def check_chat_template(tokenizer, prompt: PromptConfig) -> TemplateCheck:
+def check_chat_template(tokenizer, prompt: PromptSettings) -> TemplateCheck:
     """The prompt tokens must be a prefix of the full chat rendering with the assistant turn."""
     check = TemplateCheck()
     if not tokenizer.chat_template:

@@ -37,8 +37,6 @@ __all__ = [
     "parse_utility",
 ]
 
-KFOLD_FILE = "kfold.json"  # written by `dialsum kfold` into the parent directory: lists the fold run directories
-SPLIT_FILES = {"dev": "dev_predictions.csv", "test": "submission.csv", "oof": "oof_predictions.csv"}
 TIE_TOLERANCE = 1e-9  # expected utilities closer than this are a tie; the earlier candidate wins
 
 
@@ -295,42 +293,15 @@ def _read_candidate_file(path: Path) -> list[tuple[str, dict[str, str]]]:
     return list(per_source.items())
 
 
-def _expand(path: Path, split: str) -> list[Path]:
-    """A prediction CSV, a run directory (its `split` predictions), or a kfold parent (every fold's; for `oof`
-    the parent's joined out-of-fold file, so two kfold runs over the same split can be ensembled on train)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"{path}: no such file or directory")
-    file_name = SPLIT_FILES[split]
-    if (path / KFOLD_FILE).is_file() and split == "oof":  # the folds' held-out predictions, joined
-        found = [path / file_name]
-    elif (path / KFOLD_FILE).is_file():
-        folds = json.loads((path / KFOLD_FILE).read_text(encoding="utf-8"))["folds"]
-        found = [path / fold["dir"] / file_name for fold in folds]
-    elif (path / file_name).is_file() or (path / "config.yaml").is_file():
-        found = [path / file_name]
-    else:
-        found = sorted(path.glob(f"*/{file_name}"))
-        if not found:
-            raise DataError(
-                f"{path}: neither a run directory nor a kfold directory (no {KFOLD_FILE}, no */{file_name})"
-            )
-    missing = [str(p) for p in found if not p.is_file()]
-    if missing:
-        raise DataError(f"{path}: --split {split} needs {file_name} in every run; missing: {', '.join(missing)}")
-    return found
-
-
 def _few(ids: list[str]) -> str:
     return ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
 
 
 def load_sources(paths: Sequence[str | Path], split: str = "dev") -> Sources:
     """Read every candidate source; each must cover exactly the dialogues of the first (order: the first's)."""
-    if split not in SPLIT_FILES:
-        raise DialsumError(f"--split {split!r}: expected one of {', '.join(SPLIT_FILES)}")
-    files = [f for p in paths for f in _expand(Path(p), split)]
+    from dialsum.rundir import prediction_files
+
+    files = [f for p in paths for f in prediction_files(p, split)]
     sources: list[tuple[str, dict[str, str]]] = [s for f in files for s in _read_candidate_file(f)]
     if not sources:
         raise DialsumError("no candidate sources given")

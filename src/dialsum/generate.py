@@ -1,8 +1,6 @@
-"""Generate summaries: batched, left-padded, from exactly the prompt training used.
+"""Generate summaries: batched, left-padded, from exactly the prompt training used (HF), or through vLLM.
 
-`predict(model_path, data_path, output_path)` is the whole workflow: resolve the run directory and
-its config, load the model (merging a LoRA adapter), generate, write `fname,summary` in input order
-(or, for Korean_DCS, the input JSON with `output` filled in).
+The workflow around it (load a model once, predict a split, write it; `dialsum predict`) is `dialsum.predict`.
 
 Generation runs with the config's `generation` section and nothing else: a checkpoint's own
 generation_config.json is reported, never merged. Token bans (foreign scripts, n-grams that spare tags)
@@ -14,30 +12,29 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import time
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from dialsum.cleanup import clean_summary
 from dialsum.config import Config, token_budget
-from dialsum.data import Dialogue, load_dialogues, write_predictions
+from dialsum.data import Dialogue
 from dialsum.encode import encode_inference_inputs, encode_prompt, end_of_turn_token
 from dialsum.errors import ConfigError, DialsumError
-from dialsum.models import ADAPTER_CONFIG, InferenceSource, load_source, resolve_inference_source
-from dialsum.prompt import resolve_topic_policy, topic_mismatch
-from dialsum.scripts import has_foreign_script
+from dialsum.models import ADAPTER_CONFIG, InferenceSource
 from dialsum.suppress import ForeignScriptSuppressor, NoRepeatNGramExceptTags, suppression_table, tag_token_ids
 
 __all__ = [
+    "VllmEngine",
+    "apply_cleanup",
+    "check_candidates",
     "effective_generation_config",
     "generate_candidates",
     "generate_summaries",
     "lead_baseline",
-    "predict",
     "stop_token_ids",
 ]
 
@@ -167,8 +164,8 @@ def generate_summaries(
     dialogues: Sequence[Dialogue],
     config: Config,
     *,
-    kind: Literal["causal", "seq2seq"] | None = None,
     progress: bool = True,
+    label: str = "generate",
     info: dict | None = None,
     cleanup_counts: dict[str, int] | None = None,
     num_return_sequences: int = 1,
@@ -184,12 +181,12 @@ def generate_summaries(
     seq2seq: the encoder source trimmed like training. Examples are batched by length (longest
     first, so memory problems show up at once) and restored to input order. Dialogues trimmed to fit
     are counted and said; `info`, when given, receives the trimming counts and the generation settings
-    (`describe_generation`).
+    (`describe_generation`). `label` names the progress bar ("generate dev").
     """
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList
 
-    kind = kind or config.model.kind
+    kind = config.model.kind
     g = config.generation
     inputs, trim = encode_inference_inputs(tokenizer, list(dialogues), config, kind)
     if trim.trimmed:
@@ -229,7 +226,7 @@ def generate_summaries(
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the model generate() reads
     own_generation_config = getattr(inner, "generation_config", None)
     model.eval()
-    bar = tqdm(total=len(inputs), desc="generate", unit="dlg", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(inputs), desc=label, unit="dlg", disable=not progress, file=sys.stderr)
     try:
         inner.generation_config = effective  # generate() fills unset fields from it: nothing else may leak in
         with torch.inference_mode():
@@ -288,7 +285,7 @@ def generate_summaries(
         inner.generation_config = own_generation_config
         if was_training:
             model.train()
-    return _cleanup(results, config, cleanup_counts)
+    return apply_cleanup(results, config, cleanup_counts)
 
 
 def _token_limits(tokenizer, dialogues, config: Config, given: Sequence[int] | None) -> list[int] | None:
@@ -301,10 +298,10 @@ def _token_limits(tokenizer, dialogues, config: Config, given: Sequence[int] | N
         return None
     from dialsum.length import limits_for
 
-    return limits_for(config, tokenizer, dialogues)
+    return limits_for(config.generation, tokenizer, dialogues, config.data.train)
 
 
-def _check_candidates(config: Config, n: int) -> None:
+def check_candidates(config: Config, n: int) -> None:
     g = config.generation
     if n > 1 and not g.do_sample and g.num_beams < n:
         raise ConfigError(
@@ -317,16 +314,16 @@ def generate_candidates(
     model, tokenizer, dialogues: Sequence[Dialogue], config: Config, n: int, **kwargs
 ) -> list[list[str]]:
     """n candidates per dialogue (the n best beams, or n samples with generation.do_sample), in input order."""
-    _check_candidates(config, n)
+    check_candidates(config, n)
     flat = generate_summaries(model, tokenizer, dialogues, config, num_return_sequences=n, **kwargs)
     return [flat[i * n : (i + 1) * n] for i in range(len(dialogues))]
 
 
-def _cleanup(summaries: list[str], config: Config, counts: dict[str, int] | None) -> list[str]:
+def apply_cleanup(summaries: list[str], config: Config, counts: dict[str, int] | None) -> list[str]:
     """The config's clean-up steps (dialsum.cleanup); what each changed is added to `counts` when given."""
     from dialsum.cleanup import clean_all
 
-    cleaned, changed = clean_all(summaries, config, config.generation.forbidden_scripts)
+    cleaned, changed = clean_all(summaries, config.cleanup, config.generation.forbidden_scripts)
     if counts is not None:
         for step, n in changed.items():
             counts[step] = counts.get(step, 0) + n
@@ -348,167 +345,93 @@ def _checkpoint_generation_config(model_dir):
         return None
 
 
-def _generate_vllm(source: InferenceSource, dialogues: Sequence[Dialogue], progress: bool = True) -> list[str]:
-    """vLLM backend: same prompt ids, same stop tokens. Suppression here is the static mask only
-    (`allowed_token_ids`); the per-step byte-fragment check needs the HF backend."""
-    config, g = source.config, source.config.generation
-    if config.model.kind != "causal":
-        raise ConfigError(
-            "generation.backend=vllm supports decoder-only models only; use generation.backend=hf for seq2seq"
+class VllmEngine:
+    """vLLM backend over one inference source: the engine is built once (that is the model load) and then generates
+    under any config's decoding settings (a `dialsum tune` trial, a request). Same prompt ids, same stop tokens.
+    Suppression here is the static mask only (`allowed_token_ids`); the per-step byte-fragment check needs the HF
+    backend."""
+
+    def __init__(self, source: InferenceSource):
+        config = source.config
+        self.check(config)
+        try:
+            from vllm import LLM
+            from vllm.lora.request import LoRARequest
+        except ImportError:
+            raise DialsumError(
+                "generation.backend=vllm needs vLLM, which is not installed: pip install 'dialsum[vllm]'"
+            ) from None
+        from dialsum.models import has_cuda, load_tokenizer, resolve_model_path
+
+        if not has_cuda():
+            raise DialsumError(
+                "generation.backend=vllm needs a CUDA GPU; none is available (use generation.backend=hf)"
+            )
+        self.tokenizer = load_tokenizer(source.model_dir, config)
+        self.closer = end_of_turn_token(self.tokenizer)
+        weights_dir = resolve_model_path(config.model.name_or_path) if source.adapter else source.model_dir
+        checkpoint = SimpleNamespace(generation_config=_checkpoint_generation_config(weights_dir))
+        self.stops = stop_token_ids(checkpoint, self.tokenizer)
+        llm_kwargs: dict[str, Any] = dict(
+            model=str(weights_dir),
+            tokenizer=str(source.model_dir),
+            dtype=config.model.dtype,
+            max_model_len=config.training.max_length,
+            trust_remote_code=config.model.trust_remote_code,
+            seed=config.training.seed,
         )
-    if g.num_beams > 1 or g.no_repeat_ngram_size:
-        raise ConfigError("generation.num_beams > 1 and no_repeat_ngram_size need generation.backend=hf")
-    try:
-        from vllm import LLM, SamplingParams
-        from vllm.lora.request import LoRARequest
-    except ImportError:
-        raise DialsumError(
-            "generation.backend=vllm needs vLLM, which is not installed: pip install 'dialsum[vllm]'"
-        ) from None
-    from dialsum.models import has_cuda, load_tokenizer, resolve_model_path
+        self.lora = None
+        if source.adapter:
+            rank = json.loads((Path(source.model_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("r", 16)
+            llm_kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(int(rank)))
+            self.lora = LoRARequest("dialsum", 1, str(source.model_dir))
+        self.llm = LLM(**llm_kwargs)
 
-    if not has_cuda():
-        raise DialsumError("generation.backend=vllm needs a CUDA GPU; none is available (use generation.backend=hf)")
+    @staticmethod
+    def check(config: Config) -> None:
+        """What vLLM cannot do, said before anything loads."""
+        g = config.generation
+        if config.model.kind != "causal":
+            raise ConfigError(
+                "generation.backend=vllm supports decoder-only models only; use generation.backend=hf for seq2seq"
+            )
+        if g.num_beams > 1 or g.no_repeat_ngram_size:
+            raise ConfigError("generation.num_beams > 1 and no_repeat_ngram_size need generation.backend=hf")
+        if g.max_new_tokens == "auto":
+            raise ConfigError("generation.max_new_tokens=auto (per-dialogue limits) needs generation.backend=hf")
 
-    if g.max_new_tokens == "auto":
-        raise ConfigError("generation.max_new_tokens=auto (per-dialogue limits) needs generation.backend=hf")
-    tokenizer = load_tokenizer(source.model_dir, config)
-    prompts = [{"prompt_token_ids": encode_prompt(tokenizer, d, config)} for d in dialogues]
-    closer = end_of_turn_token(tokenizer)
-    weights_dir = resolve_model_path(config.model.name_or_path) if source.adapter else source.model_dir
-    stops = stop_token_ids(SimpleNamespace(generation_config=_checkpoint_generation_config(weights_dir)), tokenizer)
-    allowed = None
-    if g.suppress_foreign_scripts and g.forbidden_scripts:
-        print(
-            "generation.backend=vllm: foreign-script suppression is the static mask only (allowed_token_ids); "
-            "byte fragments that combine into a forbidden character can pass (generation.backend=hf checks them)",
-            file=sys.stderr,
+    def generate(self, dialogues: Sequence[Dialogue], config: Config, progress: bool = True) -> list[str]:
+        from vllm import SamplingParams
+
+        self.check(config)
+        g = config.generation
+        allowed = None
+        if g.suppress_foreign_scripts and g.forbidden_scripts:
+            print(
+                "generation.backend=vllm: foreign-script suppression is the static mask only (allowed_token_ids); "
+                "byte fragments that combine into a forbidden character can pass (generation.backend=hf checks "
+                "them)",
+                file=sys.stderr,
+            )
+            table = suppression_table(self.tokenizer, g.forbidden_scripts)
+            special = set(self.tokenizer.all_special_ids) - set(self.stops)
+            allowed = [i for i in range(table.size) if not table.static_bad[i] and i not in special]
+        params = SamplingParams(
+            max_tokens=g.max_new_tokens,
+            temperature=g.temperature if g.do_sample else 0.0,
+            top_p=g.top_p if g.do_sample else 1.0,
+            repetition_penalty=g.repetition_penalty,
+            stop_token_ids=self.stops,
+            skip_special_tokens=True,
+            seed=config.training.seed,
+            allowed_token_ids=allowed,
         )
-        table = suppression_table(tokenizer, g.forbidden_scripts)
-        special = set(tokenizer.all_special_ids) - set(stops)
-        allowed = [i for i in range(table.size) if not table.static_bad[i] and i not in special]
-    params = SamplingParams(
-        max_tokens=g.max_new_tokens,
-        temperature=g.temperature if g.do_sample else 0.0,
-        top_p=g.top_p if g.do_sample else 1.0,
-        repetition_penalty=g.repetition_penalty,
-        stop_token_ids=stops,
-        skip_special_tokens=True,
-        seed=config.training.seed,
-        allowed_token_ids=allowed,
-    )
-    llm_kwargs: dict[str, Any] = dict(
-        model=str(weights_dir),
-        tokenizer=str(source.model_dir),
-        dtype=config.model.dtype,
-        max_model_len=config.training.max_length,
-        trust_remote_code=config.model.trust_remote_code,
-        seed=config.training.seed,
-    )
-    lora = None
-    if source.adapter:
-        rank = json.loads((Path(source.model_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("r", 16)
-        llm_kwargs.update(enable_lora=True, max_lora_rank=max(8, 1 << (int(rank) - 1).bit_length()))
-        lora = LoRARequest("dialsum", 1, str(source.model_dir))
-    llm = LLM(**llm_kwargs)
-    outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=progress)
-    return _cleanup(
-        [clean_summary(output.outputs[0].text, tokenizer, end_token=closer) for output in outputs], config, None
-    )
+        prompts = [{"prompt_token_ids": encode_prompt(self.tokenizer, d, config)} for d in dialogues]
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=progress)
+        return [clean_summary(output.outputs[0].text, self.tokenizer, end_token=self.closer) for output in outputs]
 
 
-# ==================================================================================================
-# predict
-# ==================================================================================================
-
-
-def _predict_candidates(
-    source: InferenceSource, dialogues: Sequence[Dialogue], output_path: str | Path, n: int, progress: bool
-) -> dict[str, Any]:
-    from transformers import set_seed
-
-    from dialsum.data import write_candidates
-
-    config = source.config
-    if config.generation.backend != "hf":
-        raise ConfigError("--num-candidates needs generation.backend=hf")
-    _check_candidates(config, n)  # before the model loads
-    model, tokenizer = load_source(source)
-    set_seed(config.training.seed)  # sampled candidates are reproducible
-    candidates = generate_candidates(model, tokenizer, dialogues, config, n, progress=progress)
-    write_candidates(output_path, [d.id for d in dialogues], candidates)
-    distinct = sum(len(set(c)) for c in candidates) / max(len(candidates), 1)
-    print(
-        f"wrote {n} candidates for each of {len(dialogues)} dialogues to {output_path} "
-        f"({distinct:.1f} distinct per dialogue on average)"
-    )
-    return {"n": len(dialogues), "candidates": n, "distinct_per_dialogue": distinct, "output": str(output_path)}
-
-
-def predict(
-    model_path: str | Path,
-    data_path: str | Path,
-    output_path: str | Path,
-    config: Config | None = None,
-    overrides: list[str] | None = None,
-    progress: bool = True,
-    num_candidates: int = 1,
-) -> dict[str, Any]:
-    """Summarise every dialogue of `data_path` into a `fname,summary` CSV at `output_path` (input ids,
-    input order; an empty generation is an empty summary), or, for a DCS input and a .json/.jsonl output,
-    into the input records with `output` filled in. Returns {n, empty, foreign, seconds, ...}."""
-    from dialsum.submission import check_output_path, is_dcs, write_dcs_submission
-
-    started = time.perf_counter()
-    check_output_path(data_path, output_path)  # a DCS .json/.jsonl output needs a DCS input of that extension
-    source = resolve_inference_source(model_path, config, overrides)
-    dialogues = load_dialogues(data_path)  # bad data fails before the model loads
-    source.config, note = resolve_topic_policy(source.config, dialogues)  # a run's config is resolved already
-    config = source.config
-    for line in (note, topic_mismatch(config.prompt, dialogues, str(data_path))):
-        if line:
-            print(f"prompt: {line}", file=sys.stderr)
-    if num_candidates > 1:  # fname,candidate,summary rows for `dialsum ensemble`
-        return _predict_candidates(source, dialogues, output_path, num_candidates, progress)
-    cleanup: dict[str, int] = {}  # summaries each clean-up step changed
-    info: dict[str, Any] = {}
-    if config.generation.backend == "vllm":
-        generate_started = time.perf_counter()
-        summaries = _generate_vllm(source, dialogues, progress=progress)
-    else:
-        model, tokenizer = load_source(source)
-        generate_started = time.perf_counter()
-        summaries = generate_summaries(
-            model,
-            tokenizer,
-            dialogues,
-            config,
-            kind=config.model.kind,
-            progress=progress,
-            info=info,
-            cleanup_counts=cleanup,
-        )
-    generate_seconds = time.perf_counter() - generate_started
-    if is_dcs(output_path):  # the DCS input written back, `output` filled in
-        write_dcs_submission(data_path, output_path, summaries)
-    else:
-        write_predictions(output_path, [d.id for d in dialogues], summaries)
-    scripts = config.generation.forbidden_scripts
-    stats = {
-        "n": len(summaries),
-        "empty": sum(1 for s in summaries if not s.strip()),
-        "foreign": sum(1 for s in summaries if scripts and has_foreign_script(s, scripts)),
-        "seconds": round(time.perf_counter() - started, 2),
-        "generate_seconds": round(generate_seconds, 2),
-        "output": str(output_path),
-        "trimmed": info.get("trimmed", 0),
-        "generation": info.get("generation"),
-        "cleanup": cleanup,
-    }
-    if any(cleanup.values()):
-        print("clean-up changed: " + ", ".join(f"{step} {n}" for step, n in cleanup.items() if n))
-    print(
-        f"wrote {stats['n']} summaries to {output_path} ({stats['empty']} empty, {stats['foreign']} with a "
-        f"foreign script) in {stats['seconds']:.1f}s ({stats['generate_seconds']:.1f}s generating)"
-    )
-    return stats
+def vllm_lora_rank(rank: int) -> int:
+    """vLLM's `max_lora_rank` for an adapter of rank `rank`: the next of its supported sizes (8, 16, 32, 64, ...);
+    its default of 16 refuses larger adapters."""
+    return max(8, 1 << (int(rank) - 1).bit_length())

@@ -31,20 +31,26 @@ from typing import Any
 from rich.console import Console
 
 from dialsum.config import Config, config_from_dict
-from dialsum.data import load_dialogues, read_table, write_predictions
+from dialsum.data import data_format, load_dialogues, read_table, write_predictions
 from dialsum.errors import ConfigError, DataError, RunDirError
-from dialsum.rundir import DEV_SCORES_FILE, REPORT_FILE
+from dialsum.rundir import (
+    DEV_PREDICTIONS_FILE,
+    DEV_SCORES_FILE,
+    KFOLD_ENSEMBLE_DEV,
+    KFOLD_ENSEMBLE_TEST,
+    KFOLD_FILE,
+    KFOLD_REPORT_FILE,
+    KFOLD_SCORES_FILE,
+    KFOLD_SUBMISSION,
+    OOF_PREDICTIONS_FILE,
+    OOF_SCORES_FILE,
+    REPORT_FILE,
+    SUBMISSION_FILE,
+    fold_data_file,
+    fold_dir_name,
+)
 
-__all__ = ["KFOLD_FILE", "OOF_PREDICTIONS_FILE", "OOF_SCORES_FILE", "assign_folds", "kfold", "summarise_kfold"]
-
-KFOLD_FILE = "kfold.json"
-OOF_PREDICTIONS_FILE = "oof_predictions.csv"
-OOF_SCORES_FILE = "oof_scores.json"
-KFOLD_SCORES_FILE = "kfold_scores.json"
-KFOLD_REPORT_FILE = "kfold.md"
-KFOLD_ENSEMBLE_DEV = "ensemble_dev.csv"  # the folds' MBR consensus on dev (K >= 3)
-KFOLD_ENSEMBLE_TEST = "ensemble_test.csv"  # ... on test, fname,summary
-KFOLD_SUBMISSION = "submission.csv"  # ... on test, in the organizers' format
+__all__ = ["assign_folds", "kfold", "summarise_kfold"]
 
 console = Console(stderr=True)
 
@@ -62,9 +68,10 @@ def assign_folds(ids: Sequence[str], k: int, seed: int) -> list[int]:
 def _read_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(ids, raw records) of a data file, to write subsets back verbatim: CSV rows or DCS JSON objects."""
     dialogues = load_dialogues(path)  # validates; bad data fails before anything is written
-    if path.suffix.lower() == ".csv":
+    fmt = data_format(path)
+    if fmt == "csv":
         rows = read_table(path, required=["fname", "dialogue"])
-    elif path.suffix.lower() == ".json":
+    elif fmt == "json":
         rows = json.loads(path.read_text(encoding="utf-8-sig"))
     else:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
@@ -90,7 +97,7 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
     if include_dev and not config.data.dev:
         raise ConfigError("--include-dev needs data.dev in the config")
     files = [Path(config.data.train)] + ([Path(config.data.dev)] if include_dev else [])
-    kinds = {p.suffix.lower() == ".csv" for p in files}
+    kinds = {data_format(p) == "csv" for p in files}
     if len(kinds) > 1:
         raise DataError(f"--include-dev: {files[0]} and {files[1]} must both be CSV or both DCS JSON/JSONL")
     ids: list[str] = []
@@ -122,7 +129,7 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
         "folds": [
             {
                 "fold": i,
-                "dir": f"fold-{i}",
+                "dir": fold_dir_name(i),
                 "heldout": sum(1 for f in folds if f == i),
                 "train": sum(1 for f in folds if f != i),
             }
@@ -142,16 +149,16 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
             )
         return old
     parent.mkdir(parents=True, exist_ok=True)  # only now: bad data or flags leave nothing behind
-    csv_format = files[0].suffix.lower() == ".csv"
+    csv_format = data_format(files[0]) == "csv"
     suffix = ".csv" if csv_format else ".jsonl"
     for i in range(k):
         train_rows = [r for r, f in zip(records, folds) if f != i]
         heldout_rows = [r for r, f in zip(records, folds) if f == i]
-        _write_records(parent / "data" / f"fold-{i}-train{suffix}", train_rows, csv_format)
-        _write_records(parent / "data" / f"fold-{i}-heldout{suffix}", heldout_rows, csv_format)
+        _write_records(fold_data_file(parent, i, "train", suffix), train_rows, csv_format)
+        _write_records(fold_data_file(parent, i, "heldout", suffix), heldout_rows, csv_format)
     for fold in spec["folds"]:
-        fold["train_file"] = str(parent / "data" / f"fold-{fold['fold']}-train{suffix}")
-        fold["heldout_file"] = str(parent / "data" / f"fold-{fold['fold']}-heldout{suffix}")
+        fold["train_file"] = str(fold_data_file(parent, fold["fold"], "train", suffix))
+        fold["heldout_file"] = str(fold_data_file(parent, fold["fold"], "heldout", suffix))
     spec_path.write_text(json.dumps(spec, indent=2, ensure_ascii=False), encoding="utf-8")
     return spec
 
@@ -166,22 +173,22 @@ def _fold_config(config: Config, fold: dict[str, Any], include_dev: bool) -> Con
 
 def _predict_heldout(run_dir: Path, fold: dict[str, Any], include_dev: bool) -> dict[str, Any]:
     """The fold's predictions for its held-out rows (out-of-fold) and their scores."""
-    from dialsum.generate import generate_summaries
-    from dialsum.models import load_for_inference
-    from dialsum.run import score_dialogues
+    from dialsum.predict import Predictor, predict_split, write_split
+    from dialsum.schemes import score_dialogues
 
     if include_dev:  # the run already predicted and scored them as its dev set
-        from dialsum.rundir import DEV_PREDICTIONS_FILE
-
         (run_dir / OOF_PREDICTIONS_FILE).write_bytes((run_dir / DEV_PREDICTIONS_FILE).read_bytes())
         scores = json.loads((run_dir / DEV_SCORES_FILE).read_text(encoding="utf-8"))
     else:
         heldout = [d for d in load_dialogues(fold["heldout_file"]) if d.references]
-        model, tokenizer, config = load_for_inference(run_dir, None)
-        predictions = generate_summaries(model, tokenizer, heldout, config, kind=config.model.kind)
-        write_predictions(run_dir / OOF_PREDICTIONS_FILE, [d.id for d in heldout], predictions)
-        scores, _ = score_dialogues(predictions, heldout, config)
-        del model
+        predictor = Predictor.from_path(run_dir)
+        config = predictor.config
+        prediction = predict_split(predictor, heldout, config, split=f"fold {fold['fold']} held out")
+        write_split(prediction, run_dir / OOF_PREDICTIONS_FILE, fold["heldout_file"])
+        scores, _ = score_dialogues(
+            prediction.summaries, heldout, config.evaluation, config.generation.forbidden_scripts
+        )
+        del predictor
     (run_dir / OOF_SCORES_FILE).write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
     return scores
 
@@ -246,7 +253,6 @@ def _ensemble_folds(parent: Path, spec: dict[str, Any]) -> dict[str, Any]:
     import io
 
     from dialsum.ensemble import ensemble_files
-    from dialsum.rundir import DEV_PREDICTIONS_FILE, SUBMISSION_FILE
 
     quiet = Console(file=io.StringIO())
     dirs = [parent / entry["dir"] for entry in spec["folds"]]
@@ -283,7 +289,7 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
             if path.is_file() and not (name == "dev" and spec["include_dev"]):
                 scores = json.loads(path.read_text(encoding="utf-8"))
                 row.update({f"{name}_{k}": scores[k] for k in keys})
-        row["test_predictions"] = (run_dir / "submission.csv").is_file()
+        row["test_predictions"] = (run_dir / SUBMISSION_FILE).is_file()
         rows.append(row)
     done = [r for r in rows if "oof_rouge_sum" in r]
     summary: dict[str, Any] = {

@@ -4,9 +4,9 @@ A fixed `max_new_tokens` is either too short for long dialogues (summaries cut m
 long for short ones (room to ramble). `generation.max_new_tokens: auto` instead buckets the training
 dialogues by length (characters of their utterances, quantile edges) and gives each bucket the
 `generation.length_quantile` quantile of its summaries' token counts, plus one for the stop token, capped at
-`generation.max_new_tokens_cap`. `dialsum run` fits the rule before training and stores it in
-`generation.length_rule`, so the run's config.yaml reproduces its generation; dev is then also generated with
-the rule's single global limit (the same quantile over all summaries, no buckets) and report.md shows both.
+`generation.max_new_tokens_cap`. `dialsum train` fits the rule before training and stores it in
+`generation.length_rule`, so the run's config.yaml reproduces its generation; `dialsum run` then also generates dev
+with the rule's single global limit (the same quantile over all summaries, no buckets) and report.md shows both.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dialsum.config import Config, config_from_dict
+from dialsum.config import Config, GenerationSettings, config_from_dict
 from dialsum.data import Dialogue, load_dialogues
 from dialsum.errors import ConfigError
 
@@ -76,14 +76,14 @@ def rule_limit(rule: dict[str, Any], chars: int) -> int:
     return int(rule["buckets"][-1]["limit"])
 
 
-def _rule(config: Config, tokenizer) -> dict[str, Any]:
-    g = config.generation
+def _rule(generation: GenerationSettings, tokenizer, train_path: str | None) -> dict[str, Any]:
+    g = generation
     if g.length_rule is not None:
         return g.length_rule
-    if not config.data.train:
+    if not train_path:
         raise ConfigError("generation.max_new_tokens=auto needs generation.length_rule or data.train to fit it on")
     key = (
-        config.data.train,
+        str(train_path),
         getattr(tokenizer, "name_or_path", ""),
         g.length_buckets,
         g.length_quantile,
@@ -91,26 +91,29 @@ def _rule(config: Config, tokenizer) -> dict[str, Any]:
     )
     if key not in _FITTED:
         _FITTED[key] = fit_length_rule(
-            load_dialogues(config.data.train),
+            load_dialogues(train_path),
             tokenizer,
             g.length_buckets,
             g.length_quantile,
             g.max_new_tokens_cap,
-            source=str(config.data.train),
+            source=str(train_path),
         )
     return _FITTED[key]
 
 
-def limits_for(config: Config, tokenizer, dialogues: Sequence[Dialogue]) -> list[int]:
-    """Each dialogue's token limit under the config's rule (fitted on data.train when the config has none)."""
-    rule = _rule(config, tokenizer)
+def limits_for(
+    generation: GenerationSettings, tokenizer, dialogues: Sequence[Dialogue], train_path: str | None = None
+) -> list[int]:
+    """Each dialogue's token limit under the generation section's rule (fitted on `train_path` when it has none)."""
+    rule = _rule(generation, tokenizer, train_path)
     return [rule_limit(rule, dialogue_chars(d)) for d in dialogues]
 
 
 def with_length_rule(config: Config, tokenizer) -> Config:
-    """The config with its fitted rule in generation.length_rule (unchanged unless max_new_tokens is 'auto')."""
+    """The config with its fitted rule in generation.length_rule (unchanged unless max_new_tokens is 'auto').
+    `dialsum train` calls it, so the run's config.yaml carries the rule and predict needs no training file."""
     if config.generation.max_new_tokens != "auto" or config.generation.length_rule is not None:
         return config
     raw = config.to_dict()
-    raw["generation"]["length_rule"] = _rule(config, tokenizer)
+    raw["generation"]["length_rule"] = _rule(config.generation, tokenizer, config.data.train)
     return config_from_dict(raw, source="length rule")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,14 @@ from dialsum.config import Config
 from dialsum.data import Dialogue
 from dialsum.encode import EncodeStats
 from dialsum.models import PRECISION_POLICY
-from dialsum.packing import EXAMPLES_KEY, REAL_TOKENS_KEY, packing_layout, pop_batch_meta
+from dialsum.packing import (
+    EXAMPLES_KEY,
+    REAL_TOKENS_KEY,
+    PackedBatchCollator,
+    example_budget_note,
+    packing_layout,
+    pop_batch_meta,
+)
 from dialsum.rundir import METRICS_FILE, SPIKES_FILE, read_jsonl
 
 
@@ -49,18 +57,53 @@ def count_tokens(inputs: dict, meta: dict | None = None) -> TokenCounts:
     return TokenCounts(n, n, int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else 1)
 
 
+@dataclass
+class TrainerExtras:
+    """What dialsum's trainer mixins need beyond the HF Trainer's own arguments, given at construction."""
+
+    config: Config
+    run_dir: Path
+    rouge_dialogues: list[Dialogue] = field(default_factory=list)  # dev subset generated at each evaluation
+
+    @property
+    def packing(self) -> bool:
+        return self.config.training.packing and self.config.model.kind == "causal"
+
+
+class DialsumTrainerMixin:
+    """Sets up every dialsum mixin from `extras` when the trainer is built (`train.build_trainer`): the run
+    monitor, warmup as a ratio, packed micro-batches counted in examples, dev ROUGE at each evaluation."""
+
+    def __init__(self, *args, extras: TrainerExtras, **kwargs):
+        super().__init__(*args, **kwargs)
+        t = extras.config.training
+        self.dialsum_config = extras.config
+        self.rouge_dialogues = list(extras.rouge_dialogues)
+        self.warmup_ratio = t.warmup_ratio
+        self.grad_norm_threshold = t.grad_norm_threshold
+        self.packing = extras.packing
+        self.spikes_path = extras.run_dir / SPIKES_FILE
+        self._window = TokenCounts()
+        self._window_start = time.perf_counter()
+        self.add_callback(metrics_callback(extras.run_dir / METRICS_FILE))
+        self.add_callback(configured_steps_callback())
+        if extras.packing:  # rows stay rows on sdpa/eager; micro-batches count examples
+            layout = packing_layout(extras.config.model.attn_implementation)
+            self.data_collator = PackedBatchCollator(self.processing_class.pad_token_id, layout)
+            if t.packing_batch_unit == "examples":
+                self.examples_per_micro_batch = t.per_device_train_batch_size
+                note = example_budget_note(
+                    [len(s) for s in self.train_dataset["seq_lengths"]], self.examples_per_micro_batch
+                )
+                if note:
+                    print(f"note: {note}", file=sys.stderr)
+
+
 class MonitorMixin:
     """Counts real tokens, measures throughput and records every grad-norm spike with its step."""
 
     grad_norm_threshold: float = 1.5
     packing: bool = False
-
-    def _monitor_init(self, grad_norm_threshold: float, packing: bool, spikes_path: Path) -> None:
-        self.grad_norm_threshold = grad_norm_threshold
-        self.packing = packing
-        self.spikes_path = spikes_path
-        self._window = TokenCounts()
-        self._window_start = time.perf_counter()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.packing and "position_ids" in inputs and "attention_mask" in inputs:
@@ -135,9 +178,7 @@ class RougeEvalMixin:
         once = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
         rouge = None
         if not once or self.accelerator.is_main_process:
-            predictions = generate_summaries(
-                model, self.processing_class, self.rouge_dialogues, config, kind=config.model.kind, progress=False
-            )
+            predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config, progress=False)
             references = [d.references for d in self.rouge_dialogues]
             if config.evaluation.scheme == "dialogsum":  # select checkpoints by the leaderboard's own ROUGE
                 from dialsum.schemes import score_scheme

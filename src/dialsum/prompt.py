@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dialsum.config import Config, PromptConfig
+from dialsum.config import Config, PromptSettings
 from dialsum.data import Dialogue, Turn
 
 _PERSON_TAG = re.compile(r"#Person(\d+)#")
@@ -20,7 +20,7 @@ def render_speaker(speaker: str, style: str) -> str:
     return speaker
 
 
-def topic_of(dialogue: Dialogue, prompt: PromptConfig) -> str:
+def topic_of(dialogue: Dialogue, prompt: PromptSettings) -> str:
     """The topic the question names: the dialogue's own (unless prompt.topic=never), else default_topic.
 
     `auto` must be resolved first (`resolve_topic_policy`); unresolved it behaves like `always`."""
@@ -61,7 +61,7 @@ def resolve_topic_policy(config: Config, *splits: list[Dialogue]) -> tuple[Confi
     return resolved, None
 
 
-def topic_mismatch(prompt: PromptConfig, dialogues: list[Dialogue], source: str) -> str | None:
+def topic_mismatch(prompt: PromptSettings, dialogues: list[Dialogue], source: str) -> str | None:
     """One line when the prompts about to be generated lack the topics the model was trained with."""
     if prompt.topic != "always" or not dialogues:
         return None
@@ -75,7 +75,7 @@ def topic_mismatch(prompt: PromptConfig, dialogues: list[Dialogue], source: str)
     )
 
 
-def conversation_lines(dialogue: Dialogue, prompt: PromptConfig, turns: list[Turn] | None = None) -> list[str]:
+def conversation_lines(dialogue: Dialogue, prompt: PromptSettings, turns: list[Turn] | None = None) -> list[str]:
     """One `speaker: utterance` line per turn (multi-line utterances stay on their own lines)."""
     turns = dialogue.turns if turns is None else turns
     lines = [dialogue.preamble] if dialogue.preamble else []  # kept when turns are cut, too
@@ -83,13 +83,13 @@ def conversation_lines(dialogue: Dialogue, prompt: PromptConfig, turns: list[Tur
     return lines
 
 
-def user_message(dialogue: Dialogue, prompt: PromptConfig, turns: list[Turn] | None = None) -> str:
+def user_message(dialogue: Dialogue, prompt: PromptSettings, turns: list[Turn] | None = None) -> str:
     conversation = "\n".join(conversation_lines(dialogue, prompt, turns))
     question = prompt.question.format(topic=topic_of(dialogue, prompt))
     return f"{prompt.conversation_header}\n{conversation}\n\n{prompt.question_header}\n{question}"
 
 
-def build_messages(dialogue: Dialogue, prompt: PromptConfig, turns: list[Turn] | None = None) -> list[dict[str, str]]:
+def build_messages(dialogue: Dialogue, prompt: PromptSettings, turns: list[Turn] | None = None) -> list[dict[str, str]]:
     """System + user chat messages; `turns` replaces the dialogue's turns when trimming a long dialogue."""
     messages = []
     if prompt.system:
@@ -98,6 +98,6 @@ def build_messages(dialogue: Dialogue, prompt: PromptConfig, turns: list[Turn] |
     return messages
 
 
-def seq2seq_source(dialogue: Dialogue, prompt: PromptConfig, turns: list[Turn] | None = None) -> str:
+def seq2seq_source(dialogue: Dialogue, prompt: PromptSettings, turns: list[Turn] | None = None) -> str:
     """Encoder input for BART-style models: the conversation lines alone (no chat markup, no question)."""
     return "\n".join(conversation_lines(dialogue, prompt, turns))

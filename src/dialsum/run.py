@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from dialsum.config import Config
-from dialsum.data import Dialogue, load_dialogues, write_predictions
+from dialsum.data import Dialogue, load_dialogues
+from dialsum.predict import Predictor, predict_split, write_split
 from dialsum.prompt import topic_mismatch
 from dialsum.rundir import (
     CLEANUP_FILE,
@@ -22,42 +23,25 @@ from dialsum.rundir import (
     GENERATION_FILE,
     SUBMISSION_FILE,
 )
+from dialsum.schemes import score_dialogues
 
 console = Console(stderr=True)
 
 
-def score_dialogues(predictions: list[str], dialogues: list[Dialogue], config: Config) -> tuple[dict, list[dict]]:
-    """Scores under `evaluation.scheme` (named with its analyzer), plus per-row scores for the report's examples."""
-    from dialsum.schemes import score_scheme
-
-    references = [d.references for d in dialogues]
-    e = config.evaluation
-    return score_scheme(
-        predictions,
-        references,
-        e.scheme,
-        e.tokenizer,
-        config.generation.forbidden_scripts,
-        e.bertscore_model,
-        e.bertscore_layers,
-    )
-
-
 def _compare_length_control(
-    run_dir: Path, model, tokenizer, labeled: list[Dialogue], config: Config, auto_scores: dict
+    run_dir: Path, predictor, labeled: list[Dialogue], config: Config, auto_scores: dict
 ) -> None:
     """Dev once more at the rule's single global limit: report.md shows the per-bucket rule beside it."""
-    from dialsum.generate import generate_summaries
     from dialsum.length import limits_for
     from dialsum.rundir import LENGTH_CONTROL_FILE
 
     rule = config.generation.length_rule
-    fixed = generate_summaries(
-        model, tokenizer, labeled, config, kind=config.model.kind, max_new_tokens=[rule["global_limit"]] * len(labeled)
+    fixed = predict_split(
+        predictor, labeled, config, split="dev (one fixed limit)", max_new_tokens=[rule["global_limit"]] * len(labeled)
     )
-    fixed_scores, _ = score_dialogues(fixed, labeled, config)
+    fixed_scores, _ = score_dialogues(fixed.summaries, labeled, config.evaluation, config.generation.forbidden_scripts)
     keys = ("rouge1", "rouge2", "rougeL", "rouge_sum", "pred_len")
-    limits = limits_for(config, tokenizer, labeled)
+    limits = limits_for(config.generation, predictor.tokenizer, labeled)
     result = {
         "auto": {**{k: auto_scores[k] for k in keys}, "mean_limit": sum(limits) / len(limits)},
         "fixed": {**{k: fixed_scores[k] for k in keys}, "mean_limit": float(rule["global_limit"])},
@@ -77,11 +61,9 @@ def run(
     resume: bool = False,
     overrides: list[str] | None = None,
 ) -> Path:
-    from dialsum.generate import generate_summaries
-    from dialsum.models import load_for_inference
+    from dialsum.data import is_dcs
     from dialsum.report import write_run_report
     from dialsum.schemes import print_scheme_scores
-    from dialsum.submission import is_dcs, write_dcs_submission, write_submission
     from dialsum.train import train
 
     # 1. Train (the run directory holds the resolved config, the length rule with max_new_tokens=auto, and the
@@ -91,8 +73,9 @@ def run(
 
     if not PartialState().is_main_process:
         return run_dir  # generation and scoring run once, on the main process
-    model, tokenizer, config = load_for_inference(run_dir, None)
-    generation_info: dict = {}
+    predictor = Predictor.from_path(run_dir)
+    config = predictor.config
+    generation_info: dict | None = None
 
     # 2. Dev: generate, score, keep per-row scores for error analysis.
     dev_scores, examples = None, None
@@ -100,25 +83,20 @@ def run(
     if config.data.dev:
         dev = load_dialogues(config.data.dev)
         labeled = [d for d in dev if d.references]
-        predictions = generate_summaries(
-            model,
-            tokenizer,
-            labeled,
-            config,
-            kind=config.model.kind,
-            info=generation_info,
-            cleanup_counts=cleanup["dev"],
-        )
-        write_predictions(run_dir / DEV_PREDICTIONS_FILE, [d.id for d in labeled], predictions)
+        prediction = predict_split(predictor, labeled, config, split="dev")
+        generation_info, cleanup["dev"] = prediction.generation, prediction.cleanup
+        write_split(prediction, run_dir / DEV_PREDICTIONS_FILE, config.data.dev)
         if labeled:
-            dev_scores, rows = score_dialogues(predictions, labeled, config)
+            dev_scores, rows = score_dialogues(
+                prediction.summaries, labeled, config.evaluation, config.generation.forbidden_scripts
+            )
             dev_scores["skipped_without_reference"] = len(dev) - len(labeled)
             (run_dir / DEV_SCORES_FILE).write_text(
                 json.dumps(dev_scores, indent=2, ensure_ascii=False), encoding="utf-8"
             )
             examples = [
                 {"id": d.id, "prediction": p, "reference": d.references[0], **row}
-                for d, p, row in zip(labeled, predictions, rows)
+                for d, p, row in zip(labeled, prediction.summaries, rows)
             ]
             with (run_dir / DEV_PER_SAMPLE_FILE).open("w", encoding="utf-8", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(examples[0].keys()), lineterminator="\n")
@@ -126,7 +104,7 @@ def run(
                 writer.writerows(examples)
             print_scheme_scores(dev_scores, title=f"dev scores — {config.data.dev}")
             if config.generation.max_new_tokens == "auto":
-                _compare_length_control(run_dir, model, tokenizer, labeled, config, dev_scores)
+                _compare_length_control(run_dir, predictor, labeled, config, dev_scores)
 
     # 3. Test: a submission in the input's order, every id kept.
     if config.data.test:
@@ -134,20 +112,16 @@ def run(
         mismatch = topic_mismatch(config.prompt, test, str(config.data.test))
         if mismatch:
             console.print(f"[yellow]prompt:[/] {mismatch}")
-        predictions = generate_summaries(
-            model, tokenizer, test, config, kind=config.model.kind, info=generation_info, cleanup_counts=cleanup["test"]
-        )
+        prediction = predict_split(predictor, test, config, split="test")
+        generation_info, cleanup["test"] = generation_info or prediction.generation, prediction.cleanup
         submission = run_dir / SUBMISSION_FILE
         if is_dcs(config.data.test):  # DCS: the test file back with `output` filled in (submission.json/.jsonl)
             submission = submission.with_suffix(Path(config.data.test).suffix.lower())
-            write_dcs_submission(config.data.test, submission, predictions)
-        else:
-            write_submission(submission, [d.id for d in test], predictions)
-        empty = sum(1 for p in predictions if not p.strip())
-        console.print(f"submission: {submission} ({len(test)} rows, {empty} empty)")
+        write_split(prediction, submission, config.data.test, organizers=True)
+        console.print(f"submission: {submission} ({len(test)} rows, {prediction.empty} empty)")
 
     if generation_info:  # the settings generation really ran with, and the checkpoint's it ignored
-        (run_dir / GENERATION_FILE).write_text(json.dumps(generation_info["generation"], indent=2), encoding="utf-8")
+        (run_dir / GENERATION_FILE).write_text(json.dumps(generation_info, indent=2), encoding="utf-8")
 
     (run_dir / CLEANUP_FILE).write_text(json.dumps(cleanup, indent=2), encoding="utf-8")
 
@@ -172,8 +146,7 @@ def screen(
     from rich.table import Table
 
     from dialsum.config import config_from_dict
-    from dialsum.generate import generate_summaries, lead_baseline
-    from dialsum.models import load_for_inference
+    from dialsum.generate import lead_baseline
 
     dialogues = [d for d in load_dialogues(data_path) if d.references][:limit]
     results = []
@@ -185,10 +158,13 @@ def screen(
             raw = config.to_dict() if config else {}
             raw["model"] = {**raw.get("model", {}), "name_or_path": name}
             model_config = config_from_dict(raw, overrides)
-            model, tokenizer, eval_config = load_for_inference(name, model_config)
-            predictions = generate_summaries(model, tokenizer, dialogues, eval_config, kind=eval_config.model.kind)
-            del model
-        scores, _ = score_dialogues(predictions, dialogues, eval_config)
+            predictor = Predictor.from_path(name, model_config)
+            eval_config = predictor.config
+            predictions = predict_split(predictor, dialogues, eval_config, split=name).summaries
+            del predictor
+        scores, _ = score_dialogues(
+            predictions, dialogues, eval_config.evaluation, eval_config.generation.forbidden_scripts
+        )
         results.append({"model": name, **scores})
     results.sort(key=lambda r: -1.0 if r.get(r["headline"]) is None else r[r["headline"]], reverse=True)
     table = Table(title=f"zero-shot screening on {data_path} ({len(dialogues)} dialogues)")

@@ -37,6 +37,34 @@ PLOTS_DIR = "plots"
 GENERATION_FILE = "generation.json"  # the generation settings used, and the checkpoint's that were ignored
 LENGTH_CONTROL_FILE = "length_control.json"  # dev scores with the fitted length rule vs one fixed limit
 CLEANUP_FILE = "cleanup.json"  # per split, how many summaries each clean-up step changed
+TRAINER_STATE_FILE = "trainer_state.json"  # inside each checkpoint-N/ (written by the HF Trainer)
+
+# A kfold parent (`dialsum kfold`): the split, the fold data, one run directory per fold, the joint results.
+KFOLD_FILE = "kfold.json"  # the split (K, seed, assignment) and the fold run directories
+KFOLD_DATA_DIR = "data"  # fold-I-train / fold-I-heldout files: the original rows, verbatim
+OOF_PREDICTIONS_FILE = "oof_predictions.csv"  # in a fold: its held-out rows; in the parent: every training row
+OOF_SCORES_FILE = "oof_scores.json"
+KFOLD_SCORES_FILE = "kfold_scores.json"
+KFOLD_REPORT_FILE = "kfold.md"
+KFOLD_ENSEMBLE_DEV = "ensemble_dev.csv"  # the folds' MBR consensus on dev (K >= 3)
+KFOLD_ENSEMBLE_TEST = "ensemble_test.csv"  # ... on test, fname,summary
+KFOLD_SUBMISSION = SUBMISSION_FILE  # ... on test, in the organizers' format
+
+# `dialsum compare`: written into its --output directory.
+COMPARE_REPORT_FILE = "compare.md"
+COMPARE_JSON_FILE = "compare.json"
+
+# The prediction file of each split a run directory (or kfold parent) holds, for `dialsum ensemble --split`.
+SPLIT_FILES = {"dev": DEV_PREDICTIONS_FILE, "test": SUBMISSION_FILE, "oof": OOF_PREDICTIONS_FILE}
+
+
+def fold_data_file(parent: Path, fold: int, part: str, suffix: str) -> Path:
+    """kfold: the rows fold `fold` trains on (`part` 'train') or holds out ('heldout')."""
+    return parent / KFOLD_DATA_DIR / f"fold-{fold}-{part}{suffix}"
+
+
+def fold_dir_name(fold: int) -> str:
+    return f"fold-{fold}"
 
 
 # ---------------------------------------------------------------- writing a run
@@ -91,6 +119,11 @@ def clear_failed_start(run_dir: Path) -> list[str]:
         shutil.rmtree(run_dir / CHECKPOINT_DIR)
         removed.append(CHECKPOINT_DIR + "/")
     return removed
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a `checkpoint-N` directory was saved at."""
+    return int(Path(checkpoint).name.split("-")[-1])
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
@@ -177,6 +210,37 @@ def drop_metrics_after(path: Path, step: int) -> int:
 
 
 # ---------------------------------------------------------------- reading a run
+
+
+def prediction_files(path: str | Path, split: str) -> list[Path]:
+    """The prediction files `path` holds for `split`: the file itself; a run directory's `split` file; every fold's
+    of a kfold parent (for `oof`, the parent's joined out-of-fold file, so two kfold runs over the same split
+    compare on train); or, for a folder of runs, each run's."""
+    path = Path(path)
+    if split not in SPLIT_FILES:
+        raise RunDirError(f"--split {split!r}: expected one of {', '.join(SPLIT_FILES)}")
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise RunDirError(f"{path}: no such file or directory")
+    file_name = SPLIT_FILES[split]
+    if (path / KFOLD_FILE).is_file() and split == "oof":
+        found = [path / file_name]
+    elif (path / KFOLD_FILE).is_file():
+        folds = json.loads((path / KFOLD_FILE).read_text(encoding="utf-8"))["folds"]
+        found = [path / fold["dir"] / file_name for fold in folds]
+    elif (path / file_name).is_file() or (path / CONFIG_FILE).is_file():
+        found = [path / file_name]
+    else:
+        found = sorted(path.glob(f"*/{file_name}"))
+        if not found:
+            raise RunDirError(
+                f"{path}: neither a run directory nor a kfold directory (no {KFOLD_FILE}, no */{file_name})"
+            )
+    missing = [str(p) for p in found if not p.is_file()]
+    if missing:
+        raise RunDirError(f"{path}: --split {split} needs {file_name} in every run; missing: {', '.join(missing)}")
+    return found
 
 
 def read_jsonl(path: str | Path) -> tuple[list[dict], list[int]]:

@@ -45,6 +45,7 @@ __all__ = [
     "format_scheme_table",
     "get_scheme",
     "print_scheme_scores",
+    "score_dialogues",
     "score_scheme",
     "scheme_tokens",
 ]
@@ -331,6 +332,26 @@ def score_scheme(
     return summary, rows
 
 
+def score_dialogues(
+    predictions: Sequence[str],
+    dialogues: Sequence[Any],
+    evaluation: Any,
+    forbidden_scripts: Iterable[str] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Scores of predictions for labelled dialogues (data.Dialogue) under the config's `evaluation` section (its
+    scheme, analyzer, BERTScore model), plus the per-row scores."""
+    e = evaluation
+    return score_scheme(
+        predictions,
+        [d.references for d in dialogues],
+        e.scheme,
+        e.tokenizer,
+        forbidden_scripts,
+        e.bertscore_model,
+        e.bertscore_layers,
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Files and display
 # --------------------------------------------------------------------------------------------------
@@ -338,8 +359,8 @@ def score_scheme(
 
 def _read_predictions(path: Path) -> dict[str, str]:
     """fname → summary of a `fname,summary` CSV, or id → output of a DCS submission (.json/.jsonl)."""
-    from dialsum.data import read_table
-    from dialsum.submission import is_dcs, read_dcs_outputs
+    from dialsum.data import is_dcs, read_table
+    from dialsum.submission import read_dcs_outputs
 
     if is_dcs(path):
         return read_dcs_outputs(path)
@@ -366,9 +387,9 @@ def evaluate_scheme_files(
     A CSV pair (`fname,summary` vs the competition CSV) or a DCS pair (a submission .json/.jsonl vs the
     labelled DCS file); a mixed pair, a missing or non-string `output`, and ids that don't match are one-line
     errors before any scoring. Returns (summary, per-row dicts with fname, prediction, reference, scores)."""
-    from dialsum.data import load_references
+    from dialsum.data import is_dcs, load_references
     from dialsum.metrics import _id_list
-    from dialsum.submission import is_dcs, read_dcs_outputs
+    from dialsum.submission import read_dcs_outputs
 
     predictions_path, references_path = Path(predictions_path), Path(references_path)
     get_scheme(scheme)

@@ -13,41 +13,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dialsum.data import load_dialogues
+from dialsum.data import data_format, load_dialogues
 from dialsum.errors import DataError
 
 __all__ = [
-    "DCS_SUFFIXES",
     "check_output_path",
-    "is_dcs",
     "read_dcs_outputs",
     "read_dcs_records",
     "write_dcs_submission",
 ]
-
-DCS_SUFFIXES = (".json", ".jsonl")
-
-
-def is_dcs(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in DCS_SUFFIXES
 
 
 def check_output_path(data_path: str | Path, output_path: str | Path) -> None:
     """Fail before any model loads when `output_path` cannot be written from `data_path`: a DCS submission
     needs a DCS input of the same extension; a CSV output is always possible."""
     data_path, output_path = Path(data_path), Path(output_path)
-    out = output_path.suffix.lower()
-    if out == ".csv":
+    out = data_format(output_path, "output")
+    if out == "csv":
         return
-    if out not in DCS_SUFFIXES:
+    if data_format(data_path) != out:
         raise DataError(
-            f"{output_path}: unsupported output type {out or '(no extension)'!r}; expected .csv, .json or .jsonl"
-        )
-    if data_path.suffix.lower() != out:
-        raise DataError(
-            f"{output_path}: a {out} submission is the DCS input written back with 'output' filled in, so the input "
-            f"must be {out} too, but {data_path} is {data_path.suffix.lower() or '(no extension)'}; use a .csv output "
-            f"or a {out} input"
+            f"{output_path}: a .{out} submission is the DCS input written back with 'output' filled in, so the input "
+            f"must be .{out} too, but {data_path} is .{data_format(data_path)}; use a .csv output or a .{out} input"
         )
 
 
@@ -58,7 +45,7 @@ def read_dcs_records(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]
     path = Path(path)
     load_dialogues(path)
     text = path.read_bytes().decode("utf-8-sig")
-    if path.suffix.lower() == ".json":
+    if data_format(path) == "json":
         records = json.loads(text)
         return records, [f"record {i}" for i in range(1, len(records) + 1)]
     located = [(f"line {n}", json.loads(line)) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
@@ -103,7 +90,7 @@ def write_dcs_submission(source: str | Path, output: str | Path, summaries: list
     for record, summary in zip(records, summaries):
         record["output"] = summary  # replaces in place (key order kept) or appends when a test record lacks it
     text = source.read_bytes().decode("utf-8-sig")
-    if source.suffix.lower() == ".json":
+    if data_format(source) == "json":
         indent, newline = _layout(text)
         body = json.dumps(records, indent=indent, ensure_ascii=False) + ("\n" if newline else "")
     else:

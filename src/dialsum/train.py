@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -37,21 +37,16 @@ from dialsum.models import (
     precision_warning,
 )
 from dialsum.monitor import (
+    DialsumTrainerMixin,
     MonitorMixin,
     RougeEvalMixin,
     RunSummary,
+    TrainerExtras,
     WarmupRatioMixin,
-    configured_steps_callback,
-    metrics_callback,
     precision_record,
     summarise,
 )
-from dialsum.packing import (
-    PackedBatchCollator,
-    PackedBatchesMixin,
-    example_budget_note,
-    packing_layout,
-)
+from dialsum.packing import PackedBatchesMixin
 from dialsum.prompt import resolve_topic_policy
 from dialsum.rundir import (
     CHECKPOINT_DIR,
@@ -60,8 +55,10 @@ from dialsum.rundir import (
     MODEL_DIR,
     SPIKES_FILE,
     SUMMARY_FILE,
+    TRAINER_STATE_FILE,
     append_resume,
     check_run_dir,
+    checkpoint_step,
     clear_failed_start,
     default_run_dir,
     drop_metrics_after,
@@ -117,11 +114,6 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
                 f"logging.report_to includes {backend}, which is not installed: pip install 'dialsum[{backend}]'"
             ) from None
     evaluate_by_steps = has_dev and t.eval_steps is not None
-    if has_dev and t.save_steps is not None and t.save_steps != t.eval_steps:
-        raise ConfigError(
-            f"training.save_steps={t.save_steps} differs from training.eval_steps={t.eval_steps}: the "
-            "best checkpoint must be saved at an evaluation; set them equal or leave save_steps unset"
-        )
     save_steps = t.save_steps or t.eval_steps
     compute = compute_dtype(config)
     select_best_by = config.evaluation.select_best_by
@@ -146,7 +138,7 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
         save_strategy="steps" if save_steps else "epoch",
         save_steps=save_steps,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=has_dev,  # save and eval steps agree (checked above): the best checkpoint is on disk
+        load_best_model_at_end=has_dev,  # save and eval steps agree (config.py): the best checkpoint is on disk
         metric_for_best_model=select_best_by if has_dev else None,
         greater_is_better=select_best_by != "eval_loss",
         seed=t.seed,
@@ -175,7 +167,7 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
     )
 
 
-def lora_config(config: Config):
+def peft_lora_config(config: Config):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -203,15 +195,14 @@ def build_trainer(
     rouge_dialogues: list[Dialogue] | None = None,
 ):
     """SFTTrainer (decoder-only: packing, LoRA through TRL) or Seq2SeqTrainer, both with the run monitor
-    and, when `rouge_dialogues` are given, generation-based ROUGE at each evaluation."""
+    and, when `rouge_dialogues` are given, generation-based ROUGE at each evaluation; every dialsum setting is
+    given at construction (`monitor.TrainerExtras`)."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
     from trl import SFTTrainer
 
     seq2seq = config.model.kind == "seq2seq"
     args = training_arguments(config, run_dir, has_dev=bool(dev_examples), seq2seq=seq2seq)
-    peft_config = lora_config(config) if config.lora.enabled else None
-    train_dataset = _to_dataset(train_examples)
-    eval_dataset = _to_dataset(dev_examples) if dev_examples else None
+    peft_config = peft_lora_config(config) if config.lora.enabled else None
     if seq2seq:
         from peft import get_peft_model
 
@@ -223,34 +214,19 @@ def build_trainer(
         base = SFTTrainer
         extra = {"peft_config": peft_config}
     trainer_class = type(
-        f"Dialsum{base.__name__}", (RougeEvalMixin, MonitorMixin, WarmupRatioMixin, PackedBatchesMixin, base), {}
+        f"Dialsum{base.__name__}",
+        (DialsumTrainerMixin, RougeEvalMixin, MonitorMixin, WarmupRatioMixin, PackedBatchesMixin, base),
+        {},
     )
-    trainer = trainer_class(
+    return trainer_class(
         model=model,
         args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=_to_dataset(train_examples),
+        eval_dataset=_to_dataset(dev_examples) if dev_examples else None,
         processing_class=tokenizer,
+        extras=TrainerExtras(config=config, run_dir=run_dir, rouge_dialogues=list(rouge_dialogues or [])),
         **extra,
     )
-    trainer.warmup_ratio = config.training.warmup_ratio
-    if config.training.packing and not seq2seq:  # rows stay rows on sdpa/eager; micro-batches count examples
-        layout = packing_layout(config.model.attn_implementation)
-        trainer.data_collator = PackedBatchCollator(tokenizer.pad_token_id, layout)
-        if config.training.packing_batch_unit == "examples":
-            trainer.examples_per_micro_batch = config.training.per_device_train_batch_size
-            note = example_budget_note(
-                [len(s) for s in trainer.train_dataset["seq_lengths"]], config.training.per_device_train_batch_size
-            )
-            if note:
-                console.print(f"[yellow]{note}[/]")
-    trainer._monitor_init(
-        config.training.grad_norm_threshold, config.training.packing and not seq2seq, run_dir / SPIKES_FILE
-    )
-    trainer.add_callback(metrics_callback(run_dir / METRICS_FILE))
-    trainer.rouge_dialogues = list(rouge_dialogues or [])
-    trainer.dialsum_config = config
-    return trainer
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -285,7 +261,7 @@ def check_launcher_precision(config: Config) -> None:
 def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) -> None:
     """Resuming a checkpoint that already reached the run's length would silently train one step more
     (transformers does); refuse and say how to extend the run instead."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     step, planned = state.get("global_step", 0), state.get("max_steps", 0)
     t = config.training
     length_changed = any(
@@ -296,16 +272,6 @@ def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) ->
             f"{checkpoint}: the run already finished at step {step}; to train further, raise "
             "training.max_steps or training.num_train_epochs with --set on --resume"
         )
-
-
-def _flatten(raw: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def save_final_model(trainer, model_dir: Path) -> None:
@@ -321,6 +287,34 @@ def save_final_model(trainer, model_dir: Path) -> None:
     trainer.save_model(str(model_dir))
 
 
+@dataclass
+class RunStart:
+    """Where the run goes and how it starts: fresh, in a directory a failed start left (`reuse`), or resumed from
+    `checkpoint` with the run's saved config and the --set `overrides` that are safe mid-run."""
+
+    run_dir: Path
+    config: Config
+    resume: bool
+    reuse: bool
+    checkpoint: str | None
+    overrides: list[str]
+    is_main: bool
+
+
+@dataclass
+class PreparedData:
+    """The tokenizer and the encoded splits, and the config resolved against the data (topic policy, length rule):
+    the config saved in config.yaml and used from here on."""
+
+    config: Config
+    tokenizer: object
+    train_examples: list[dict]
+    dev_examples: list[dict]
+    dev_dialogues: list[Dialogue]
+    encode_stats: EncodeStats
+    template_notes: list[str]
+
+
 def train(
     config: Config,
     config_path: str | Path | None = None,
@@ -331,14 +325,27 @@ def train(
     """Train per `config`; returns the run directory (config.yaml, env.json, metrics.jsonl, model/, summary.json).
 
     On resume the run's saved config.yaml is the truth; `overrides` (the --set list) are applied to it when their
-    keys are safe to change mid-run (RESUME_SAFE_KEYS), and any other key is an error."""
+    keys are safe to change mid-run (RESUME_SAFE_KEYS), and any other key is an error. Every stage before
+    `_open_run_dir` writes nothing, so bad data, a bad model id or a missing GPU leave nothing behind."""
+    start = _start_run(config, config_path, output_dir, resume, list(overrides or []))
+    data = _prepare_data(start.config)
+    model = _load_model(data.config, data.tokenizer)
+    trainer = _open_run_dir(start, data, model)
+    _fit_and_save(trainer, start, data)
+    return start.run_dir
+
+
+def _start_run(
+    config: Config, config_path: str | Path | None, output_dir: str | Path | None, resume: bool, overrides: list[str]
+) -> RunStart:
+    """Resolve the run directory (never overwritten), and on resume the run's saved config and its checkpoint.
+    Every process checks before any process writes, so all of them stop together."""
     from accelerate import PartialState
 
-    # 0. Re-validate: fields assigned after loading (tests, notebooks) skip the cross-field rules.
-    config = config_from_dict(config.to_dict(), source="config")
+    from dialsum.rundir import flatten
 
-    # 1. Run directory: never overwrite; on resume the saved, resolved config is the truth.
-    #    Every process checks before any process writes, so all of them stop together.
+    # Re-validate: fields assigned after loading (tests, notebooks) skip the cross-field rules.
+    config = config_from_dict(config.to_dict(), source="config")
     if output_dir is None and resume:
         raise RunDirError("--resume needs --output-dir RUN_DIR (the run to continue)")
     state = PartialState(cpu=not has_cuda())
@@ -350,7 +357,6 @@ def train(
         run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     reuse = check_run_dir(run_dir, resume)
     checkpoint = last_checkpoint(run_dir) if resume else None
-    overrides = list(overrides or [])
     if resume:
         if checkpoint is None:
             raise RunDirError(
@@ -359,7 +365,8 @@ def train(
             )
         given = config
         config = resume_config(run_dir, overrides)
-        ignored = sorted(k for k, v in _flatten(given.to_dict()).items() if _flatten(config.to_dict()).get(k) != v)
+        saved = flatten(config.to_dict())
+        ignored = sorted(k for k, v in flatten(given.to_dict()).items() if saved.get(k) != v)
         if ignored and is_main:
             console.print(
                 f"[yellow]resume:[/] the run's {CONFIG_FILE} is used; the given config differs at "
@@ -374,11 +381,13 @@ def train(
     warning = precision_warning(config)
     if warning and is_main:
         console.print(f"[yellow]warning:[/] {warning}")
+    return RunStart(run_dir, config, resume, reuse, checkpoint, overrides, is_main)
 
-    # 2. Data: read, then encode with labels on the summary only. Bad data fails here, before
-    #    the run directory exists, so fixing the file and re-running needs no clean-up.
-    train_dialogues: list[Dialogue] = load_dialogues(config.data.train)
-    dev_dialogues: list[Dialogue] = load_dialogues(config.data.dev) if config.data.dev else []
+
+def _prepare_data(config: Config) -> PreparedData:
+    """Read, resolve the prompt's topic policy and the length rule, and encode with labels on the summary only."""
+    train_dialogues = load_dialogues(config.data.train)
+    dev_dialogues = load_dialogues(config.data.dev) if config.data.dev else []
     config, topic_note = resolve_topic_policy(config, train_dialogues, dev_dialogues)  # saved resolved, for inference
     if topic_note:
         console.print(f"[yellow]prompt:[/] {topic_note}")
@@ -399,9 +408,11 @@ def train(
         console.print(f"dev:   {dev_stats.describe()}")
     if not train_examples:
         raise ConfigError(f"{config.data.train}: no trainable examples after encoding ({encode_stats.describe()})")
+    return PreparedData(config, tokenizer, train_examples, dev_examples, dev_dialogues, encode_stats, notes)
 
-    # 3. Model: full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation).
-    #    It loads before the run directory is written, so a bad model id or a missing GPU leaves nothing behind.
+
+def _load_model(config: Config, tokenizer):
+    """Full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation)."""
     model = load_model(config.model.name_or_path, config, for_training=True)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # never shrink (Qwen pads its matrix)
         model.resize_token_embeddings(len(tokenizer))
@@ -411,49 +422,62 @@ def train(
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, **kbit_training_settings(config))
+    return model
 
-    # 4. Trainer, then the run directory: a failed start before here writes nothing; one after it (out of memory
-    #    in the first steps) leaves a directory without checkpoint or model, which the next start reuses.
+
+def _open_run_dir(start: RunStart, data: PreparedData, model):
+    """Build the trainer, then write the run directory: a failed start before here writes nothing; one after it
+    (out of memory in the first steps) leaves a directory without checkpoint or model, which the next start reuses."""
+    from accelerate import PartialState
+
+    config, run_dir = data.config, start.run_dir
+    state = PartialState()
     state.wait_for_everyone()
-    if reuse and is_main:
+    if start.reuse and start.is_main:
         removed = clear_failed_start(run_dir)
         console.print(
             f"[yellow]{run_dir}:[/] holds no checkpoint and no model (an earlier start failed); "
             f"starting afresh in it, replacing {', '.join(removed) or 'nothing'}"
         )
     rouge_dialogues = []
-    if config.evaluation.rouge_during_training and dev_dialogues:
-        rouge_dialogues = [d for d in dev_dialogues if d.references][: config.evaluation.rouge_subset]
+    if config.evaluation.rouge_during_training and data.dev_dialogues:
+        rouge_dialogues = [d for d in data.dev_dialogues if d.references][: config.evaluation.rouge_subset]
         if config.evaluation.scheme == "dcs":
             console.print(
                 "[yellow]evaluation:[/] dev ROUGE during training is Kiwi ROUGE (scheme dcs's BERTScore and "
                 "BLEURT would cost more than training at every evaluation); the final dev scores use dcs"
             )
-    trainer = build_trainer(config, model, tokenizer, train_examples, dev_examples, run_dir, rouge_dialogues)
-    trainer.add_callback(configured_steps_callback())
-    if is_main:
+    trainer = build_trainer(
+        config, model, data.tokenizer, data.train_examples, data.dev_examples, run_dir, rouge_dialogues
+    )
+    if start.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume or overrides:
+        if not start.resume or start.overrides:
             save_config(config, run_dir / CONFIG_FILE)
-        if resume:
-            append_resume(run_dir, int(Path(checkpoint).name.split("-")[-1]), overrides)
+        if start.resume:
+            append_resume(run_dir, checkpoint_step(start.checkpoint), start.overrides)
         else:
             write_env(run_dir, precision_record(trainer), str(trainer.accelerator.distributed_type.value))
     state.wait_for_everyone()
+    return trainer
 
-    # 5. Train (from the last checkpoint on resume), save, summarise.
-    if checkpoint and is_main:
-        resumed_step = int(Path(checkpoint).name.split("-")[-1])
-        unreadable = sum(drop_metrics_after(run_dir / name, resumed_step) for name in (METRICS_FILE, SPIKES_FILE))
+
+def _fit_and_save(trainer, start: RunStart, data: PreparedData) -> None:
+    """Train (from the last checkpoint on resume), save model/, write and print the summary."""
+    run_dir = start.run_dir
+    if start.checkpoint and start.is_main:
+        step = checkpoint_step(start.checkpoint)
+        unreadable = sum(drop_metrics_after(run_dir / name, step) for name in (METRICS_FILE, SPIKES_FILE))
         if unreadable:
             console.print(
                 f"[yellow]resume:[/] dropped {unreadable} unreadable log line(s) (left by the interrupted run)"
             )
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=start.checkpoint)
     save_final_model(trainer, run_dir / MODEL_DIR)
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(run_dir / MODEL_DIR))
-        summary = summarise(trainer, run_dir, config, encode_stats, len(dev_examples), notes)
+        data.tokenizer.save_pretrained(str(run_dir / MODEL_DIR))
+        summary = summarise(
+            trainer, run_dir, data.config, data.encode_stats, len(data.dev_examples), data.template_notes
+        )
         (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2, ensure_ascii=False), encoding="utf-8")
         print_summary(summary)
-    return run_dir
