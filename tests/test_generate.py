@@ -398,11 +398,12 @@ def test_bin_checkpoint_predicts_and_pickled_code_is_refused(tiny_bart, tmp_path
 
     marker = tmp_path / "PWNED"
     torch.save({"x": _Evil(str(marker))}, model_dir / "pytorch_model.bin")
+    command[command.index(str(out))] = str(tmp_path / "refused.csv")  # outputs are never silently replaced
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "weights_only" in errors[0] and "pytorch_model.bin" in errors[0]
-    assert not marker.exists()
+    assert not marker.exists() and not (tmp_path / "refused.csv").exists()
 
 
 class _Evil:

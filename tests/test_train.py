@@ -696,13 +696,21 @@ def test_fsdp_final_save_gathers_a_full_state_dict(tmp_path):
 
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
     seen = []
+
+    def save_model(path):
+        seen.append((Path(path).name, str(plugin.state_dict_type), type(plugin.state_dict_config).__name__))
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_bytes(b"weights")
+
     trainer = SimpleNamespace(
         is_fsdp_enabled=True,
-        accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)),
+        accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), wait_for_everyone=lambda: None),
         is_world_process_zero=lambda: True,
-        save_model=lambda path: seen.append(
-            (path, str(plugin.state_dict_type), type(plugin.state_dict_config).__name__)
-        ),
+        save_model=save_model,
     )
-    save_final_model(trainer, tmp_path / "model")
-    assert seen == [(str(tmp_path / "model"), "StateDictType.FULL_STATE_DICT", "FullStateDictConfig")]
+    tokenizer = SimpleNamespace(save_pretrained=lambda path: (Path(path) / "tokenizer.json").write_text("{}"))
+    save_final_model(trainer, tokenizer, tmp_path)
+    # written into the staging directory, then renamed into model/ once complete
+    assert seen == [(".model.partial", "StateDictType.FULL_STATE_DICT", "FullStateDictConfig")]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.safetensors", "tokenizer.json"]
+    assert not (tmp_path / ".model.partial").exists()

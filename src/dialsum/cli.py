@@ -27,6 +27,10 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set training.learning_rate=1e-5 (repeatable)."),
 ]
+# One flag, the same on every command that writes files a user names: replace outputs that exist (never an input).
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace output files that already exist (never an input file).")
+]
 
 
 def _config(path: Path, overrides: list[str] | None):
@@ -60,10 +64,13 @@ def plan(
     world_size: Annotated[int, typer.Option(help="GPUs (data parallel).")] = 1,
     mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed for the hours.")] = 0.4,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON.")] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """What a run will cost before renting a GPU: steps, padding waste, memory per GPU, FLOPs and hours."""
     from dialsum.plan import build_plan, print_plan
+    from dialsum.writer import OutputPlan, write_text
 
+    OutputPlan([config, data], overwrite).file(json_path, "--json")
     result = build_plan(
         _config(config, set_),
         model_dir=model_dir,
@@ -74,7 +81,7 @@ def plan(
     )
     print_plan(result)
     if json_path:
-        json_path.write_text(result.to_json(), encoding="utf-8")
+        write_text(json_path, result.to_json())
 
 
 @app.command()
@@ -119,6 +126,7 @@ def predict(
             min=1,
         ),
     ] = 1,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
     import dialsum.predict
@@ -130,6 +138,8 @@ def predict(
         config=_config(config, set_) if config else None,
         overrides=set_ or [],
         num_candidates=num_candidates,
+        overwrite=overwrite,
+        inputs=[config],
     )
 
 
@@ -151,13 +161,12 @@ def evaluate(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON.")] = None,
     per_sample: Annotated[Path | None, typer.Option(help="Write row-level scores as CSV.")] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Score predictions the way a competition does (--scheme), plus the foreign-script rate."""
-    import csv
-    import json
-
     from dialsum.metrics import TOKENIZERS
     from dialsum.schemes import SCHEMES, evaluate_scheme_files, print_scheme_scores
+    from dialsum.writer import OutputPlan, write_dict_rows, write_json
 
     if scheme not in SCHEMES:
         raise DialsumError(f"--scheme {scheme}: expected one of {', '.join(SCHEMES)}")
@@ -165,6 +174,9 @@ def evaluate(
         raise DialsumError(f"--tokenizer {tokenizer}: expected one of {', '.join(TOKENIZERS)}")
     if tokenizer is not None and scheme != "kiwi":
         raise DialsumError(f"--tokenizer applies to --scheme kiwi only; --scheme {scheme} fixes its analyzer (Mecab)")
+    outputs = OutputPlan([predictions, references], overwrite)
+    outputs.file(json_out, "--json")
+    outputs.file(per_sample, "--per-sample")
     result, rows = evaluate_scheme_files(
         predictions,
         references,
@@ -175,12 +187,9 @@ def evaluate(
     )
     print_scheme_scores(result, title=f"{predictions} vs {references}")
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(json_out, result)
     if per_sample and rows:
-        with per_sample.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_dict_rows(per_sample, rows)
 
 
 @app.command()
@@ -203,14 +212,19 @@ def screen(
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare side by side.")],
-    output: Annotated[Path, typer.Option(help="Directory for compare.md, compare.json and the PNG plots.")] = Path(
-        "compare"
-    ),
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for compare.md, compare.json and the PNG plots "
+            "(default: compare-<time> beside the first run)."
+        ),
+    ] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """The A/B table: differing settings, dev ROUGE, grad-norm spikes, speed; loss/grad-norm/LR plots."""
     from dialsum.compare import compare_runs
 
-    path = compare_runs(run_dirs, output)
+    path = compare_runs(run_dirs, output, overwrite=overwrite)
     typer.echo(f"comparison written to {path}")
 
 
@@ -326,6 +340,7 @@ def ensemble(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report (wins, scores) as JSON.")] = None,
     choices: Annotated[Path | None, typer.Option(help="Write fname, winning source, expected utility as CSV.")] = None,
     submission: Annotated[Path | None, typer.Option(help="Also write the organizers' submission format here.")] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """MBR consensus: per dialogue, the candidate that agrees most (Korean ROUGE) with the other candidates."""
     from dialsum.ensemble import ensemble_files
@@ -344,6 +359,7 @@ def ensemble(
         json_out=json_out,
         choices_out=choices,
         submission=submission,
+        overwrite=overwrite,
     )
 
 

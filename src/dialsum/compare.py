@@ -30,6 +30,7 @@ from dialsum.report import (
     write_plots,
 )
 from dialsum.rundir import COMPARE_JSON_FILE, COMPARE_REPORT_FILE, DEV_SCORES_FILE, SUMMARY_FILE, RunData, load_run
+from dialsum.writer import write_json, write_text
 
 IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
 
@@ -218,14 +219,25 @@ def comparison_json(comparison: Comparison) -> dict:
     }
 
 
-def compare_runs(run_dirs: list[str | Path], output_dir: str | Path) -> Path:
-    """Compare runs: print the table, write compare.md, compare.json and plots into output_dir.
+def default_compare_dir(run_dirs: list[str | Path]) -> Path:
+    """compare-<time> beside the first run (under runs/ for runs made there), never in the working directory."""
+    from datetime import datetime
+
+    first = Path(run_dirs[0]) if run_dirs else Path("runs") / "x"
+    return first.resolve().parent / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def compare_runs(run_dirs: list[str | Path], output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Compare runs: print the table, write compare.md, compare.json and plots into output_dir (default
+    `default_compare_dir`), which must not be one of the runs and, unless `overwrite`, must be new or empty.
 
     A path that is not a directory is left out of the table and named in the notes; a run with
     missing or corrupt files keeps its column, with "—" and a note. Returns the compare.md path.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    from dialsum.writer import OutputPlan
+
+    output_dir = Path(output_dir) if output_dir is not None else default_compare_dir(run_dirs)
+    OutputPlan(run_dirs, overwrite).directory(output_dir, "--output")
     paths = [Path(p) for p in run_dirs]
     notes = [f"{p}: not a directory (left out)" for p in paths if not p.is_dir()]
     paths = [p for p in paths if p.is_dir()]
@@ -233,9 +245,6 @@ def compare_runs(run_dirs: list[str | Path], output_dir: str | Path) -> Path:
     comparison = build_comparison(runs, notes)
     comparison.plots = write_plots(runs, output_dir) if runs else []
     print_comparison(comparison, runs)
-    markdown = output_dir / COMPARE_REPORT_FILE
-    markdown.write_text(comparison_markdown(comparison, runs, output_dir), encoding="utf-8")
-    (output_dir / COMPARE_JSON_FILE).write_text(
-        json.dumps(comparison_json(comparison), indent=2, ensure_ascii=False), encoding="utf-8"
-    )
+    markdown = write_text(output_dir / COMPARE_REPORT_FILE, comparison_markdown(comparison, runs, output_dir))
+    write_json(output_dir / COMPARE_JSON_FILE, comparison_json(comparison))
     return markdown

@@ -484,4 +484,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    from dialsum.writer import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), allow_unicode=True, sort_keys=False))

@@ -161,26 +161,20 @@ def read_table(path: str | Path, required: list[str]) -> list[dict[str, str]]:
 
 def write_predictions(path: str | Path, ids: Iterable[str], summaries: Iterable[str]) -> None:
     """Write a `fname,summary` CSV (UTF-8, "\\n" line ends), the competition's submission columns."""
+    from dialsum.writer import write_csv
+
     ids, summaries = list(ids), list(summaries)
     if len(ids) != len(summaries):
         raise ValueError(f"write_predictions: {len(ids)} ids but {len(summaries)} summaries")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["fname", "summary"])
-        writer.writerows(zip(ids, summaries))
+    write_csv(path, ["fname", "summary"], zip(ids, summaries))
 
 
 def write_candidates(path: str | Path, ids: Sequence[str], candidates: Sequence[Sequence[str]]) -> None:
     """A multi-candidate file: `fname,candidate,summary`, candidates 0..n-1 of each dialogue in input order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["fname", "candidate", "summary"])
-        for fname, texts in zip(ids, candidates, strict=True):
-            writer.writerows([fname, k, text] for k, text in enumerate(texts))
+    from dialsum.writer import write_csv
+
+    rows = [[fname, k, text] for fname, texts in zip(ids, candidates, strict=True) for k, text in enumerate(texts)]
+    write_csv(path, ["fname", "candidate", "summary"], rows)
 
 
 # --------------------------------------------------------------------------------------------------

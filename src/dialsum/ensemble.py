@@ -14,7 +14,6 @@ LCS (a few big-integer operations per token) instead of a fresh rouge-score call
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dialsum.errors import DataError, DialsumError
+from dialsum.writer import write_csv, write_json
 
 __all__ = [
     "EnsembleResult",
@@ -356,21 +356,31 @@ def ensemble_files(
     choices_out: str | Path | None = None,
     submission: str | Path | None = None,
     console=None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Read the sources, MBR-select, write `fname,summary` to `output`; return (and print) the report.
 
     The report holds the wins per source, the exclusion counts and, with `references`, each source's
-    score, their mean, the ensemble's score and the oracle (the best candidate per dialogue).
+    score, their mean, the ensemble's score and the oracle (the best candidate per dialogue). Every output is
+    checked before anything is read or scored: none may be a source or the references, none may exist already
+    unless `overwrite`.
     """
     from rich.console import Console
     from rich.table import Table
 
     from dialsum.data import load_references, write_predictions
     from dialsum.metrics import score_with_rows
+    from dialsum.rundir import prediction_files
+    from dialsum.writer import OutputPlan
 
     console = console or Console()
     utility = parse_utility(utility) if isinstance(utility, str) else utility
     tokenize = tokenizer_for(scheme)
+    source_files = [f for p in paths for f in prediction_files(p, split)]
+    outputs = OutputPlan([*paths, *source_files, references], overwrite)
+    outputs.file(output, "--output")
+    for path, flag in ((json_out, "--json"), (choices_out, "--choices"), (submission, "--submission")):
+        outputs.file(path, flag)
     sources = load_sources(paths, split=split)
     if len(sources.names) == 2:
         console.print(
@@ -454,15 +464,13 @@ def ensemble_files(
         f"wrote {output}"
     )
     if json_out is not None:
-        Path(json_out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(json_out, report)
     if choices_out is not None:
-        import csv
-
-        with Path(choices_out).open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["fname", "source", "expected_utility", "summary"])
-            for i, winner, value, text in zip(sources.ids, result.winners, result.expected_utility, result.summaries):
-                writer.writerow([i, names[winner] if winner >= 0 else "", f"{value:.4f}", text])
+        rows = [
+            [i, names[winner] if winner >= 0 else "", f"{value:.4f}", text]
+            for i, winner, value, text in zip(sources.ids, result.winners, result.expected_utility, result.summaries)
+        ]
+        write_csv(choices_out, ["fname", "source", "expected_utility", "summary"], rows)
     return report
 
 

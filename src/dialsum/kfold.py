@@ -21,7 +21,6 @@ utility) on dev, scored, and on test as a submission; `dialsum ensemble` runs it
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ from dialsum.rundir import (
     fold_data_file,
     fold_dir_name,
 )
+from dialsum.writer import write_bytes, write_dict_rows, write_json, write_text
 
 __all__ = ["assign_folds", "kfold", "summarise_kfold"]
 
@@ -79,15 +79,10 @@ def _read_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _write_records(path: Path, records: list[dict[str, Any]], csv_format: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if csv_format:
-        columns = list(dict.fromkeys(key for record in records for key in record))
-        with path.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(records)
+        write_dict_rows(path, records)
     else:
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[str, Any]:
@@ -159,7 +154,7 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
     for fold in spec["folds"]:
         fold["train_file"] = str(fold_data_file(parent, fold["fold"], "train", suffix))
         fold["heldout_file"] = str(fold_data_file(parent, fold["fold"], "heldout", suffix))
-    spec_path.write_text(json.dumps(spec, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(spec_path, spec)
     return spec
 
 
@@ -177,7 +172,7 @@ def _predict_heldout(run_dir: Path, fold: dict[str, Any], include_dev: bool) -> 
     from dialsum.schemes import score_dialogues
 
     if include_dev:  # the run already predicted and scored them as its dev set
-        (run_dir / OOF_PREDICTIONS_FILE).write_bytes((run_dir / DEV_PREDICTIONS_FILE).read_bytes())
+        write_bytes(run_dir / OOF_PREDICTIONS_FILE, (run_dir / DEV_PREDICTIONS_FILE).read_bytes())
         scores = json.loads((run_dir / DEV_SCORES_FILE).read_text(encoding="utf-8"))
     else:
         heldout = [d for d in load_dialogues(fold["heldout_file"]) if d.references]
@@ -189,7 +184,7 @@ def _predict_heldout(run_dir: Path, fold: dict[str, Any], include_dev: bool) -> 
             prediction.summaries, heldout, config.evaluation, config.generation.forbidden_scripts
         )
         del predictor
-    (run_dir / OOF_SCORES_FILE).write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(run_dir / OOF_SCORES_FILE, scores)
     return scores
 
 
@@ -340,7 +335,7 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
         table.add_row("mean", "", "", *cells(mean), "")
     Console().print(table)
 
-    (parent / KFOLD_SCORES_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(parent / KFOLD_SCORES_FILE, summary)
     md = [
         f"# {spec['k']}-fold run",
         "",
@@ -380,5 +375,5 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
         "Ensemble the folds' test predictions: `dialsum ensemble " + str(parent) + " --split test "
         "--output ensemble.csv --submission submission.csv`.",
     ]
-    (parent / KFOLD_REPORT_FILE).write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_text(parent / KFOLD_REPORT_FILE, "\n".join(md) + "\n")
     return summary

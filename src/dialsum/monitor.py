@@ -28,6 +28,7 @@ from dialsum.packing import (
     pop_batch_meta,
 )
 from dialsum.rundir import METRICS_FILE, SPIKES_FILE, read_jsonl
+from dialsum.writer import append_line
 
 
 @dataclass
@@ -117,8 +118,7 @@ class MonitorMixin:
     def _get_grad_norm(self, model, grad_norm=None):
         value = super()._get_grad_norm(model, grad_norm)
         if value is not None and float(value) > self.grad_norm_threshold and self.is_world_process_zero():
-            with self.spikes_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": self.state.global_step + 1, "grad_norm": float(value)}) + "\n")
+            append_line(self.spikes_path, json.dumps({"step": self.state.global_step + 1, "grad_norm": float(value)}))
         return value
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -213,8 +213,7 @@ def metrics_callback(path: Path):
             if not state.is_world_process_zero or not logs:
                 return
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            append_line(path, json.dumps(row, ensure_ascii=False))
 
     return MetricsFile()
 

@@ -189,13 +189,20 @@ def predict(
     overrides: list[str] | None = None,
     progress: bool = True,
     num_candidates: int = 1,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
 ) -> dict[str, Any]:
     """Summarise every dialogue of `data_path` into a `fname,summary` CSV at `output_path` (input ids,
     input order; an empty generation is an empty summary), or, for a DCS input and a .json/.jsonl output,
-    into the input records with `output` filled in. Returns {n, empty, foreign, seconds, ...}."""
+    into the input records with `output` filled in. Returns {n, empty, foreign, seconds, ...}.
+
+    The output is checked before anything loads (writer.OutputPlan): never the data file or one of `inputs`
+    (the config), never an existing file unless `overwrite`."""
     from dialsum.submission import check_output_path
+    from dialsum.writer import OutputPlan
 
     started = time.perf_counter()
+    OutputPlan([data_path, *inputs], overwrite).file(output_path, "--output")
     check_output_path(data_path, output_path)  # a DCS .json/.jsonl output needs a DCS input of that extension
     source = resolve_inference_source(model_path, config, overrides)
     dialogues = load_dialogues(data_path)  # bad data fails before the model loads

@@ -30,6 +30,7 @@ from dialsum.rundir import (
     load_run,
     summary_rows,
 )
+from dialsum.writer import save_figure, write_text
 
 console = Console(stderr=True)
 
@@ -149,7 +150,7 @@ def plot_metric(runs: list[RunData], key: str, path: Path, title: str, ylabel: s
         for threshold in sorted(thresholds):
             ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -178,7 +179,7 @@ def plot_eval(runs: list[RunData], path: Path) -> Path | None:
                 suffix = "" if len(rouge_keys) == 1 else f" {key.removeprefix('eval_')}"
                 _draw_runs(ax, runs, key, label_suffix=suffix, linestyle=style)
         ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -186,7 +187,6 @@ def write_plots(
     runs: list[RunData], output_dir: Path, keys: tuple[str, ...] = ("loss", "grad_norm", "learning_rate", "eval")
 ) -> list[Path]:
     """loss.png, grad_norm.png, learning_rate.png, eval.png in output_dir; a plot without data is skipped."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     specs = {
         "loss": ("Training loss", "loss"),
         "grad_norm": ("Gradient norm (before clipping)", "grad norm"),
@@ -519,5 +519,5 @@ def write_run_report(
     if notes:
         parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in notes]
     path = run_dir / REPORT_FILE
-    path.write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")
+    write_text(path, "\n".join(parts).rstrip() + "\n")
     return path

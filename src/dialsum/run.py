@@ -5,8 +5,6 @@ One command from a config file to a competition submission and a report a person
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +22,7 @@ from dialsum.rundir import (
     SUBMISSION_FILE,
 )
 from dialsum.schemes import score_dialogues
+from dialsum.writer import write_dict_rows, write_json
 
 console = Console(stderr=True)
 
@@ -47,7 +46,7 @@ def _compare_length_control(
         "fixed": {**{k: fixed_scores[k] for k in keys}, "mean_limit": float(rule["global_limit"])},
         "rule": rule,
     }
-    (run_dir / LENGTH_CONTROL_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(run_dir / LENGTH_CONTROL_FILE, result)
     console.print(
         f"length control on dev: ROUGE sum {auto_scores['rouge_sum']:.2f} with the per-bucket rule, "
         f"{fixed_scores['rouge_sum']:.2f} with one fixed limit of {rule['global_limit']} tokens"
@@ -91,17 +90,12 @@ def run(
                 prediction.summaries, labeled, config.evaluation, config.generation.forbidden_scripts
             )
             dev_scores["skipped_without_reference"] = len(dev) - len(labeled)
-            (run_dir / DEV_SCORES_FILE).write_text(
-                json.dumps(dev_scores, indent=2, ensure_ascii=False), encoding="utf-8"
-            )
+            write_json(run_dir / DEV_SCORES_FILE, dev_scores)
             examples = [
                 {"id": d.id, "prediction": p, "reference": d.references[0], **row}
                 for d, p, row in zip(labeled, prediction.summaries, rows)
             ]
-            with (run_dir / DEV_PER_SAMPLE_FILE).open("w", encoding="utf-8", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(examples[0].keys()), lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(examples)
+            write_dict_rows(run_dir / DEV_PER_SAMPLE_FILE, examples)
             print_scheme_scores(dev_scores, title=f"dev scores — {config.data.dev}")
             if config.generation.max_new_tokens == "auto":
                 _compare_length_control(run_dir, predictor, labeled, config, dev_scores)
@@ -121,9 +115,9 @@ def run(
         console.print(f"submission: {submission} ({len(test)} rows, {prediction.empty} empty)")
 
     if generation_info:  # the settings generation really ran with, and the checkpoint's it ignored
-        (run_dir / GENERATION_FILE).write_text(json.dumps(generation_info, indent=2), encoding="utf-8")
+        write_json(run_dir / GENERATION_FILE, generation_info)
 
-    (run_dir / CLEANUP_FILE).write_text(json.dumps(cleanup, indent=2), encoding="utf-8")
+    write_json(run_dir / CLEANUP_FILE, cleanup)
 
     # 4. Report.
     report = write_run_report(run_dir, dev_scores, examples)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from dialsum.errors import RunDirError
+from dialsum.writer import write_json, write_text
 
 CONFIG_FILE = "config.yaml"  # the fully resolved config
 ENV_FILE = "env.json"  # versions, device, git commit, command line
@@ -27,6 +28,7 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step (train and eva
 SPIKES_FILE = "grad_norm_spikes.jsonl"  # every step whose grad norm crossed the threshold
 SUMMARY_FILE = "summary.json"  # the end-of-run summary
 MODEL_DIR = "model"  # final weights or LoRA adapter, plus tokenizer
+MODEL_STAGING_DIR = ".model.partial"  # model/ is written here and renamed when complete (a kill leaves no half model)
 CHECKPOINT_DIR = "checkpoints"  # Trainer checkpoints, for --resume
 DEV_PREDICTIONS_FILE = "dev_predictions.csv"
 DEV_SCORES_FILE = "dev_scores.json"
@@ -181,7 +183,7 @@ def write_env(run_dir: Path, precision: dict | None = None, distributed: str | N
         "precision": precision,
         "resumes": [],
     }
-    (run_dir / ENV_FILE).write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(run_dir / ENV_FILE, env)
 
 
 def append_resume(run_dir: Path, step: int, overrides: list[str]) -> None:
@@ -196,7 +198,7 @@ def append_resume(run_dir: Path, step: int, overrides: list[str]) -> None:
             "overrides": overrides,
         }
     )
-    path.write_text(json.dumps(env, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(path, env)
 
 
 def drop_metrics_after(path: Path, step: int) -> int:
@@ -205,7 +207,7 @@ def drop_metrics_after(path: Path, step: int) -> int:
     rows, bad = read_jsonl(path)
     if path.is_file():
         kept = [row for row in rows if row.get("step", 0) <= step]
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     return len(bad)
 
 

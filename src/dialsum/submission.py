@@ -8,13 +8,13 @@ their order, their keys and their ids byte for byte (ids hold spaces and Hangul:
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 from dialsum.data import data_format, load_dialogues
 from dialsum.errors import DataError
+from dialsum.writer import write_csv, write_text
 
 __all__ = [
     "check_output_path",
@@ -95,15 +95,11 @@ def write_dcs_submission(source: str | Path, output: str | Path, summaries: list
         body = json.dumps(records, indent=indent, ensure_ascii=False) + ("\n" if newline else "")
     else:
         body = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(body, encoding="utf-8", newline="")
+    write_text(output, body)
     return output
 
 
 def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
     """The organizers' format (sample_submission.csv): an unnamed index column, then fname,summary, in test order."""
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["", "fname", "summary"])
-        for index, (fname, summary) in enumerate(zip(ids, summaries, strict=True)):
-            writer.writerow([index, fname, summary])
+    rows = [[index, fname, summary] for index, (fname, summary) in enumerate(zip(ids, summaries, strict=True))]
+    write_csv(path, ["", "fname", "summary"], rows)

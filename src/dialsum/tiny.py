@@ -394,20 +394,24 @@ def make_tiny_model(
     else:
         tokenizer = build_tokenizer(arch, corpus if corpus is not None else sample_corpus(), vocab_size)
     model = build_model(arch, tokenizer, seed)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    if arch.startswith("qwen") and tokenizer_dir is None:  # declare the tokenizer as the real Qwen repos do
-        _update_json(
-            output_dir / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer", bos_token=None, unk_token=None
-        )
+    from dialsum.writer import atomic_directory
+
+    with atomic_directory(output_dir) as scratch:  # a kill leaves no half-written model
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        if arch.startswith("qwen") and tokenizer_dir is None:  # declare the tokenizer as the real Qwen repos do
+            _update_json(
+                scratch / "tokenizer_config.json", tokenizer_class="Qwen2Tokenizer", bos_token=None, unk_token=None
+            )
     return output_dir
 
 
 def _update_json(path: Path, **values) -> None:
+    from dialsum.writer import write_json
+
     data = json.loads(path.read_text(encoding="utf-8"))
     data.update(values)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_json(path, data)
 
 
 def tiny_model_cached(arch: Arch) -> Path:

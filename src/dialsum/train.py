@@ -53,6 +53,7 @@ from dialsum.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_DIR,
+    MODEL_STAGING_DIR,
     SPIKES_FILE,
     SUMMARY_FILE,
     TRAINER_STATE_FILE,
@@ -66,6 +67,7 @@ from dialsum.rundir import (
     summary_rows,
     write_env,
 )
+from dialsum.writer import write_json
 
 console = Console(stderr=True)
 
@@ -274,9 +276,20 @@ def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) ->
         )
 
 
-def save_final_model(trainer, model_dir: Path) -> None:
-    """Full weights in model/ whatever the distribution: under FSDP with SHARDED_STATE_DICT (fast checkpoints),
-    `save_model` writes no weights, so the final save gathers a full state dict."""
+def save_final_model(trainer, tokenizer, run_dir: Path) -> Path:
+    """model/ (weights or adapter, and the tokenizer), written into a staging directory and renamed when complete,
+    so a kill mid-save never leaves a model/ that looks finished. Full weights whatever the distribution: under
+    FSDP with SHARDED_STATE_DICT (fast checkpoints), `save_model` writes no weights, so the final save gathers a
+    full state dict (every process takes part; the main one writes)."""
+    import shutil
+
+    from dialsum.writer import commit_directory
+
+    staging, model_dir = run_dir / MODEL_STAGING_DIR, run_dir / MODEL_DIR
+    main = trainer.is_world_process_zero()
+    if main and staging.exists():  # left by a save that was killed
+        shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()
     if trainer.is_fsdp_enabled:
         plugin = trainer.accelerator.state.fsdp_plugin
         if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
@@ -284,7 +297,12 @@ def save_final_model(trainer, model_dir: Path) -> None:
             plugin.set_state_dict_type("FULL_STATE_DICT")
             if trainer.is_world_process_zero():
                 console.print("FSDP: gathering a full state dict for model/ (checkpoints stay sharded)")
-    trainer.save_model(str(model_dir))
+    trainer.save_model(str(staging))
+    if main:
+        tokenizer.save_pretrained(str(staging))
+        commit_directory(staging, model_dir)
+    trainer.accelerator.wait_for_everyone()
+    return model_dir
 
 
 @dataclass
@@ -473,11 +491,10 @@ def _fit_and_save(trainer, start: RunStart, data: PreparedData) -> None:
                 f"[yellow]resume:[/] dropped {unreadable} unreadable log line(s) (left by the interrupted run)"
             )
     trainer.train(resume_from_checkpoint=start.checkpoint)
-    save_final_model(trainer, run_dir / MODEL_DIR)
+    save_final_model(trainer, data.tokenizer, run_dir)
     if trainer.is_world_process_zero():
-        data.tokenizer.save_pretrained(str(run_dir / MODEL_DIR))
         summary = summarise(
             trainer, run_dir, data.config, data.encode_stats, len(data.dev_examples), data.template_notes
         )
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(run_dir / SUMMARY_FILE, asdict(summary))
         print_summary(summary)
