@@ -285,7 +285,9 @@ def test_run_report_has_examples_scores_spikes_and_plots(tmp_path):
     assert table_row(text, "examples / optimizer step (mean)") == ["66.5"]
     assert table_row(text, "optimizer steps / epoch") == ["20"]
     assert table_row(text, "length of training") == ["max_steps 20"]
-    assert table_row(text, "rouge1") == ["56.12"]
+    assert table_row(text, "ROUGE-1 F1") == ["56.12"]  # metrics as a person names them, not key names
+    assert table_row(text, "**final score (mean of ROUGE-1/2/L F1)**") == ["**45.38**"]  # the headline, in bold
+    assert "rouge_sum" not in section(text, "Dev scores")
     assert table_row(text, "real-token fraction") == ["1.000"]
     assert "2 optimizer step(s) above it" in text and table_row(text, "3") == ["4.500"]
     assert "![loss](plots/loss.png)" in text and "![grad_norm](plots/grad_norm.png)" in text
@@ -307,7 +309,7 @@ def test_run_report_rebuilds_from_the_directory(tmp_path):
     )
     text = write_run_report(run_dir).read_text(encoding="utf-8")
     assert "| a | 90.50 | 좋은 요약 | 정답 |" in text and "| b | 0.00 | (empty) | 정답 |" in text
-    assert table_row(text, "rouge_sum") == ["136.15"]
+    assert table_row(text, "ROUGE sum (R1+R2+RL)") == ["136.15"]
 
     bare = write_run(tmp_path / "runs", "r2", dev_scores=False)
     (bare / "summary.json").unlink()

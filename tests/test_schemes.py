@@ -59,7 +59,8 @@ def test_dialogsum_scheme_matches_rouge_101_on_real_dev(ko_dev, mecab, rouge101)
         for ours, theirs in (("rouge1", "rouge-1"), ("rouge2", "rouge-2"), ("rougeL", "rouge-l")):
             assert result[ours] == pytest.approx(100 * expected[theirs]["f"], abs=0.01), (name, ours)
         assert result["rouge_sum"] == pytest.approx(100 * sum(v["f"] for v in expected.values()), abs=0.01)
-        assert result["scheme"] == "dialogsum" and result["headline"] == "rouge_sum"
+        assert result["scheme"] == "dialogsum" and result["headline"] == "final_score"
+        assert result["final_score"] == pytest.approx(result["rouge_sum"] / 3)  # the leaderboard ranks by the mean
         assert result["analyzer"].startswith("Mecab morphemes (python-mecab-ko ")
         assert len(rows) == len(ko_dev)
 
@@ -254,3 +255,61 @@ def test_screen_ranks_and_names_the_scheme_when_the_headline_is_missing(mecab):
     results = screen(["lead", "lead"], SAMPLE / "dcs_sample.jsonl", config=config)
     assert [r["scheme"] for r in results] == ["dcs", "dcs"] and results[0]["final_score"] is None
     assert results[0]["rouge1"] > 0 and "Mecab" in results[0]["analyzer"]
+
+
+def test_dialogsum_headline_is_the_leaderboards_mean_on_a_hand_computed_example(mecab):
+    """'apple banana cherry' against 'apple banana date': unigram sets share 2 of 3 (F 2/3), bigram sets 1 of 2
+    (F 1/2), the LCS is 2 of 3 words (F 2/3). The leaderboard's final score is their mean x 100 = 61.11, not the
+    sum 183.33. Mutation caught: the headline back on rouge_sum."""
+    result, rows = score_scheme(["apple banana cherry"], [["apple banana date"]], "dialogsum")
+    f = lambda overlap, n: 2 * (overlap / n) ** 2 / (2 * overlap / n + 1e-8)  # noqa: E731 (P = R = overlap/n)
+    expected = [100 * f(2, 3), 100 * f(1, 2), 100 * f(2, 3)]
+    assert [result[k] for k in ("rouge1", "rouge2", "rougeL")] == pytest.approx(expected, abs=1e-9)
+    assert result["headline"] == "final_score" and result[result["headline"]] == pytest.approx(61.1111, abs=1e-3)
+    assert result["rouge_sum"] == pytest.approx(183.3333, abs=1e-3)
+    assert "leaderboard" in result["headline_label"] and rows[0]["final_score"] == pytest.approx(61.1111, abs=1e-3)
+
+
+def test_published_final_scores_reproduce_with_the_mean_not_the_sum():
+    """A published team's F1s 0.5825 / 0.3932 / 0.5027 and its reported final 49.28: the scheme's arithmetic
+    (final = mean of the three x 100) gives it; the sum (147.84) would not."""
+    from dialsum.schemes import get_scheme
+
+    dialogsum = get_scheme("dialogsum")
+    result = {"rouge1": 58.25, "rouge2": 39.32, "rougeL": 50.27}
+    final = sum(result[k] for k in dialogsum.metrics) / len(dialogsum.metrics)
+    assert round(final, 2) == 49.28 and dialogsum.headline == "final_score"
+
+
+def test_dcs_keeps_the_first_1000_words_of_each_text_as_the_official_scorer(mecab):
+    """A 1,000-word prediction that starts with the reference: the official NIKL scorer cuts both texts to their
+    first 1,000 whitespace-separated words. Mutation caught: no word limit (the tail of a 1,500-word prediction
+    dilutes its precision)."""
+    reference = "철수는 영희에게 내일 도서관에서 만나자고 제안한다."
+    filler = " ".join(["그리고"] * 1500)
+    cut_inside, _ = score_scheme([reference + " " + filler], [[reference]], "dcs")
+    alone, _ = score_scheme(
+        [reference + " " + " ".join(["그리고"] * (1000 - len(reference.split())))], [[reference]], "dcs"
+    )
+    assert cut_inside["rouge1"] == pytest.approx(alone["rouge1"], abs=1e-9)  # words past 1,000 never count
+    assert cut_inside["word_limit"] == 1000
+    beyond, _ = score_scheme([filler + " " + reference], [[reference]], "dcs")
+    assert beyond["rouge1"] == 0.0  # the reference's words come after the limit: nothing matches
+
+
+@pytest.mark.parametrize("scheme", ["kiwi", "dialogsum", "dcs"])
+def test_every_scheme_reports_the_interval_and_halves_of_what_ranks(scheme, mecab, ko_dev):
+    dialogues = ko_dev[:120]
+    predictions = [lead_baseline(d) for d in dialogues]
+    result, rows = score_scheme(
+        predictions, [d.references for d in dialogues], scheme, topics=[d.topic for d in dialogues]
+    )
+    key = "rouge1" if scheme == "dcs" else "final_score"  # dcs offline: no headline, ROUGE-1 ranks
+    assert result["interval"]["key"] == key and result["halves"]["key"] == key
+    assert result["interval"]["low"] < result[key] < result["interval"]["high"]
+    assert result["halves"]["n_public"] + result["halves"]["n_private"] == 120
+    mean_of_halves = (
+        result["halves"]["public"] * result["halves"]["n_public"]
+        + result["halves"]["private"] * result["halves"]["n_private"]
+    ) / 120
+    assert mean_of_halves == pytest.approx(result[key])

@@ -212,10 +212,11 @@ def test_run_on_dcs_files_writes_submission_json_and_names_the_scheme(tmp_path):
     assert all(isinstance(r["output"], str) for r in submitted)
     scores = json.loads((run_dir / "dev_scores.json").read_text(encoding="utf-8"))
     assert scores["scheme"] == "dialogsum" and scores["analyzer"].startswith("Mecab morphemes")
-    assert scores["headline"] == "rouge_sum" and scores["n"] == 5
+    assert scores["headline"] == "final_score" and scores["n"] == 5
     assert "dialogsum — DialogSum-Korean" in result.stdout + result.stderr
     report = (run_dir / "report.md").read_text(encoding="utf-8")
-    assert "Scheme `dialogsum`, analyzer: Mecab morphemes (python-mecab-ko" in report
+    assert "Scheme `dialogsum`: DialogSum-Korean" in report and "Analyzer: Mecab morphemes (python-mecab-ko" in report
+    assert "leaderboard final score (mean of ROUGE-1/2/L F1)" in report
 
 
 def test_dcs_preset_renders_the_baseline_prompt_in_inspect():

@@ -26,6 +26,7 @@ __all__ = [
     "data_format",
     "is_dcs",
     "load_dialogues",
+    "load_topics",
     "parse_turns",
     "read_table",
     "write_predictions",
@@ -236,6 +237,16 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
             raise DataError(f"{path}: row {number}: duplicate fname {fname!r}")
         references[fname] = [row[c].strip() for c in columns if row[c].strip()]
     return references
+
+
+def load_topics(path: str | Path) -> dict[str, str | None]:
+    """fname → topic of a labelled file (the CSV's optional `topic` column, a DCS record's subject keywords): what
+    stratifies the public/private estimate. Missing topics are None."""
+    path = Path(path)
+    if is_dcs(path):
+        return {d.id: d.topic for d in load_dialogues(path)}
+    table = read_table(path, required=["fname"])
+    return {row["fname"].strip(): (row.get("topic") or "").strip() or None for row in table}
 
 
 def _load_csv(path: Path) -> list[Dialogue]:

@@ -37,13 +37,6 @@ console = Console(stderr=True)
 
 MISSING = "—"
 CELL_WIDTH = 60  # long settings (prompts) are cut in tables; compare.json keeps them whole
-SCORE_KEYS = (
-    "rouge_sum",
-    "final_score",
-    "score",
-)  # per-example ranking score, first present wins (score_rows: final_score)
-
-
 _ABSENT = object()  # a setting a run does not have
 
 
@@ -319,31 +312,44 @@ def _spikes_section(run: RunData, limit: int = 20) -> list[str]:
     return lines
 
 
-DEV_SCORE_ORDER = [
-    "rouge1",
-    "rouge2",
-    "rougeL",
-    "rouge_sum",
-    "final_score",
-    "foreign_rate",
-    "pred_len",
-    "ref_len",
-    "n",
-    "empty_predictions",
-]
-
-
 def _dev_scores_section(dev_scores: dict | None) -> list[str]:
+    """The scheme's metrics as a person names them, the headline in bold with what it means, its interval and the
+    public/private halves, then the diagnostics; every score says how it was computed (scheme and analyzer)."""
+    from dialsum.schemes import describe_halves, describe_interval, get_scheme
+
     if not dev_scores:
         return ["No dev scores (data.dev not set, or the run did not get to scoring)."]
-    # Every score says how it was computed: the scheme (which leaderboard it matches) and the analyzer.
-    scheme = dev_scores.get("scheme", "kiwi")
+    scheme = get_scheme(dev_scores.get("scheme", "kiwi"))
     analyzer = dev_scores.get("analyzer", f"tokenizer {dev_scores.get('tokenizer', 'kiwi')}")
-    lines = [f"Scheme `{scheme}`, analyzer: {md_cell(str(analyzer))}.", ""]
-    shown = {"scheme", "analyzer", "notes"}
-    keys = [k for k in DEV_SCORE_ORDER if k in dev_scores] + [k for k in dev_scores if k not in DEV_SCORE_ORDER]
-    rows = [[k, _fmt(dev_scores[k], ".2f")] for k in keys if k not in shown]  # ROUGE and rates are x100 (metrics.py)
-    lines.append(md_table(["metric", "value"], rows))
+    rows = []
+    for key, label in scheme.columns():
+        value = "not computed" if dev_scores.get(key) is None else f"{dev_scores[key]:.2f}"
+        rows.append([f"**{label}**", f"**{value}**"] if key == scheme.headline else [label, value])
+    for label, text in (
+        ("95 % interval", describe_interval(dev_scores)),
+        ("public / private", describe_halves(dev_scores)),
+    ):
+        if text:
+            rows.append([label, text])
+    rows += [
+        ["foreign-script predictions", f"{_fmt(dev_scores.get('foreign_rate'), '.1f')} %"],
+        ["empty predictions", _fmt(dev_scores.get("empty_predictions"))],
+        [
+            "mean length pred / ref (characters)",
+            f"{_fmt(dev_scores.get('pred_len'), '.1f')} / {_fmt(dev_scores.get('ref_len'), '.1f')}",
+        ],
+        ["dialogues scored", _fmt(dev_scores.get("n"))],
+    ]
+    if dev_scores.get("skipped_without_reference"):
+        rows.append(["dev dialogues without a reference (not scored)", _fmt(dev_scores["skipped_without_reference"])])
+    lines = [
+        f"Scheme `{scheme.name}`: {md_cell(scheme.competition)}. Analyzer: {md_cell(str(analyzer))}.",
+        "",
+        f"The headline, in bold, is the {md_cell(scheme.headline_label)}: what "
+        + ("the leaderboard ranks by." if scheme.name != "kiwi" else "dialsum ranks by (no leaderboard's scale)."),
+        "",
+        md_table(["metric", "value"], rows),
+    ]
     lines += [""] + [f"- note: {md_cell(str(note))}" for note in dev_scores.get("notes", [])]
     return lines
 
@@ -374,12 +380,15 @@ def pick_examples(examples: list[dict], score_key: str, k: int = 5) -> tuple[lis
     return ranked[:k], ranked[max(k, len(ranked) - k) :][::-1]
 
 
-def _examples_section(examples: list[dict] | None, score_key: str | None, k: int) -> list[str]:
+def _examples_section(examples: list[dict] | None, score_key: str | None, k: int, scheme_name: str) -> list[str]:
+    from dialsum.schemes import get_scheme
+
     if not examples:
         return ["No dev examples."]
-    score_key = score_key or next((key for key in SCORE_KEYS if key in examples[0]), None)
-    if score_key is None:
-        return [f"Dev examples carry none of {', '.join(SCORE_KEYS)}: cannot rank them."]
+    scheme = get_scheme(scheme_name)
+    score_key = score_key or scheme.rank_key(examples[0])  # the headline per row, or (dcs offline) ROUGE-1
+    if score_key not in examples[0]:
+        return [f"Dev examples carry no {score_key}: cannot rank them."]
     best, worst = pick_examples(examples, score_key, k)
     header = ["id", score_key, "prediction", "reference"]
 
@@ -430,17 +439,15 @@ def _length_section(run_dir: Path) -> list[str]:
     path = run_dir / LENGTH_CONTROL_FILE
     if not path.is_file():
         return []
+    from dialsum.schemes import get_scheme
+
     data = json.loads(path.read_text(encoding="utf-8"))
+    scheme = get_scheme(data.get("scheme", "kiwi"))
     rows = []
     for name, label in (("auto", "per-bucket rule (auto)"), ("fixed", "fixed, one limit")):
         s = data[name]
         rows.append(
-            [
-                label,
-                f"{s['mean_limit']:.1f}",
-                *(f"{s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")),
-                f"{s['pred_len']:.1f}",
-            ]
+            [label, f"{s['mean_limit']:.1f}", *(_fmt(s.get(k), ".2f") for k in scheme.keys), f"{s['pred_len']:.1f}"]
         )
     buckets = [
         [("≤ %.0f" % b["max_chars"]) if b["max_chars"] is not None else "longer", str(b["n"]), str(b["limit"])]
@@ -453,7 +460,7 @@ def _length_section(run_dir: Path) -> list[str]:
         f"Dev generated twice: with the length rule fitted on `{data['rule'].get('fitted_on', '')}` "
         f"(quantile {data['rule']['quantile']}) and with its single global limit.",
         "",
-        md_table(["max_new_tokens", "mean limit", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE sum", "mean chars"], rows),
+        md_table(["max_new_tokens", "mean limit", *(label for _, label in scheme.columns()), "mean chars"], rows),
         "",
         md_table(["dialogue chars", "training dialogues", "limit (tokens)"], buckets),
     ]
@@ -469,7 +476,7 @@ def write_run_report(
     """RUN_DIR/report.md: setup, training health, dev scores, plots, best and worst dev examples.
 
     dev_scores/examples default to the run's dev_scores.json/dev_per_sample.csv, so a report can be
-    rebuilt later from the directory alone. score_key ranks examples (default: rouge_sum, final_score, score).
+    rebuilt later from the directory alone. score_key ranks examples (default: the scheme's ranking key per row).
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -514,7 +521,12 @@ def write_run_report(
     parts += _length_section(run_dir)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({_relative(p, run_dir)})\n" for p in plots]
-    parts += ["", "## Dev examples", "", *_examples_section(examples, score_key, n_examples)]
+    parts += [
+        "",
+        "## Dev examples",
+        "",
+        *_examples_section(examples, score_key, n_examples, (dev_scores or {}).get("scheme", "kiwi")),
+    ]
     notes = [n for n in _missing_file_notes(run) if DEV_SCORES_FILE not in n] + run.problems
     if notes:
         parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in notes]

@@ -21,7 +21,7 @@ from dialsum.rundir import (
     GENERATION_FILE,
     SUBMISSION_FILE,
 )
-from dialsum.schemes import score_dialogues
+from dialsum.schemes import get_scheme, score_dialogues
 from dialsum.writer import write_dict_rows, write_json
 
 console = Console(stderr=True)
@@ -39,17 +39,21 @@ def _compare_length_control(
         predictor, labeled, config, split="dev (one fixed limit)", max_new_tokens=[rule["global_limit"]] * len(labeled)
     )
     fixed_scores, _ = score_dialogues(fixed.summaries, labeled, config.evaluation, config.generation.forbidden_scripts)
-    keys = ("rouge1", "rouge2", "rougeL", "rouge_sum", "pred_len")
+    scheme = get_scheme(config.evaluation.scheme)
+    keys = (*scheme.keys, "pred_len")
     limits = limits_for(config.generation, predictor.tokenizer, labeled)
     result = {
-        "auto": {**{k: auto_scores[k] for k in keys}, "mean_limit": sum(limits) / len(limits)},
-        "fixed": {**{k: fixed_scores[k] for k in keys}, "mean_limit": float(rule["global_limit"])},
+        "scheme": scheme.name,
+        "auto": {**{k: auto_scores.get(k) for k in keys}, "mean_limit": sum(limits) / len(limits)},
+        "fixed": {**{k: fixed_scores.get(k) for k in keys}, "mean_limit": float(rule["global_limit"])},
         "rule": rule,
     }
     write_json(run_dir / LENGTH_CONTROL_FILE, result)
+    key = scheme.rank_key(auto_scores)
+    label = dict(scheme.columns())[key]
     console.print(
-        f"length control on dev: ROUGE sum {auto_scores['rouge_sum']:.2f} with the per-bucket rule, "
-        f"{fixed_scores['rouge_sum']:.2f} with one fixed limit of {rule['global_limit']} tokens"
+        f"length control on dev: {label} {auto_scores[key]:.2f} with the per-bucket rule, "
+        f"{fixed_scores[key]:.2f} with one fixed limit of {rule['global_limit']} tokens (scheme {scheme.name})"
     )
 
 

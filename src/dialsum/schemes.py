@@ -2,16 +2,22 @@
 
 - `kiwi` (default): ROUGE-1/2/L F1 on Kiwi morpheme forms with rouge-score (clipped counts), mean over
   references; dialsum's own scale, unchanged (see metrics.py).
-- `dialogsum`: DialogSum-Korean (Upstage). Mecab morphemes joined by spaces, then the arithmetic of the
-  organizers' `rouge` 1.0.1 package: text split into sentences on '.', n-grams counted as *sets*,
+- `dialogsum`: DialogSum-Korean (Upstage, AI Stages). Mecab morphemes joined by spaces, then the arithmetic of
+  the organizers' `rouge` 1.0.1 package: text split into sentences on '.', n-grams counted as *sets*,
   summary-level ROUGE-L (union LCS over sentences), F = 2PR/(P+R+1e-8); mean over references and rows.
-  The headline is the sum of the three F1 (×100).
-- `dcs`: Korean_DCS (NIKL). The mean of ROUGE-1 F (lowercased, every character outside [A-Za-z0-9가-힣]
-  replaced by a space, Mecab morphemes, clipped counts, mean of per-row F), BERTScore F1 with
-  bert-base-multilingual-cased and BLEURT-20, the last two against the first reference. A model that cannot
-  be loaded is named in `notes` and its metric is None; the headline is then None, never a partial mean.
+  The headline is the leaderboard's final score: the MEAN of the three F1 ×100 (published team finals reproduce
+  exactly: 0.5825 / 0.3932 / 0.5027 -> 49.28); the sum many write-ups quote is reported beside it, as the sum.
+- `dcs`: Korean_DCS (NIKL). The mean of ROUGE-1 F (each text cut to its first 1,000 whitespace-separated words as
+  the official scorer does, lowercased, every character outside [A-Za-z0-9가-힣] replaced by a space, Mecab
+  morphemes, clipped counts, mean of per-row F), BERTScore F1 with bert-base-multilingual-cased and BLEURT-20,
+  the last two against the first reference. A model that cannot be loaded is named in `notes` and its metric is
+  None; the headline is then None, never a partial mean, and what ranks (checkpoints, trials, examples) is the
+  scheme's `fallback`, ROUGE-1, said as such.
 
-The analyzer changes a ROUGE sum by a factor of 3, so every result carries `scheme` and `analyzer`.
+Each `Scheme` declares its vocabulary (metric keys, headline key and label, the table's columns, what may be
+missing); every other module reads it from here. Every result also carries the headline's 95 % bootstrap interval
+and the public/private halves (dialsum.uncertainty). The analyzer changes a score by a factor of 3, so every
+result carries `scheme` and `analyzer`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ __all__ = [
     "analyzer_name",
     "dcs_clean",
     "evaluate_scheme_files",
+    "LABELS",
+    "describe_halves",
+    "describe_interval",
     "format_scheme_table",
     "get_scheme",
     "print_scheme_scores",
@@ -57,22 +66,74 @@ BLEURT_UNAVAILABLE = (
 )
 
 
+# How a person names each key of a result (tables, report.md, compare, the model card).
+LABELS = {
+    "rouge1": "ROUGE-1 F1",
+    "rouge2": "ROUGE-2 F1",
+    "rougeL": "ROUGE-L F1",
+    "rouge_sum": "ROUGE sum (R1+R2+RL)",
+    "bertscore": "BERTScore F1",
+    "bleurt": "BLEURT-20",
+    "final_score": "final score",
+}
+DCS_WORD_LIMIT = 1000  # the official NIKL scorer keeps the first 1,000 whitespace-separated words of each text
+
+
 @dataclass(frozen=True)
 class Scheme:
+    """One competition's scoring vocabulary: every module that shows, compares or ranks scores reads it here."""
+
     name: str
-    competition: str  # which leaderboard the numbers match
-    headline: str  # the key of the result that the competition ranks by
-    metrics: tuple[str, ...]  # the per-row metrics the scheme reports
+    competition: str  # which leaderboard the numbers match, and how it ranks
+    metrics: tuple[str, ...]  # the per-row metrics, each also averaged into the corpus result
+    headline_label: str  # what the headline is, as a person says it
+    headline: str = "final_score"  # the key of the result the competition ranks by
+    extras: tuple[str, ...] = ()  # corpus keys shown beside the headline (the sum)
+    optional: tuple[str, ...] = ()  # metrics that can be missing (None: the model could not be loaded)
+    fallback: str | None = None  # what ranks when the headline is missing
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every score key of a result under this scheme, in table order, the headline last."""
+        return (*self.metrics, *self.extras, self.headline)
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(key, label) of each score column of a table, the headline last."""
+        return [(key, self.headline_label if key == self.headline else LABELS[key]) for key in self.keys]
+
+    def rank_key(self, result: dict[str, Any]) -> str:
+        """The key that ranks results (runs, checkpoints, trials) or rows: the headline, or where it is missing the
+        fallback."""
+        if result.get(self.headline) is None and self.fallback is not None:
+            return self.fallback
+        return self.headline
+
+    def rank_value(self, result: dict[str, Any]) -> float | None:
+        return result.get(self.rank_key(result))
 
 
 SCHEMES: dict[str, Scheme] = {
-    "kiwi": Scheme("kiwi", "none (dialsum's own scale: rouge-score arithmetic)", "final_score", ROUGE_TYPES),
-    "dialogsum": Scheme("dialogsum", "DialogSum-Korean (Upstage): sum of ROUGE-1/2/L F1", "rouge_sum", ROUGE_TYPES),
+    "kiwi": Scheme(
+        "kiwi",
+        "none (dialsum's own scale: rouge-score arithmetic on Kiwi forms)",
+        ROUGE_TYPES,
+        "final score (mean of ROUGE-1/2/L F1)",
+        extras=("rouge_sum",),
+    ),
+    "dialogsum": Scheme(
+        "dialogsum",
+        "DialogSum-Korean (Upstage, AI Stages): ranked by the mean of ROUGE-1/2/L F1 x 100",
+        ROUGE_TYPES,
+        "leaderboard final score (mean of ROUGE-1/2/L F1)",
+        extras=("rouge_sum",),
+    ),
     "dcs": Scheme(
         "dcs",
-        "Korean_DCS (NIKL): mean of ROUGE-1, BERTScore, BLEURT-20",
-        "final_score",
+        "Korean_DCS (NIKL): ranked by the mean of ROUGE-1, BERTScore and BLEURT-20",
         ("rouge1", "bertscore", "bleurt"),
+        "final score (mean of ROUGE-1, BERTScore, BLEURT-20)",
+        optional=("bertscore", "bleurt"),
+        fallback="rouge1",
     ),
 }
 
@@ -113,8 +174,9 @@ _DCS_OUTSIDE = re.compile(r"[^A-Za-z0-9가-힣]")
 
 
 def dcs_clean(text: str) -> str:
-    """The NIKL preprocessing: lowercase, every character outside [A-Za-z0-9가-힣] becomes a space."""
-    return _DCS_OUTSIDE.sub(" ", text.lower())
+    """The NIKL preprocessing: the first 1,000 whitespace-separated words (the official scorer's length limit),
+    lowercased, every character outside [A-Za-z0-9가-힣] a space."""
+    return _DCS_OUTSIDE.sub(" ", " ".join(text.split()[:DCS_WORD_LIMIT]).lower())
 
 
 def _require_mecab(scheme: str) -> None:
@@ -264,18 +326,23 @@ def score_scheme(
     forbidden_scripts: Iterable[str] | None = None,
     bertscore_model: str = DEFAULT_BERTSCORE_MODEL,
     bertscore_layers: int | None = None,
+    topics: Sequence[str | None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(corpus summary, per-row scores) under `scheme`. Every summary has `scheme`, `analyzer`, `headline`
-    (the key the competition ranks by), `n`, `foreign_rate`, `empty_predictions`, `pred_len`, `ref_len`.
+    (the key the competition ranks by) and `headline_label`, `interval` (the 95 % bootstrap interval of the
+    ranking key, `uncertainty.bootstrap_interval`, with its `key`) and `halves` (public/private estimate; `topics`
+    stratify it), `n`, `foreign_rate`, `empty_predictions`, `pred_len`, `ref_len`.
     `tokenizer` applies to the kiwi scheme only (the others fix their analyzer)."""
     definition = get_scheme(scheme)
     if scheme != "kiwi" and tokenizer != "kiwi":
         raise DialsumError(f"tokenizer {tokenizer!r} applies to scheme 'kiwi' only; scheme {scheme!r} uses Mecab")
     predictions = ["" if p is None else str(p) for p in predictions]
+    if topics is not None and len(topics) != len(predictions):
+        raise ValueError(f"{len(topics)} topics for {len(predictions)} predictions")
     if scheme == "kiwi":
         summary, rows = score_with_rows(predictions, references, tokenizer, forbidden_scripts)
-        summary.update(scheme="kiwi", analyzer=analyzer_name("kiwi", tokenizer), headline=definition.headline)
-        return summary, rows
+        summary.update(scheme="kiwi", analyzer=analyzer_name("kiwi", tokenizer))
+        return _with_uncertainty(summary, rows, definition, topics), rows
 
     refs = _normalise_references(predictions, references)
     scripts = script_key(forbidden_scripts)
@@ -300,7 +367,6 @@ def score_scheme(
             row["bleurt"] = None
             parts = [row[k] for k in definition.metrics]
             row["final_score"] = fmean(parts) if all(v is not None for v in parts) else None
-            row["score"] = row["final_score"] if row["final_score"] is not None else row["rouge1"]  # ranks examples
     for prediction, row in zip(predictions, rows):
         chars = foreign_script_chars(prediction, scripts)
         row["foreign"] = bool(chars)
@@ -324,12 +390,35 @@ def score_scheme(
     summary["pred_len"] = fmean(len(p) for p in predictions)
     summary["ref_len"] = fmean(fmean(len(r) for r in row) for row in refs)
     summary["n"] = n
-    summary.update(scheme=scheme, analyzer=analyzer_name(scheme), headline=definition.headline)
+    summary.update(scheme=scheme, analyzer=analyzer_name(scheme))
     if scheme == "dcs":
         summary["bertscore_model"] = bertscore_model
+        summary["word_limit"] = DCS_WORD_LIMIT
     if notes:
         summary["notes"] = notes
-    return summary, rows
+    return _with_uncertainty(summary, rows, definition, topics), rows
+
+
+def _with_uncertainty(
+    summary: dict[str, Any], rows: list[dict[str, Any]], definition: Scheme, topics: Sequence[str | None] | None
+) -> dict[str, Any]:
+    """The headline's name, its 95 % bootstrap interval and the public/private halves, from the per-row scores
+    (every scheme's corpus score is the mean of its rows'). Where the headline is missing (dcs offline), both are
+    computed for the fallback and say so by their `key`."""
+    from dialsum.uncertainty import bootstrap_interval, halves
+
+    summary["headline"] = definition.headline
+    summary["headline_label"] = definition.headline_label
+    key = definition.rank_key(summary)
+    values = [row[key] for row in rows]
+    if not values or any(v is None for v in values):
+        summary["interval"] = summary["halves"] = None
+        return summary
+    interval = bootstrap_interval(values)
+    summary["interval"] = {"key": key, **interval} if interval else None
+    split = halves(values, topics if topics is not None else [None] * len(values))
+    summary["halves"] = {"key": key, **split} if split else None
+    return summary
 
 
 def score_dialogues(
@@ -349,6 +438,7 @@ def score_dialogues(
         forbidden_scripts,
         e.bertscore_model,
         e.bertscore_layers,
+        topics=[d.topic for d in dialogues],
     )
 
 
@@ -387,7 +477,7 @@ def evaluate_scheme_files(
     A CSV pair (`fname,summary` vs the competition CSV) or a DCS pair (a submission .json/.jsonl vs the
     labelled DCS file); a mixed pair, a missing or non-string `output`, and ids that don't match are one-line
     errors before any scoring. Returns (summary, per-row dicts with fname, prediction, reference, scores)."""
-    from dialsum.data import is_dcs, load_references
+    from dialsum.data import is_dcs, load_references, load_topics
     from dialsum.metrics import _id_list
     from dialsum.submission import read_dcs_outputs
 
@@ -423,8 +513,16 @@ def evaluate_scheme_files(
     ids = list(references)
     predictions = [predicted[f] for f in ids]
     refs = [references[f] for f in ids]
+    topic_of = load_topics(references_path)
     summary, rows = score_scheme(
-        predictions, refs, scheme, tokenizer, forbidden_scripts, bertscore_model, bertscore_layers
+        predictions,
+        refs,
+        scheme,
+        tokenizer,
+        forbidden_scripts,
+        bertscore_model,
+        bertscore_layers,
+        topics=[topic_of.get(f) for f in ids],
     )
     summary["predictions"] = str(predictions_path)
     summary["references"] = str(references_path)
@@ -434,18 +532,31 @@ def evaluate_scheme_files(
     return summary, per_row
 
 
-_LABELS = {
-    "rouge1": "ROUGE-1 F1",
-    "rouge2": "ROUGE-2 F1",
-    "rougeL": "ROUGE-L F1",
-    "bertscore": "BERTScore F1",
-    "bleurt": "BLEURT-20",
-}
+def describe_interval(result: dict[str, Any]) -> str | None:
+    """'49.28 [48.10, 50.45] (95 % bootstrap over 499 dialogues)' for the result's ranking key, or None."""
+    interval = result.get("interval")
+    if not interval or result.get(interval["key"]) is None:
+        return None
+    return (
+        f"{result[interval['key']]:.2f} [{interval['low']:.2f}, {interval['high']:.2f}] "
+        f"({interval['level']:.0%} bootstrap over {result.get('n', '?')} dialogues)"
+    )
+
+
+def describe_halves(result: dict[str, Any]) -> str | None:
+    """'public 48.9 / private 49.7 (topic-stratified halves of dev)', or None."""
+    split = result.get("halves")
+    if not split:
+        return None
+    return (
+        f"public {split['public']:.2f} / private {split['private']:.2f} (difference {split['difference']:+.2f}; "
+        f"{split['n_public']} + {split['n_private']} dialogues, halves of dev stratified by topic)"
+    )
 
 
 def format_scheme_table(result: dict[str, Any], title: str | None = None):
-    """A rich Table of a `score_scheme` result: the scheme's metrics, its headline in bold, the scheme and
-    the analyzer, diagnostics, and a line per metric that could not be computed."""
+    """A rich Table of a `score_scheme` result: the scheme's metrics, its headline in bold with its 95 % interval
+    and the public/private halves, the scheme and the analyzer, diagnostics."""
     from rich.table import Table
 
     scheme = get_scheme(result.get("scheme", "kiwi"))
@@ -456,18 +567,17 @@ def format_scheme_table(result: dict[str, Any], title: str | None = None):
     def value(key: str) -> str:
         return "not computed" if result.get(key) is None else f"{result[key]:.2f}"
 
-    for key in scheme.metrics:
-        table.add_row(_LABELS[key], value(key))
-    rows = (
-        [("rouge_sum", "ROUGE sum"), ("final_score", "final score (mean)")]
-        if scheme.name != "dcs"
-        else [("final_score", "final score (mean of three)")]
-    )
-    for key, label in rows:
+    for key, label in scheme.columns():
         if key == scheme.headline:
             table.add_row(f"[bold]{label}[/bold]", f"[bold]{value(key)}[/bold]")
         else:
             table.add_row(label, value(key))
+    interval, split = describe_interval(result), describe_halves(result)
+    if interval:
+        ranked = result["interval"]["key"]
+        table.add_row(f"95 % interval of {LABELS[ranked] if ranked != scheme.headline else 'the headline'}", interval)
+    if split:
+        table.add_row("public / private estimate", split)
     table.add_section()
     table.add_row("scheme", f"{scheme.name} — {scheme.competition}")
     table.add_row("analyzer", str(result.get("analyzer", "")))
