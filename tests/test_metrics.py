@@ -12,13 +12,12 @@ import pytest
 from conftest import SHARED, shared_file
 from dialsum.errors import DialsumError
 from dialsum.metrics import (
-    format_table,
     get_kiwi,
     score,
     score_rows,
     tokenize_texts,
 )
-from dialsum.schemes import evaluate_scheme_files
+from dialsum.schemes import evaluate_scheme_files, format_scheme_table
 from dialsum.scripts import SCRIPT_RANGES, foreign_script_chars, has_foreign_script
 
 KO_DEV = SHARED / "data" / "dialogsum-ko" / "dev.csv"
@@ -244,7 +243,7 @@ def test_evaluate_files_against_dialogue_file(kiwi, ko_dev, tmp_path):
     assert summary["rouge1"] == pytest.approx(100 * 19 / 20)
     assert per_row[3]["fname"] == ko_dev[3]["fname"] and per_row[3]["rouge1"] == 0.0
     assert per_row[0]["rouge2"] == pytest.approx(100.0)
-    assert format_table(summary).row_count > 5
+    assert format_scheme_table(summary).row_count > 5
 
 
 def test_evaluate_files_id_mismatch_names_ids(ko_dev, tmp_path):

@@ -324,11 +324,6 @@ def _source_with_cut(tokenizer, dialogue: Dialogue, config: Config) -> tuple[lis
     return ids, cut
 
 
-def encode_source(tokenizer, dialogue: Dialogue, config: Config) -> list[int]:
-    """Encoder input ids for seq2seq inference, exactly as in training."""
-    return _source_with_cut(tokenizer, dialogue, config)[0]
-
-
 def encode_inference_inputs(
     tokenizer, dialogues: list[Dialogue], config: Config, kind: str
 ) -> tuple[list[list[int]], "EncodeStats"]:

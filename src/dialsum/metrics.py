@@ -6,8 +6,9 @@ the mean over its references; the final score is the mean of the three metrics. 
 keeps only `[a-z0-9]` and so turns every Korean text into an empty token list (ROUGE 0).
 
 Also here: the foreign-script rate of predictions (the script table itself lives in `scripts.py`, shared
-with generation-time suppression) and the score table. The competition recipes (`dialogsum`, `dcs`) build on
-this in `schemes.py`, which also scores a predictions file against a reference file under any scheme.
+with generation-time suppression). The competition recipes (`dialogsum`, `dcs`) build on this in
+`schemes.py`, which also scores a predictions file against a reference file under any scheme and draws the
+score tables.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ __all__ = [
     "ROUGE_TYPES",
     "TOKENIZERS",
     "clear_token_cache",
-    "format_table",
     "get_kiwi",
-    "print_scores",
     "score",
     "score_rows",
     "score_with_rows",
@@ -230,38 +229,3 @@ def _id_list(ids: Iterable[str], limit: int = 5) -> str:
     ids = list(ids)
     shown = ", ".join(ids[:limit])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else f" ({len(ids)})")
-
-
-# --------------------------------------------------------------------------------------------------
-# Display
-# --------------------------------------------------------------------------------------------------
-
-
-def format_table(result: dict[str, Any], title: str | None = None):
-    """A rich Table of a `score` result: the three ROUGE F1s, their sum and mean, then the diagnostics."""
-    from rich.table import Table
-
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, label in (("rouge1", "ROUGE-1 F1"), ("rouge2", "ROUGE-2 F1"), ("rougeL", "ROUGE-L F1")):
-        table.add_row(label, f"{result[key]:.2f}")
-    table.add_row("ROUGE sum", f"{result['rouge_sum']:.2f}")
-    table.add_row("[bold]final score (mean)[/bold]", f"[bold]{result['final_score']:.2f}[/bold]")
-    table.add_section()
-    table.add_row("foreign-script predictions", f"{result.get('foreign_rate', 0.0):.1f}%")
-    if "empty_predictions" in result:
-        table.add_row("empty predictions", str(result["empty_predictions"]))
-    if "pred_len" in result:
-        table.add_row("mean length (chars) pred / ref", f"{result['pred_len']:.1f} / {result['ref_len']:.1f}")
-    table.add_row("rows", str(result.get("n", "")))
-    if "tokenizer" in result:
-        table.add_row("tokenizer", str(result["tokenizer"]))
-    return table
-
-
-def print_scores(result: dict[str, Any], title: str | None = None, console=None) -> None:
-    """Print `format_table(result)` to `console` (default: a new stdout Console)."""
-    from rich.console import Console
-
-    (console or Console()).print(format_table(result, title))
