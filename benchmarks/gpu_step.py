@@ -157,6 +157,7 @@ def run(args) -> dict:
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(model_config, dtype=weights, attn_implementation=args.attn)
+    model.to(device)  # a no-op where the device context already placed it
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
     if args.checkpointing:  # renamed in later transformers 5 releases; 5.17 (the GPU image's) has the old name only
         enable = getattr(model, "activation_checkpointing_enable", None)
