@@ -229,6 +229,29 @@ def test_gradient_checkpointing_matches_the_loss_without_it(tiny_llama, real_dev
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_checkpointing_is_passed_under_the_installed_transformers_name(tmp_path):
+    """transformers renamed gradient_checkpointing to activation_checkpointing (the old name a deprecated alias);
+    5.17, the GPU image's, knows only the old one and rejects the new. Either way checkpointing is on, non-reentrant,
+    and no deprecation warning is raised."""
+    import warnings
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    from dialsum.train import training_arguments
+
+    sample = ROOT / "src" / "dialsum" / "sample_data" / "train.csv"
+    known = {f.name for f in fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    for enabled in (True, False):
+        config = make_config("tiny:llama", sample, gradient_checkpointing=enabled)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*checkpointing.*deprecated", category=FutureWarning)
+            args = training_arguments(config, tmp_path / "run", has_dev=False, seq2seq=False)
+        assert getattr(args, name) is enabled
+        assert getattr(args, f"{name}_kwargs") == ({"use_reentrant": False} if enabled else None)
+
+
 def test_grad_norm_spikes_are_logged(tiny_llama, real_dev_path, tmp_path):
     """Only steps above the threshold are spikes, filed under their own step. At this learning rate step 2's norm
     jumps (observed 1.00, 7.98, 0.85), so a threshold of 3 splits the run into spike and not-spike steps."""

@@ -105,6 +105,19 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
 # ---------------------------------------------------------------- building the trainer
 
 
+def checkpointing_arguments(enabled: bool) -> dict:
+    """Non-reentrant checkpointing under the name the installed transformers knows: `activation_checkpointing` since
+    it was renamed (`gradient_checkpointing` stays a deprecated alias), `gradient_checkpointing` before (5.17, the
+    GPU image's, rejects the new name)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bool):
     """Baseline-aligned TrainingArguments (SFTConfig for decoder-only, Seq2SeqTrainingArguments otherwise)."""
     t = config.training
@@ -131,8 +144,7 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
         max_steps=t.max_steps,
         warmup_steps=0,  # set from training.warmup_ratio once the step count is known (WarmupRatioMixin)
         max_grad_norm=t.max_grad_norm,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **checkpointing_arguments(t.gradient_checkpointing),
         logging_steps=config.logging.steps,
         logging_first_step=True,
         eval_strategy=("steps" if evaluate_by_steps else "epoch") if has_dev else "no",
