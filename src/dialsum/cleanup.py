@@ -165,14 +165,20 @@ def clean(
 
 
 def clean_all(
-    texts: Sequence[str], section: CleanupSettings | None = None, forbidden_scripts: Iterable[str] | None = ("Han",)
+    texts: Sequence[str],
+    section: CleanupSettings | None = None,
+    forbidden_scripts: Iterable[str] | None = ("Han",),
+    changes: list[list[str]] | None = None,
 ) -> tuple[list[str], dict[str, int]]:
-    """Clean every text; counts per step (switched-on steps only) of the texts it changed."""
+    """Clean every text; counts per step (switched-on steps only) of the texts it changed. `changes`, when given,
+    receives the steps that changed each text, in order."""
     switches = _switches(section)
     counts = {step: 0 for step in STEPS if getattr(switches, step)}
     cleaned = []
     for text in texts:
         result, changed = clean(text, section, forbidden_scripts)
+        if changes is not None:
+            changes.append(changed)
         for step in changed:
             counts[step] += 1
         cleaned.append(result)

@@ -161,6 +161,9 @@ def evaluate(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON.")] = None,
     per_sample: Annotated[Path | None, typer.Option(help="Write row-level scores as CSV.")] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Write the error-analysis page (one self-contained HTML file).")
+    ] = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Score predictions the way a competition does (--scheme), plus the foreign-script rate."""
@@ -177,6 +180,7 @@ def evaluate(
     outputs = OutputPlan([predictions, references], overwrite)
     outputs.file(json_out, "--json")
     outputs.file(per_sample, "--per-sample")
+    outputs.file(html_out, "--html")
     result, rows = evaluate_scheme_files(
         predictions,
         references,
@@ -190,6 +194,11 @@ def evaluate(
         write_json(json_out, result)
     if per_sample and rows:
         write_dict_rows(per_sample, rows)
+    if html_out:
+        from dialsum.htmlreport import write_evaluate_html
+
+        write_evaluate_html(html_out, result, rows, references, tokenizer or "kiwi")
+        typer.echo(f"error-analysis page: {html_out}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from dialsum.htmlreport import write_compare_html
 from dialsum.report import (
     _ABSENT,
     _missing_file_notes,
@@ -29,7 +30,15 @@ from dialsum.report import (
     md_table,
     write_plots,
 )
-from dialsum.rundir import COMPARE_JSON_FILE, COMPARE_REPORT_FILE, DEV_SCORES_FILE, SUMMARY_FILE, RunData, load_run
+from dialsum.rundir import (
+    COMPARE_HTML_FILE,
+    COMPARE_JSON_FILE,
+    COMPARE_REPORT_FILE,
+    DEV_SCORES_FILE,
+    SUMMARY_FILE,
+    RunData,
+    load_run,
+)
 from dialsum.writer import write_json, write_text
 
 IGNORED_SETTINGS = {"logging.output_root"}  # says where a run was started, not what it did
@@ -244,6 +253,9 @@ def compare_runs(run_dirs: list[str | Path], output_dir: str | Path | None = Non
     runs = [load_run(path, name) for path, name in zip(paths, _column_names(paths))]
     comparison = build_comparison(runs, notes)
     comparison.plots = write_plots(runs, output_dir) if runs else []
+    page = write_compare_html(paths, [run.name for run in runs], output_dir / COMPARE_HTML_FILE)
+    if page is None and len(runs) > 1:
+        comparison.notes.append("no compare.html: fewer than two runs have dev_per_sample.csv and dev_scores.json")
     print_comparison(comparison, runs)
     markdown = write_text(output_dir / COMPARE_REPORT_FILE, comparison_markdown(comparison, runs, output_dir))
     write_json(output_dir / COMPARE_JSON_FILE, comparison_json(comparison))

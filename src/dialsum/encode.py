@@ -340,6 +340,7 @@ def encode_inference_inputs(
         stats.encoded += 1
         stats.trimmed += cut > 0
         stats.turns_cut += cut
+        stats.cuts.append(cut)
     return inputs, stats
 
 
@@ -366,6 +367,7 @@ class EncodeStats:
     trimmed: int = 0  # examples that lost turns to fit max_length
     turns_cut: int = 0
     skipped_ids: list[str] = field(default_factory=list)  # target alone too long, with skip_too_long
+    cuts: list[int] = field(default_factory=list)  # inference: turns cut from the end of each dialogue, in order
 
     def describe(self) -> str:
         text = f"{self.encoded}/{self.total} examples encoded, {self.trimmed} trimmed ({self.turns_cut} turns cut)"

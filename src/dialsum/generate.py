@@ -216,7 +216,7 @@ def generate_summaries(
             no_repeat_exempt_tag_tokens=len(tag_ids),
             forbidden_scripts=g.forbidden_scripts if g.suppress_foreign_scripts else [],
         )
-        info.update(trimmed=trim.trimmed, turns_cut=trim.turns_cut, generation=described)
+        info.update(trimmed=trim.trimmed, turns_cut=trim.turns_cut, cuts=list(trim.cuts), generation=described)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
     per_input = num_return_sequences
     results: list[str] = [""] * (len(inputs) * per_input)
@@ -285,7 +285,11 @@ def generate_summaries(
         inner.generation_config = own_generation_config
         if was_training:
             model.train()
-    return apply_cleanup(results, config, cleanup_counts)
+    per_row: list[list[str]] | None = [] if info is not None and per_input == 1 else None
+    cleaned = apply_cleanup(results, config, cleanup_counts, per_row)
+    if per_row is not None:
+        info["cleaned"] = per_row
+    return cleaned
 
 
 def _token_limits(tokenizer, dialogues, config: Config, given: Sequence[int] | None) -> list[int] | None:
@@ -319,11 +323,14 @@ def generate_candidates(
     return [flat[i * n : (i + 1) * n] for i in range(len(dialogues))]
 
 
-def apply_cleanup(summaries: list[str], config: Config, counts: dict[str, int] | None) -> list[str]:
-    """The config's clean-up steps (dialsum.cleanup); what each changed is added to `counts` when given."""
+def apply_cleanup(
+    summaries: list[str], config: Config, counts: dict[str, int] | None, per_row: list[list[str]] | None = None
+) -> list[str]:
+    """The config's clean-up steps (dialsum.cleanup); what each changed is added to `counts` when given, and the
+    steps that changed each summary to `per_row` (for the error-analysis page)."""
     from dialsum.cleanup import clean_all
 
-    cleaned, changed = clean_all(summaries, config.cleanup, config.generation.forbidden_scripts)
+    cleaned, changed = clean_all(summaries, config.cleanup, config.generation.forbidden_scripts, changes=per_row)
     if counts is not None:
         for step, n in changed.items():
             counts[step] = counts.get(step, 0) + n

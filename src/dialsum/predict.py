@@ -99,6 +99,8 @@ class SplitPrediction:
     trimmed: int = 0  # dialogues that lost turns to fit training.max_length
     turns_cut: int = 0
     cleanup: dict[str, int] = field(default_factory=dict)  # summaries each clean-up step changed
+    turns_cut_per_row: list[int] = field(default_factory=list)  # per dialogue: turns cut from its end to fit
+    cleaned_per_row: list[list[str]] = field(default_factory=list)  # per summary: the clean-up steps that changed it
     generation: dict | None = None  # the settings used and the checkpoint's that were ignored (generation.json)
     empty: int = 0
     foreign: int = 0  # summaries with a character of generation.forbidden_scripts
@@ -135,6 +137,8 @@ def predict_split(
         trimmed=info.get("trimmed", 0),
         turns_cut=info.get("turns_cut", 0),
         cleanup=cleanup,
+        turns_cut_per_row=info.get("cuts", [0] * len(summaries)),
+        cleaned_per_row=info.get("cleaned", [[] for _ in summaries]),
         generation=info.get("generation"),
         empty=sum(1 for s in summaries if not s.strip()),
         foreign=sum(1 for s in summaries if scripts and has_foreign_script(s, scripts)),

@@ -362,7 +362,7 @@ def _read_examples(path: Path) -> list[dict] | None:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key, value in row.items():
-            if key not in ("id", "prediction", "reference"):
+            if key not in ("id", "prediction", "reference", "topic", "cleaned", "foreign_chars"):
                 try:
                     row[key] = float(value)
                 except (TypeError, ValueError):

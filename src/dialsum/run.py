@@ -65,6 +65,7 @@ def run(
     overrides: list[str] | None = None,
 ) -> Path:
     from dialsum.data import is_dcs
+    from dialsum.htmlreport import write_run_html
     from dialsum.report import write_run_report
     from dialsum.schemes import print_scheme_scores
     from dialsum.train import train
@@ -96,8 +97,18 @@ def run(
             dev_scores["skipped_without_reference"] = len(dev) - len(labeled)
             write_json(run_dir / DEV_SCORES_FILE, dev_scores)
             examples = [
-                {"id": d.id, "prediction": p, "reference": d.references[0], **row}
-                for d, p, row in zip(labeled, prediction.summaries, rows)
+                {
+                    "id": d.id,
+                    "prediction": p,
+                    "reference": d.references[0],
+                    **row,
+                    "topic": d.topic or "",
+                    "turns_cut": cut,  # turns the model never saw (trimmed to fit training.max_length)
+                    "cleaned": " ".join(steps),  # the clean-up steps that changed this summary
+                }
+                for d, p, row, cut, steps in zip(
+                    labeled, prediction.summaries, rows, prediction.turns_cut_per_row, prediction.cleaned_per_row
+                )
             ]
             write_dict_rows(run_dir / DEV_PER_SAMPLE_FILE, examples)
             print_scheme_scores(dev_scores, title=f"dev scores — {config.data.dev}")
@@ -125,7 +136,8 @@ def run(
 
     # 4. Report.
     report = write_run_report(run_dir, dev_scores, examples)
-    console.print(f"report: {report}")
+    page = write_run_html(run_dir)
+    console.print(f"report: {report}" + (f", error analysis: {page}" if page else ""))
     return run_dir
 
 

@@ -35,6 +35,7 @@ DEV_SCORES_FILE = "dev_scores.json"
 DEV_PER_SAMPLE_FILE = "dev_per_sample.csv"
 SUBMISSION_FILE = "submission.csv"
 REPORT_FILE = "report.md"
+REPORT_HTML_FILE = "report.html"  # the error-analysis page: every dev dialogue, sortable and filterable
 PLOTS_DIR = "plots"
 GENERATION_FILE = "generation.json"  # the generation settings used, and the checkpoint's that were ignored
 LENGTH_CONTROL_FILE = "length_control.json"  # dev scores with the fitted length rule vs one fixed limit
@@ -55,6 +56,7 @@ KFOLD_SUBMISSION = SUBMISSION_FILE  # ... on test, in the organizers' format
 # `dialsum compare`: written into its --output directory.
 COMPARE_REPORT_FILE = "compare.md"
 COMPARE_JSON_FILE = "compare.json"
+COMPARE_HTML_FILE = "compare.html"  # the same dialogues side by side for 2-4 runs
 
 # The prediction file of each split a run directory (or kfold parent) holds, for `dialsum ensemble --split`.
 SPLIT_FILES = {"dev": DEV_PREDICTIONS_FILE, "test": SUBMISSION_FILE, "oof": OOF_PREDICTIONS_FILE}

@@ -57,6 +57,7 @@ __all__ = [
     "score_dialogues",
     "score_scheme",
     "scheme_tokens",
+    "token_spans",
 ]
 
 DEFAULT_BERTSCORE_MODEL = "bert-base-multilingual-cased"
@@ -200,6 +201,40 @@ def scheme_tokens(texts: Sequence[str], scheme: str = "kiwi", tokenizer: str = "
     if scheme == "dcs":
         return tokenize_texts([dcs_clean(t) for t in texts], "mecab")
     return tokenize_texts(texts, "mecab")
+
+
+def token_spans(
+    texts: Sequence[str], scheme: str = "kiwi", tokenizer: str = "kiwi"
+) -> list[list[tuple[str, int, int]]]:
+    """For display (the error-analysis page): each token the scheme's ROUGE counts, as (token, start, end) character
+    offsets into the text as written, so a page can highlight what matched. dcs tokens are those of the cleaned
+    text (lowercase, non-[A-Za-z0-9가-힣] as spaces, which keeps every offset); its 1,000-word cut is not shown."""
+    get_scheme(scheme)
+    analyzer = tokenizer if scheme == "kiwi" else "mecab"
+    if scheme != "kiwi":
+        _require_mecab(scheme)
+    if analyzer == "whitespace":
+        return [[(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)] for text in texts]
+    if analyzer == "kiwi":
+        from dialsum.metrics import get_kiwi
+
+        results = get_kiwi().tokenize(list(texts)) if texts else []
+        return [[(t.form, t.start, t.start + t.len) for t in tokens] for tokens in results]
+    from dialsum.metrics import _get_mecab
+
+    mecab = _get_mecab()
+    spans = []
+    for text in texts:
+        shown = _DCS_OUTSIDE.sub(" ", text.lower()) if scheme == "dcs" and len(text.lower()) == len(text) else text
+        found, position = [], 0
+        for surface in mecab.morphs(shown):  # located in order (Mecab's own spans skip leading spaces)
+            start = shown.find(surface, position)
+            if start < 0:
+                continue
+            found.append((surface, start, start + len(surface)))
+            position = start + len(surface)
+        spans.append(found)
+    return spans
 
 
 # --------------------------------------------------------------------------------------------------
