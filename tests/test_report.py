@@ -155,7 +155,9 @@ def test_compare_shows_exactly_the_differing_settings(three_runs, tmp_path):
     assert data["settings"] == {"training.learning_rate": [2e-5, 1e-4, 2e-5], "training.packing": [True, True, False]}
     assert data["metrics"]["dev_rouge1"] == [56.12, 56.12, 54.01]
     assert data["metrics"]["grad_norm_spikes"] == [1, 2, 0]
-    assert data["notes"] == []
+    # these runs have dev scores but no dev_per_sample.csv: compare.html is skipped, and says why
+    assert data["notes"] == ["no compare.html: fewer than two runs have dev_per_sample.csv and dev_scores.json"]
+    assert not (tmp_path / "cmp" / "compare.html").exists()
 
 
 def test_compare_shows_metrics_per_run(three_runs, tmp_path):
