@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from dialsum.errors import DialsumError
+from dialsum.errors import DialsumError, Interrupted
 from dialsum.tiny import ARCHES as TINY_ARCHES
 
 app = typer.Typer(
@@ -413,8 +413,11 @@ def main() -> None:
     except DialsumError as error:
         typer.secho(f"error: {error}", err=True, fg="red")
         sys.exit(2)
+    except Interrupted as interrupted:
+        typer.secho(str(interrupted), err=True, fg="yellow")
+        sys.exit(130)
     except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
+        typer.secho("interrupted (nothing half-written: every output is written atomically)", err=True)
         sys.exit(130)
 
 

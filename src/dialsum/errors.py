@@ -15,3 +15,8 @@ class DataError(DialsumError):
 
 class RunDirError(DialsumError):
     """A run directory is missing, incomplete or would be overwritten."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a long step: the CLI prints this one line (what was interrupted, the command that resumes it)
+    and exits 130. Not a DialsumError: nothing was wrong with the input."""

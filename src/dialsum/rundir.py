@@ -130,11 +130,89 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.split("-")[-1])
 
 
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+INCOMPLETE_PREFIX = "incomplete-"  # checkpoints/incomplete-checkpoint-N-<time>: moved aside, never deleted
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
+
+def _weights(directory: Path) -> list[Path]:
+    """The weight files of a model or checkpoint directory (single, sharded, adapter or FSDP-sharded)."""
+    names = [p for p in directory.iterdir() if p.is_file() and p.name.startswith(("model", "adapter_model"))]
+    names += [p for p in directory.iterdir() if p.is_file() and p.name.startswith("pytorch_model")]
+    weights = [p for p in names if p.suffix in WEIGHT_SUFFIXES]
+    sharded = [
+        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(("pytorch_model_fsdp", "global_step"))
+    ]
+    return weights + [f for d in sharded for f in d.rglob("*") if f.is_file()]
+
+
+def _json_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"no {path.name}"
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"{path.name} is empty or cut short"
+    return None
+
+
+def _weights_problem(directory: Path) -> str | None:
+    weights = _weights(directory)
+    if not weights:
+        return "no weight files"
+    empty = [w.name for w in weights if w.stat().st_size == 0]
+    return f"{empty[0]} is empty" if empty else None
+
+
+def checkpoint_problem(checkpoint: str | Path) -> str | None:
+    """Why `checkpoint-N/` cannot be resumed from (a save cut short by a kill), or None when it is complete: the
+    HF Trainer writes the weights, then the optimizer, scheduler and RNG states, and trainer_state.json last."""
+    checkpoint = Path(checkpoint)
+    problem = _json_problem(checkpoint / TRAINER_STATE_FILE) or _weights_problem(checkpoint)
+    if problem:
+        return problem
+    optimizer = [p for p in checkpoint.iterdir() if p.name == "optimizer.pt" or p.name.startswith("optimizer_")]
+    only_model = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8")).get("save_only_model")
+    if not optimizer and not only_model and not any(p.name.startswith("global_step") for p in checkpoint.iterdir()):
+        return "no optimizer state"
+    if any(p.is_file() and p.stat().st_size == 0 for p in optimizer):
+        return "optimizer.pt is empty"
+    return None
+
+
+def model_problem(model_dir: str | Path) -> str | None:
+    """Why a saved model/ is unusable (missing, or cut short by a kill before the atomic save existed), or None."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return "missing"
+    config = "adapter_config.json" if (model_dir / "adapter_config.json").exists() else "config.json"
+    return _json_problem(model_dir / config) or _weights_problem(model_dir)
+
+
+def move_aside(path: Path, reason: str) -> Path:
+    """Keep what a kill left, under a name nothing reads (`incomplete-<name>-<time>`), instead of deleting it."""
+    target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
+    path.rename(target)
+    return target
+
+
+def find_checkpoint(run_dir: Path) -> tuple[str | None, list[tuple[Path, str]]]:
+    """The newest *complete* checkpoint, and the newer ones a kill cut short with what each lacks (the caller moves
+    them aside with `move_aside` once every other check has passed, so a refused resume changes nothing)."""
     checkpoints = run_dir / CHECKPOINT_DIR
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if not checkpoints.is_dir():
+        return None, []
+    found = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")]
+    incomplete = []
+    for checkpoint in sorted((p for p in found if p.name.split("-")[-1].isdigit()), key=checkpoint_step, reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return str(checkpoint), incomplete
+        incomplete.append((checkpoint, problem))
+    return None, incomplete
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    return find_checkpoint(run_dir)[0]
 
 
 def git_commit() -> str | None:

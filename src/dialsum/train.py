@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from rich.table import Table
 from dialsum.config import Config, config_from_dict, load_config, save_config
 from dialsum.data import Dialogue, load_dialogues
 from dialsum.encode import EncodeStats, encode_dialogues, prepare_tokenizer
-from dialsum.errors import ConfigError, RunDirError
+from dialsum.errors import ConfigError, Interrupted, RunDirError
 from dialsum.length import with_length_rule
 from dialsum.models import (
     compute_dtype,
@@ -59,11 +59,14 @@ from dialsum.rundir import (
     TRAINER_STATE_FILE,
     append_resume,
     check_run_dir,
+    checkpoint_problem,
     checkpoint_step,
     clear_failed_start,
     default_run_dir,
     drop_metrics_after,
-    last_checkpoint,
+    find_checkpoint,
+    model_problem,
+    move_aside,
     summary_rows,
     write_env,
 )
@@ -272,9 +275,9 @@ def check_launcher_precision(config: Config) -> None:
         )
 
 
-def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) -> None:
-    """Resuming a checkpoint that already reached the run's length would silently train one step more
-    (transformers does); refuse and say how to extend the run instead."""
+def training_finished(checkpoint: str, config: Config, overrides: list[str]) -> int | None:
+    """The step the run finished at, when `checkpoint` already reached the run's length (resuming it would train
+    one step more: transformers does); None when training has steps left."""
     state = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     step, planned = state.get("global_step", 0), state.get("max_steps", 0)
     t = config.training
@@ -282,10 +285,29 @@ def check_not_finished(checkpoint: str, config: Config, overrides: list[str]) ->
         o.partition("=")[0].strip() in ("training.max_steps", "training.num_train_epochs") for o in overrides
     )
     if (t.max_steps > 0 and step >= t.max_steps) or (not length_changed and planned and step >= planned):
-        raise RunDirError(
-            f"{checkpoint}: the run already finished at step {step}; to train further, raise "
-            "training.max_steps or training.num_train_epochs with --set on --resume"
-        )
+        return step
+    return None
+
+
+def check_checkpoint_safe(checkpoint: str | Path) -> None:
+    """Every pickled state a resume will load (optimizer, scheduler, RNG, scaler) must load with weights_only=True,
+    checked before anything in the run directory changes: a file holding code is refused here, not mid-resume.
+    mmap keeps this cheap (the tensors are not read)."""
+    import pickle
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals  # the numpy RNG types the Trainer itself allows
+
+    for path in sorted(Path(checkpoint).glob("*.pt")) + sorted(Path(checkpoint).glob("*.pth")):
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RunDirError(
+                f"{path}: refused to load (it does not load with weights_only=True, so it may hold code: {first}); "
+                "nothing was changed: remove this checkpoint or resume from an older one"
+            ) from None
 
 
 def save_final_model(trainer, tokenizer, run_dir: Path) -> Path:
@@ -329,6 +351,9 @@ class RunStart:
     checkpoint: str | None
     overrides: list[str]
     is_main: bool
+    incomplete: list[tuple[Path, str]] = field(default_factory=list)  # newer checkpoints a kill cut short
+    finish_only: bool = False  # trained to the end; only model/ is to be written from the checkpoints
+    done: bool = False  # trained to the end and model/ is complete (`dialsum run --resume` goes on from there)
 
 
 @dataclass
@@ -351,22 +376,31 @@ def train(
     output_dir: str | Path | None = None,
     resume: bool = False,
     overrides: list[str] | None = None,
+    finished_ok: bool = False,
+    command: str = "train",
 ) -> Path:
     """Train per `config`; returns the run directory (config.yaml, env.json, metrics.jsonl, model/, summary.json).
 
     On resume the run's saved config.yaml is the truth; `overrides` (the --set list) are applied to it when their
     keys are safe to change mid-run (RESUME_SAFE_KEYS), and any other key is an error. Every stage before
     `_open_run_dir` writes nothing, so bad data, a bad model id or a missing GPU leave nothing behind."""
-    start = _start_run(config, config_path, output_dir, resume, list(overrides or []))
+    start = _start_run(config, config_path, output_dir, resume, list(overrides or []), finished_ok)
+    if start.done:  # `finished_ok`: a run whose training is complete goes on to its next step
+        return start.run_dir
     data = _prepare_data(start.config)
     model = _load_model(data.config, data.tokenizer)
     trainer = _open_run_dir(start, data, model)
-    _fit_and_save(trainer, start, data)
+    _fit_and_save(trainer, start, data, command)
     return start.run_dir
 
 
 def _start_run(
-    config: Config, config_path: str | Path | None, output_dir: str | Path | None, resume: bool, overrides: list[str]
+    config: Config,
+    config_path: str | Path | None,
+    output_dir: str | Path | None,
+    resume: bool,
+    overrides: list[str],
+    finished_ok: bool = False,
 ) -> RunStart:
     """Resolve the run directory (never overwritten), and on resume the run's saved config and its checkpoint.
     Every process checks before any process writes, so all of them stop together."""
@@ -386,11 +420,13 @@ def _start_run(
 
         run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     reuse = check_run_dir(run_dir, resume)
-    checkpoint = last_checkpoint(run_dir) if resume else None
+    checkpoint, incomplete = find_checkpoint(run_dir) if resume else (None, [])
+    finished_at, finish_only = None, False
     if resume:
         if checkpoint is None:
+            cut = f" (only incomplete ones: {', '.join(p.name for p, _ in incomplete)})" if incomplete else ""
             raise RunDirError(
-                f"{run_dir}: --resume found no checkpoint under {CHECKPOINT_DIR}/; "
+                f"{run_dir}: --resume found no complete checkpoint under {CHECKPOINT_DIR}/{cut}; "
                 "run the same command without --resume to start afresh in it"
             )
         given = config
@@ -404,14 +440,30 @@ def _start_run(
             )
         if overrides and is_main:
             console.print(f"resume: applying {', '.join(overrides)}")
-        check_not_finished(checkpoint, config, overrides)
+        finished_at = training_finished(checkpoint, config, overrides)
+        problem = model_problem(run_dir / MODEL_DIR) if finished_at is not None else None
+        if finished_at is not None and problem is None:
+            if not finished_ok:
+                raise RunDirError(
+                    f"{checkpoint}: the run already finished at step {finished_at}; to train further, raise "
+                    "training.max_steps or training.num_train_epochs with --set on --resume"
+                )
+            return RunStart(run_dir, config, resume, reuse, checkpoint, overrides, is_main, done=True)
+        if finished_at is not None:  # trained to the end, but the final save of model/ was cut short
+            finish_only = True
+            if is_main:
+                console.print(
+                    f"[yellow]resume:[/] training finished at step {finished_at} but {MODEL_DIR}/ is {problem}; "
+                    f"writing {MODEL_DIR}/ from the checkpoints, without training"
+                )
+        check_checkpoint_safe(checkpoint)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
     check_launcher_precision(config)
     warning = precision_warning(config)
     if warning and is_main:
         console.print(f"[yellow]warning:[/] {warning}")
-    return RunStart(run_dir, config, resume, reuse, checkpoint, overrides, is_main)
+    return RunStart(run_dir, config, resume, reuse, checkpoint, overrides, is_main, incomplete, finish_only)
 
 
 def _prepare_data(config: Config) -> PreparedData:
@@ -463,6 +515,16 @@ def _open_run_dir(start: RunStart, data: PreparedData, model):
     config, run_dir = data.config, start.run_dir
     state = PartialState()
     state.wait_for_everyone()
+    if start.is_main:
+        for checkpoint, problem in start.incomplete:
+            moved = move_aside(checkpoint, problem)
+            console.print(
+                f"[yellow]resume:[/] {checkpoint.name} is incomplete ({problem}: a save cut short); skipped it and "
+                f"moved it aside to {moved.name}"
+            )
+        if start.finish_only and (run_dir / MODEL_DIR).exists():
+            moved = move_aside(run_dir / MODEL_DIR, "incomplete")
+            console.print(f"[yellow]resume:[/] the incomplete {MODEL_DIR}/ is kept as {moved.name}")
     if start.reuse and start.is_main:
         removed = clear_failed_start(run_dir)
         console.print(
@@ -492,7 +554,30 @@ def _open_run_dir(start: RunStart, data: PreparedData, model):
     return trainer
 
 
-def _fit_and_save(trainer, start: RunStart, data: PreparedData) -> None:
+def interrupted_line(run_dir: Path, command: str) -> str:
+    """What Ctrl-C prints: the run was interrupted, and the exact command that continues it."""
+    resume = f"dialsum {command} {run_dir / CONFIG_FILE} --resume --output-dir {run_dir}"
+    if find_checkpoint(run_dir)[0] is None and command == "train":
+        return f"interrupted before the first checkpoint of {run_dir}; rerun the same command (the directory is reused)"
+    return f"interrupted: {run_dir}; continue it with: {resume}"
+
+
+def _load_finished_state(trainer, start: RunStart) -> None:
+    """A run trained to the end whose model/ save was cut short: the trainer state and the weights model/ would
+    have held (the best checkpoint when one is selected, else the last) come back from the checkpoints."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(Path(start.checkpoint) / TRAINER_STATE_FILE))
+    weights = start.checkpoint
+    best = trainer.state.best_global_step
+    if trainer.args.load_best_model_at_end and best:
+        candidate = start.run_dir / CHECKPOINT_DIR / f"checkpoint-{best}"
+        weights = str(candidate) if checkpoint_problem(candidate) is None else weights
+    trainer._load_from_checkpoint(weights)
+    console.print(f"resume: {MODEL_DIR}/ is written from {Path(weights).name}")
+
+
+def _fit_and_save(trainer, start: RunStart, data: PreparedData, command: str = "train") -> None:
     """Train (from the last checkpoint on resume), save model/, write and print the summary."""
     run_dir = start.run_dir
     if start.checkpoint and start.is_main:
@@ -502,7 +587,13 @@ def _fit_and_save(trainer, start: RunStart, data: PreparedData) -> None:
             console.print(
                 f"[yellow]resume:[/] dropped {unreadable} unreadable log line(s) (left by the interrupted run)"
             )
-    trainer.train(resume_from_checkpoint=start.checkpoint)
+    if start.finish_only:
+        _load_finished_state(trainer, start)
+    else:
+        try:
+            trainer.train(resume_from_checkpoint=start.checkpoint)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_line(run_dir, command)) from None
     save_final_model(trainer, data.tokenizer, run_dir)
     if trainer.is_world_process_zero():
         summary = summarise(
