@@ -126,3 +126,64 @@ def test_ctrl_c_says_interrupted_and_the_command_it_prints_finishes_the_run(tiny
     )
     assert done.returncode == 0, done.stderr
     assert model_problem(run_dir / "model") is None
+
+
+# ---------------------------------------------------------------- `dialsum run` finishes from its first unfinished step
+
+
+def demo_config(*overrides):
+    from dialsum.config import load_config
+
+    return load_config(
+        ROOT / "configs" / "demo.yaml",
+        ["training.max_steps=4", "training.eval_steps=2", "training.save_steps=2", *overrides],
+    )
+
+
+def test_a_run_that_fails_after_training_finishes_with_resume_without_retraining(tmp_path, monkeypatch):
+    import dialsum.run
+    from dialsum.run import run
+
+    real = dialsum.run.predict_split
+
+    def out_of_memory_on_test(predictor, dialogues, config, split):
+        if split == "test":
+            raise RuntimeError("CUDA out of memory (simulated, while predicting test)")
+        return real(predictor, dialogues, config, split=split)
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(dialsum.run, "predict_split", out_of_memory_on_test)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(demo_config(), output_dir=run_dir)
+    assert (run_dir / "dev_scores.json").is_file() and not (run_dir / "submission.csv").exists()
+    trained = {name: (run_dir / name).stat().st_mtime_ns for name in ("metrics.jsonl", "model/model.safetensors")}
+    dev = (run_dir / "dev_predictions.csv").stat().st_mtime_ns
+
+    calls = []
+    monkeypatch.setattr(dialsum.run, "predict_split", lambda *a, **k: calls.append(k["split"]) or real(*a, **k))
+    run(demo_config(), output_dir=run_dir, resume=True)
+    assert calls == ["test"]  # dev is not predicted again, training not repeated
+    assert {name: (run_dir / name).stat().st_mtime_ns for name in trained} == trained
+    assert (run_dir / "dev_predictions.csv").stat().st_mtime_ns == dev
+    assert (run_dir / "submission.csv").is_file() and (run_dir / "report.md").is_file()
+    run(demo_config(), output_dir=run_dir, resume=True)  # everything done: only the reports are rewritten
+    assert calls == ["test"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evaluation.scheme=dialogsum", "scheme 'dialogsum' needs Mecab"),
+        ("data.test=missing/test.csv", "missing/test.csv"),
+    ],
+)
+def test_run_checks_what_it_needs_after_training_before_training(tmp_path, monkeypatch, override, message):
+    from dialsum.errors import DialsumError
+    from dialsum.run import run
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setitem(sys.modules, "mecab", None)  # as on a machine without python-mecab-ko
+    with pytest.raises(DialsumError, match=message):
+        run(demo_config(override), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dialsum.errors import ConfigError
+from dialsum.errors import ConfigError, DialsumError
+from dialsum.scripts import DEFAULT_FORBIDDEN_SCRIPTS, script_key
 
 DEFAULT_SYSTEM_PROMPT = "당신은 유능한 AI 어시스턴트입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
 DEFAULT_QUESTION = "위 {topic} 주제에 대한 대화를 요약해주세요."
@@ -29,17 +30,6 @@ LR_SCHEDULERS = [
     "inverse_sqrt",
 ]
 ScorerTokenizer = Literal["kiwi", "mecab", "whitespace"]  # morpheme analyzers of the 'kiwi' scheme (metrics.py)
-DEFAULT_FORBIDDEN_SCRIPTS = [
-    "Han",
-    "Hiragana",
-    "Katakana",
-    "Cyrillic",
-    "Thai",
-    "Arabic",
-    "Hebrew",
-    "Greek",
-    "Devanagari",
-]
 
 
 class _Section(BaseModel):
@@ -240,6 +230,15 @@ class GenerationSettings(_Section):
         default_factory=lambda: list(DEFAULT_FORBIDDEN_SCRIPTS),
         description="Scripts that never belong in a Korean summary (names from dialsum.scripts.SCRIPT_RANGES).",
     )
+
+    @field_validator("forbidden_scripts")
+    @classmethod
+    def _known_scripts(cls, value: list[str]) -> list[str]:
+        try:  # checked here, so `run` never finds an unknown name after training
+            script_key(value)
+        except DialsumError as error:
+            raise ValueError(str(error)) from None
+        return value
 
 
 class CleanupSettings(_Section):

@@ -57,6 +57,28 @@ def _compare_length_control(
     )
 
 
+def preflight(config: Config) -> None:
+    """Everything `run` needs after training, checked before training starts, so no setting fails hours in: the
+    dev and test files read, the scheme's analyzer is installed, the generation settings validate (the config
+    schema checked the script names and types already)."""
+    from dialsum.schemes import require_scheme
+
+    for name, path in (("data.dev", config.data.dev), ("data.test", config.data.test)):
+        if path is not None:
+            load_dialogues(path)  # a DataError names file, row and field
+    if config.data.dev:
+        require_scheme(config.evaluation.scheme)
+
+
+def _submission_path(config: Config, run_dir: Path) -> Path:
+    from dialsum.data import is_dcs
+
+    submission = run_dir / SUBMISSION_FILE
+    if is_dcs(config.data.test):  # DCS: the test file back with `output` filled in (submission.json/.jsonl)
+        submission = submission.with_suffix(Path(config.data.test).suffix.lower())
+    return submission
+
+
 def run(
     config: Config,
     config_path: str | Path | None = None,
@@ -64,27 +86,52 @@ def run(
     resume: bool = False,
     overrides: list[str] | None = None,
 ) -> Path:
-    from dialsum.data import is_dcs
+    """Train, then dev, then test, then the reports. With `resume`, every step whose outputs are on disk is
+    skipped: a run that failed after training goes on from its first unfinished step and never retrains. A step
+    is done when its last file is written (dev_scores.json for dev, the submission for test), each atomically."""
+    import json
+
     from dialsum.htmlreport import write_run_html
-    from dialsum.report import write_run_report
+    from dialsum.report import _read_examples, write_run_report
     from dialsum.schemes import print_scheme_scores
     from dialsum.train import train
 
+    if not resume:
+        preflight(config)
     # 1. Train (the run directory holds the resolved config, the length rule with max_new_tokens=auto, and the
-    #    final model).
-    run_dir = train(config, config_path=config_path, output_dir=output_dir, resume=resume, overrides=overrides)
+    #    final model). On resume a finished training is not repeated.
+    run_dir = train(
+        config,
+        config_path=config_path,
+        output_dir=output_dir,
+        resume=resume,
+        overrides=overrides,
+        finished_ok=True,
+        command="run",
+    )
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return run_dir  # generation and scoring run once, on the main process
     predictor = Predictor.from_path(run_dir)
     config = predictor.config
+    if resume:
+        preflight(config)  # the saved config, as the steps below will use it
     generation_info: dict | None = None
+    if (run_dir / GENERATION_FILE).is_file():
+        generation_info = json.loads((run_dir / GENERATION_FILE).read_text(encoding="utf-8"))
 
     # 2. Dev: generate, score, keep per-row scores for error analysis.
     dev_scores, examples = None, None
     cleanup: dict[str, dict[str, int]] = {"dev": {}, "test": {}}  # what each clean-up step changed, per split
-    if config.data.dev:
+    if (run_dir / CLEANUP_FILE).is_file():
+        cleanup.update(json.loads((run_dir / CLEANUP_FILE).read_text(encoding="utf-8")))
+    dev_done = resume and (run_dir / DEV_SCORES_FILE).is_file()
+    if config.data.dev and dev_done:
+        dev_scores = json.loads((run_dir / DEV_SCORES_FILE).read_text(encoding="utf-8"))
+        examples = _read_examples(run_dir / DEV_PER_SAMPLE_FILE) or None
+        console.print(f"resume: dev already scored ({DEV_SCORES_FILE}); not predicted again")
+    elif config.data.dev:
         dev = load_dialogues(config.data.dev)
         labeled = [d for d in dev if d.references]
         prediction = predict_split(predictor, labeled, config, split="dev")
@@ -95,7 +142,6 @@ def run(
                 prediction.summaries, labeled, config.evaluation, config.generation.forbidden_scripts
             )
             dev_scores["skipped_without_reference"] = len(dev) - len(labeled)
-            write_json(run_dir / DEV_SCORES_FILE, dev_scores)
             examples = [
                 {
                     "id": d.id,
@@ -114,27 +160,29 @@ def run(
             print_scheme_scores(dev_scores, title=f"dev scores — {config.data.dev}")
             if config.generation.max_new_tokens == "auto":
                 _compare_length_control(run_dir, predictor, labeled, config, dev_scores)
+            write_json(run_dir / DEV_SCORES_FILE, dev_scores)  # last: the dev step is done
+        write_json(run_dir / CLEANUP_FILE, cleanup)
 
     # 3. Test: a submission in the input's order, every id kept.
-    if config.data.test:
+    submission = _submission_path(config, run_dir) if config.data.test else None
+    if submission is not None and resume and submission.is_file():
+        console.print(f"resume: {submission.name} already written; not predicted again")
+    elif submission is not None:
         test = load_dialogues(config.data.test)
         mismatch = topic_mismatch(config.prompt, test, str(config.data.test))
         if mismatch:
             console.print(f"[yellow]prompt:[/] {mismatch}")
         prediction = predict_split(predictor, test, config, split="test")
         generation_info, cleanup["test"] = generation_info or prediction.generation, prediction.cleanup
-        submission = run_dir / SUBMISSION_FILE
-        if is_dcs(config.data.test):  # DCS: the test file back with `output` filled in (submission.json/.jsonl)
-            submission = submission.with_suffix(Path(config.data.test).suffix.lower())
-        write_split(prediction, submission, config.data.test, organizers=True)
+        write_json(run_dir / CLEANUP_FILE, cleanup)
+        write_split(prediction, submission, config.data.test, organizers=True)  # last: the test step is done
         console.print(f"submission: {submission} ({len(test)} rows, {prediction.empty} empty)")
 
     if generation_info:  # the settings generation really ran with, and the checkpoint's it ignored
         write_json(run_dir / GENERATION_FILE, generation_info)
-
     write_json(run_dir / CLEANUP_FILE, cleanup)
 
-    # 4. Report.
+    # 4. Report (cheap: always rewritten from the files).
     report = write_run_report(run_dir, dev_scores, examples)
     page = write_run_html(run_dir)
     console.print(f"report: {report}" + (f", error analysis: {page}" if page else ""))

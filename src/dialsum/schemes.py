@@ -190,6 +190,13 @@ def _require_mecab(scheme: str) -> None:
         ) from None
 
 
+def require_scheme(name: str) -> None:
+    """The scheme exists and its analyzer is installed: checked before any expensive step that ends in scoring."""
+    scheme = get_scheme(name)
+    if scheme.name in ("dialogsum", "dcs"):
+        _require_mecab(scheme.name)
+
+
 def scheme_tokens(texts: Sequence[str], scheme: str = "kiwi", tokenizer: str = "kiwi") -> list[tuple[str, ...]]:
     """The tokens each scheme's ROUGE counts, per text: Kiwi forms (kiwi; or `tokenizer`), Mecab morphemes
     (dialogsum; '.' stays a token here, the sentence split happens in the arithmetic), cleaned Mecab morphemes

@@ -11,8 +11,19 @@ import functools
 import re
 from collections.abc import Iterable
 
-from dialsum.config import DEFAULT_FORBIDDEN_SCRIPTS
 from dialsum.errors import DialsumError
+
+DEFAULT_FORBIDDEN_SCRIPTS = [  # the default of generation.forbidden_scripts
+    "Han",
+    "Hiragana",
+    "Katakana",
+    "Cyrillic",
+    "Thai",
+    "Arabic",
+    "Hebrew",
+    "Greek",
+    "Devanagari",
+]
 
 __all__ = ["SCRIPT_RANGES", "foreign_script_chars", "foreign_script_pattern", "has_foreign_script", "script_key"]
 
