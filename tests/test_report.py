@@ -235,8 +235,12 @@ def test_compare_survives_corrupt_json_and_no_runs(tmp_path):
     notes = section(out.read_text(encoding="utf-8"), "Notes")
     assert "summary.json is not readable JSON" in notes and "config.yaml is not readable YAML" in notes
 
-    empty = compare_runs([], tmp_path / "cmp-empty")
-    assert "No runs to compare." in empty.read_text(encoding="utf-8")
+    # no run at all is an error, not an empty comparison (issue 17: it used to exit 0 and write files)
+    from dialsum.errors import RunDirError
+
+    with pytest.raises(RunDirError, match="is a run directory"):
+        compare_runs([tmp_path / "nothing"], tmp_path / "cmp-empty")
+    assert not (tmp_path / "cmp-empty").exists()
 
 
 def test_same_named_runs_get_distinct_columns(tmp_path):

@@ -33,6 +33,17 @@ OverwriteOption = Annotated[
 ]
 
 
+def _at_least(flag: str, value: float | None, low: float, high: float | None = None) -> None:
+    """Numeric flags are checked here, before anything runs: `--world-size -2` printed negative hours."""
+    import math
+
+    if value is None:
+        return
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise DialsumError(f"{flag} must be {bound} (got {value:g})")
+
+
 def _config(path: Path, overrides: list[str] | None):
     from dialsum.config import load_config
 
@@ -70,6 +81,9 @@ def plan(
     from dialsum.plan import build_plan, print_plan
     from dialsum.writer import OutputPlan, write_text
 
+    _at_least("--world-size", world_size, 1)
+    _at_least("--train-examples", train_examples, 1)
+    _at_least("--mfu", mfu, 0.01, 1.0)
     OutputPlan([config, data], overwrite).file(json_path, "--json")
     result = build_plan(
         _config(config, set_),
@@ -215,6 +229,9 @@ def screen(
     import dialsum.run
 
     names = [name.strip() for name in models.split(",") if name.strip()]
+    if not names:
+        raise DialsumError(f"--models {models!r}: no model named; give comma-separated paths, hub ids or 'lead'")
+    _at_least("--limit", limit, 1)
     dialsum.run.screen(names, data, config=_config(config, set_) if config else None, overrides=set_ or [], limit=limit)
 
 
@@ -257,6 +274,7 @@ def inspect(
 
     if config is None and model is None:
         raise DialsumError("inspect needs a CONFIG, or --model (with --data)")
+    _at_least("--n", n, 0)
     resolved = _config(config, set_) if config else config_from_dict({"model": {"name_or_path": model}}, set_)
     inspect_data(resolved, data_path=data, n=n, model=model)
 

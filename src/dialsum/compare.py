@@ -243,8 +243,15 @@ def compare_runs(run_dirs: list[str | Path], output_dir: str | Path | None = Non
     A path that is not a directory is left out of the table and named in the notes; a run with
     missing or corrupt files keeps its column, with "—" and a note. Returns the compare.md path.
     """
+    from dialsum.errors import RunDirError
+    from dialsum.rundir import CONFIG_FILE, SUMMARY_FILE
     from dialsum.writer import OutputPlan
 
+    if not any((Path(p) / CONFIG_FILE).is_file() or (Path(p) / SUMMARY_FILE).is_file() for p in run_dirs):
+        raise RunDirError(
+            f"compare: none of {', '.join(map(str, run_dirs))} is a run directory (no {CONFIG_FILE} or "
+            f"{SUMMARY_FILE}); nothing written"
+        )
     output_dir = Path(output_dir) if output_dir is not None else default_compare_dir(run_dirs)
     OutputPlan(run_dirs, overwrite).directory(output_dir, "--output")
     paths = [Path(p) for p in run_dirs]

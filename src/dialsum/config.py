@@ -32,8 +32,24 @@ LR_SCHEDULERS = [
 ScorerTokenizer = Literal["kiwi", "mecab", "whitespace"]  # morpheme analyzers of the 'kiwi' scheme (metrics.py)
 
 
+def _admits_bool(annotation: Any) -> bool:
+    from typing import get_args
+
+    return annotation is bool or any(_admits_bool(arg) for arg in get_args(annotation))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
+        """`per_device_train_batch_size: true` is surely a mistake; pydantic's lax mode would read it as 1."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and not _admits_bool(annotation):
+            kind = {int: "an integer", float: "a number", str: "a text"}.get(annotation, "a value of its type")
+            raise ValueError(f"expected {kind}, not true/false")
+        return value
 
 
 class ModelSettings(_Section):
@@ -439,10 +455,11 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         value = text
     node = raw
     *parents, leaf = key.split(".")
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
+    for depth, part in enumerate(parents):
+        if part in node and not isinstance(node[part], dict):  # `training: 5`: never silently replaced
+            section = ".".join(parents[: depth + 1])
+            raise ConfigError(f"--set {key}: '{section}' is {node[part]!r} in the config, not a section of keys")
+        node = node.setdefault(part, {})
     node[leaf] = value
 
 
@@ -455,7 +472,8 @@ def _format_validation_error(error: ValidationError, source: str) -> ConfigError
         return _unknown_key_error(key, source)
     if first["type"] == "missing":
         return ConfigError(f"{source}: missing required config key '{key}'")
-    return ConfigError(f"{source}: config key '{key}': {first['msg']} (got {first.get('input')!r})")
+    message = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{source}: config key '{key}': {message} (got {first.get('input')!r})")
 
 
 def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> Config:
@@ -468,15 +486,46 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None, so
         raise _format_validation_error(error, source) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently: `max_steps: 4`
+    then `max_steps: 400` trained 400 steps, and a second `training:` section dropped the first entirely)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' at line {line} (first given at line {seen[key]})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: where (line, column), and what, naming a tab as a tab."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if "'\\t'" in problem or "\t" in problem:
+        problem = "a tab character; YAML indents with spaces only"
+    return f"not valid YAML: {where}{problem}"
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML run config, apply `key=value` overrides, validate. Relative data paths stay as written."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: {_yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return config_from_dict(raw, overrides, source=str(path))

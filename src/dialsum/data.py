@@ -249,6 +249,11 @@ def load_topics(path: str | Path) -> dict[str, str | None]:
     return {row["fname"].strip(): (row.get("topic") or "").strip() or None for row in table}
 
 
+def untagged(dialogues: list[Dialogue]) -> list[str]:
+    """Ids of dialogues with no `#PersonN#:` turn: read as one untagged text, legal but usually a wrong column."""
+    return [d.id for d in dialogues if not d.turns]
+
+
 def _load_csv(path: Path) -> list[Dialogue]:
     rows, lines = _read_table(path, ["fname", "dialogue"])
     columns = reference_columns(rows[0])
@@ -267,6 +272,9 @@ def _load_csv(path: Path) -> list[Dialogue]:
         text = row["dialogue"]
         if not text.strip():
             raise DataError(f"{where}: field 'dialogue' is empty")
+        for name, value in row.items():
+            if value and "\x00" in value:  # a NUL byte: a binary or corrupted file, never text of a dialogue
+                raise DataError(f"{where}: field {name!r} holds a NUL byte at character {value.index(chr(0)) + 1}")
         preamble, turns = parse_turns(text)
         if not preamble and not any(turn.utterance for turn in turns):
             raise DataError(f"{where}: field 'dialogue' has speaker tags but no text")

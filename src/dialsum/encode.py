@@ -367,12 +367,18 @@ class EncodeStats:
     trimmed: int = 0  # examples that lost turns to fit max_length
     turns_cut: int = 0
     skipped_ids: list[str] = field(default_factory=list)  # target alone too long, with skip_too_long
+    no_turn_ids: list[str] = field(default_factory=list)  # training: not even the first turn fits; skipped
     cuts: list[int] = field(default_factory=list)  # inference: turns cut from the end of each dialogue, in order
 
     def describe(self) -> str:
         text = f"{self.encoded}/{self.total} examples encoded, {self.trimmed} trimmed ({self.turns_cut} turns cut)"
         if self.skipped_ids:
             text += f", {len(self.skipped_ids)} skipped (summary too long): {', '.join(self.skipped_ids[:5])}"
+        if self.no_turn_ids:
+            text += (
+                f", {len(self.no_turn_ids)} skipped (not even the first turn fits training.max_length; a summary "
+                f"without its dialogue would teach the model to invent): {', '.join(self.no_turn_ids[:5])}"
+            )
         return text
 
 
@@ -397,6 +403,9 @@ def encode_dialogues(tokenizer, dialogues: list[Dialogue], config: Config) -> tu
             if not config.training.skip_too_long:
                 raise
             stats.skipped_ids.append(dialogue.id)
+            continue
+        if causal and dialogue.turns and cut == len(dialogue.turns):
+            stats.no_turn_ids.append(dialogue.id)
             continue
         stats.encoded += 1
         stats.trimmed += cut > 0

@@ -14,6 +14,7 @@ LCS (a few big-integer operations per token) instead of a fresh rouge-score call
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -70,7 +71,7 @@ def parse_utility(text: str) -> Utility:
         weights = [float(p) for p in parts]
     except ValueError:
         weights = []
-    if len(weights) != 3 or any(w < 0 for w in weights) or not any(weights):
+    if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
         raise DialsumError(
             f"--utility {text!r}: expected rouge1, rouge2, rougeL, sum, or three non-negative weights "
             "for R2,RL,R1 such as 2,1,1"
@@ -382,6 +383,11 @@ def ensemble_files(
     for path, flag in ((json_out, "--json"), (choices_out, "--choices"), (submission, "--submission")):
         outputs.file(path, flag)
     sources = load_sources(paths, split=split)
+    if len(sources.names) == 1:
+        console.print(
+            f"[yellow]one source ({sources.names[0]}): there is nothing to choose between, so the ensemble is that "
+            "source unchanged; give three or more[/]"
+        )
     if len(sources.names) == 2:
         console.print(
             "[yellow]two sources: their utilities against each other are equal, so MBR cannot choose and "

@@ -92,9 +92,19 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     return name
 
 
+# A folder holds a tokenizer when it has one of these (fast tokenizers, sentencepiece, BPE vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def load_tokenizer(name_or_path: str | Path, config: Config):
     from transformers import AutoTokenizer
 
+    local = Path(resolve_model_path(name_or_path))
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(
+            f"model.name_or_path={name_or_path}: the folder has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer beside the weights (tokenizer.save_pretrained)"
+        )
     try:
         return AutoTokenizer.from_pretrained(
             resolve_model_path(name_or_path),
@@ -230,6 +240,36 @@ def checkpoint_kind(model_path: str | Path, config: Config | None = None) -> str
     except (OSError, ValueError) as error:
         raise ConfigError(f"{model_path}: cannot read the model's config.json: {str(error).splitlines()[0]}") from None
     return "seq2seq" if getattr(model_config, "is_encoder_decoder", False) else "causal"
+
+
+def check_model_kind(config: Config) -> None:
+    """`model.kind` must be what the checkpoint is: a causal checkpoint read as seq2seq (or the reverse) fails
+    deep inside transformers, or worse, loads with fresh random heads."""
+    actual = checkpoint_kind(config.model.name_or_path, config)
+    if actual != config.model.kind:
+        what = "an encoder-decoder" if actual == "seq2seq" else "a decoder-only"
+        raise ConfigError(
+            f"model.kind={config.model.kind}: {config.model.name_or_path} is {what} ({actual}) checkpoint; "
+            f"set model.kind: {actual}"
+        )
+
+
+def check_lora_targets(model, config: Config) -> None:
+    """Each `lora.target_modules` entry must name modules of this model (PEFT's rule: the full name, or its last
+    parts after a dot); one that matches nothing is a typo, or a recipe for another architecture."""
+    targets = config.lora.target_modules
+    if not config.lora.enabled or targets == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        import torch.nn as nn
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(
+            f"lora.target_modules: {', '.join(missing)} match no module of {config.model.name_or_path} "
+            f"(its linear layers: {', '.join(linear)}; or use 'all-linear')"
+        )
 
 
 def resolve_inference_source(

@@ -25,11 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from dialsum.config import Config, config_from_dict, load_config, save_config
-from dialsum.data import Dialogue, load_dialogues
+from dialsum.data import Dialogue, load_dialogues, untagged
 from dialsum.encode import EncodeStats, encode_dialogues, prepare_tokenizer
-from dialsum.errors import ConfigError, Interrupted, RunDirError
+from dialsum.errors import ConfigError, DataError, Interrupted, RunDirError
 from dialsum.length import with_length_rule
 from dialsum.models import (
+    check_lora_targets,
+    check_model_kind,
     compute_dtype,
     has_cuda,
     kbit_training_settings,
@@ -466,10 +468,44 @@ def _start_run(
     return RunStart(run_dir, config, resume, reuse, checkpoint, overrides, is_main, incomplete, finish_only)
 
 
+def data_warnings(config: Config, train_dialogues: list[Dialogue], dev_dialogues: list[Dialogue]) -> list[str]:
+    """Legal but suspicious input, one line each: untagged dialogues, dev rows that are also training rows (their
+    scores are not held out), evaluation or checkpoint steps with no dev data to evaluate on."""
+    lines = []
+    for path, dialogues in ((config.data.train, train_dialogues), (config.data.dev, dev_dialogues)):
+        ids = untagged(dialogues)
+        if ids:
+            lines.append(
+                f"{path}: {len(ids)} dialogue(s) have no '#PersonN#:' turn tag and are read as one untagged text "
+                f"(e.g. {', '.join(ids[:3])})"
+            )
+    seen = {_dialogue_text(d) for d in train_dialogues}
+    leaked = [d.id for d in dev_dialogues if _dialogue_text(d) in seen]
+    if leaked:
+        lines.append(
+            f"{config.data.dev}: {len(leaked)} of {len(dev_dialogues)} dev dialogues are also in {config.data.train}; "
+            "dev scores and checkpoint selection are not held out"
+        )
+    explicit = config.training.model_fields_set & {"eval_steps", "save_steps"}
+    if not dev_dialogues and "eval_steps" in explicit:
+        lines.append("training.eval_steps is set but there is no dev data (data.dev): nothing is evaluated")
+    return lines
+
+
+def _dialogue_text(dialogue: Dialogue) -> str:
+    return "\n".join(f"{t.speaker}: {t.utterance}" for t in dialogue.turns) or dialogue.preamble
+
+
 def _prepare_data(config: Config) -> PreparedData:
     """Read, resolve the prompt's topic policy and the length rule, and encode with labels on the summary only."""
     train_dialogues = load_dialogues(config.data.train)
     dev_dialogues = load_dialogues(config.data.dev) if config.data.dev else []
+    for line in data_warnings(config, train_dialogues, dev_dialogues):
+        console.print(f"[yellow]warning:[/] {line}")
+    unlabeled = [d.id for d in dev_dialogues if not d.references or not d.references[0].strip()]
+    if unlabeled:  # no eval loss without a summary; `run` scores only the rows that have one, and says so
+        console.print(f"dev: {len(unlabeled)} row(s) without a summary are left out of the eval loss")
+        dev_dialogues = [d for d in dev_dialogues if d.id not in set(unlabeled)]
     config, topic_note = resolve_topic_policy(config, train_dialogues, dev_dialogues)  # saved resolved, for inference
     if topic_note:
         console.print(f"[yellow]prompt:[/] {topic_note}")
@@ -481,7 +517,10 @@ def _prepare_data(config: Config) -> PreparedData:
     # generation.max_new_tokens=auto: the length rule is fitted once, here, and saved in config.yaml, so predict
     # needs neither the training file nor a refit
     config = with_length_rule(config, tokenizer)
-    train_examples, encode_stats = encode_dialogues(tokenizer, train_dialogues, config)
+    try:
+        train_examples, encode_stats = encode_dialogues(tokenizer, train_dialogues, config)
+    except DataError as error:  # name the file: the record alone does not say which split
+        raise DataError(f"{config.data.train}: {error}") from None
     dev_examples, dev_stats = (
         encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
     )
@@ -495,7 +534,9 @@ def _prepare_data(config: Config) -> PreparedData:
 
 def _load_model(config: Config, tokenizer):
     """Full weights, LoRA or QLoRA; the KV cache off (it breaks packed-sample isolation)."""
+    check_model_kind(config)
     model = load_model(config.model.name_or_path, config, for_training=True)
+    check_lora_targets(model, config)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # never shrink (Qwen pads its matrix)
         model.resize_token_embeddings(len(tokenizer))
     model.config.use_cache = False
