@@ -737,3 +737,42 @@ def test_fsdp_final_save_gathers_a_full_state_dict(tmp_path):
     assert seen == [(".model.partial", "StateDictType.FULL_STATE_DICT", "FullStateDictConfig")]
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.safetensors", "tokenizer.json"]
     assert not (tmp_path / ".model.partial").exists()
+
+
+def test_suspicious_but_legal_data_gets_one_warning_line_each(tmp_path):
+    """Untagged dialogues, dev rows that are training rows, and eval_steps with no dev data are named, once each."""
+    from dialsum.data import Dialogue, Turn
+    from dialsum.train import data_warnings
+
+    train_rows = [
+        Dialogue("t1", [Turn("#Person1#", "안녕")], references=["요약"]),
+        Dialogue("t2", [], preamble="태그 없음"),
+    ]
+    dev_rows = [Dialogue("d1", [Turn("#Person1#", "안녕")], references=["요약"])]
+    config = config_from_dict({"model": {"name_or_path": "m"}, "data": {"train": "train.csv", "dev": "dev.csv"}})
+    lines = data_warnings(config, train_rows, dev_rows)
+    assert lines == [
+        "train.csv: 1 dialogue(s) have no '#PersonN#:' turn tag and are read as one untagged text (e.g. t2)",
+        "dev.csv: 1 of 1 dev dialogues are also in train.csv; dev scores and checkpoint selection are not held out",
+    ]
+    alone = config_from_dict(
+        {"model": {"name_or_path": "m"}, "data": {"train": "t.csv"}, "training": {"eval_steps": 5}}
+    )
+    assert data_warnings(alone, train_rows[:1], []) == [
+        "training.eval_steps is set but there is no dev data (data.dev): nothing is evaluated"
+    ]
+    assert data_warnings(config_from_dict({"model": {"name_or_path": "m"}}), train_rows[:1], []) == []
+
+
+def test_a_training_example_whose_first_turn_cannot_fit_is_skipped_and_named(tiny_llama):
+    """A 90k-character first turn leaves no turn at all: training on the summary alone would teach invention."""
+    from dialsum.data import Dialogue, Turn
+
+    config = make_config(tiny_llama, "unused.csv", max_length=1024)
+    tokenizer = load_tokenizer(config.model.name_or_path, config)
+    ensure_pad_token(tokenizer)
+    long = Dialogue("long", [Turn("#Person1#", "가" * 90_000), Turn("#Person2#", "네")], references=["요약"])
+    short = Dialogue("short", [Turn("#Person1#", "안녕하세요")], references=["인사"])
+    examples, stats = encode_dialogues(tokenizer, [long, short], config)
+    assert len(examples) == 1 and stats.no_turn_ids == ["long"]
+    assert "1 skipped (not even the first turn fits training.max_length" in stats.describe()
