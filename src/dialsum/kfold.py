@@ -48,7 +48,7 @@ from dialsum.rundir import (
     fold_data_file,
     fold_dir_name,
 )
-from dialsum.writer import write_bytes, write_dict_rows, write_json, write_text
+from dialsum.writer import OutputPlan, write_bytes, write_dict_rows, write_json, write_text
 
 __all__ = ["assign_folds", "kfold", "summarise_kfold"]
 
@@ -212,6 +212,7 @@ def kfold(
     if fold is not None and output_dir is None:
         raise ConfigError("--fold needs --output-dir: every fold's job must write into the same parent directory")
     parent = Path(output_dir) if output_dir else Path(str(default_run_dir(config, config_path)) + f"-kfold{folds}")
+    OutputPlan().run_directory(parent)  # a file, or a path under a file: one line, before anything
     state = PartialState()
     with state.main_process_first():  # one process writes the split, the others read it
         spec = _prepare(config, parent, folds, include_dev)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from dialsum.errors import RunDirError
-from dialsum.writer import write_json, write_text
+from dialsum.writer import OutputPlan, write_json, write_text
 
 CONFIG_FILE = "config.yaml"  # the fully resolved config
 ENV_FILE = "env.json"  # versions, device, git commit, command line
@@ -98,6 +98,7 @@ def failed_start(run_dir: Path) -> bool:
 def check_run_dir(run_dir: Path, resume: bool) -> bool:
     """A run directory is never overwritten: resume it, or choose another. A directory left by a start that failed
     before its first checkpoint (no checkpoint, no model) is reused; returns True when that is the case."""
+    OutputPlan().run_directory(run_dir)  # a file, or a path under a file: one line, before anything
     exists = run_dir.exists() and any(run_dir.iterdir())
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")

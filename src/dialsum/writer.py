@@ -106,6 +106,17 @@ class OutputPlan:
         self.claimed.append((path, flag))
         return path
 
+    def run_directory(self, path: str | Path, flag: str = "--output-dir") -> Path:
+        """Claim a run directory: a path that is a directory or can become one. Whether an existing one may be
+        continued is the run directory's own rule (rundir.check_run_dir: never overwritten, --resume continues)."""
+        path = Path(path)
+        where = f"{flag} {path}" if flag else str(path)
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{where}: is a file; give a directory path")
+        self._check_common(path, flag)
+        self.claimed.append((path, flag))
+        return path
+
     def directory(self, path: str | Path, flag: str = "--output-dir") -> Path:
         """Claim an output directory: new, empty, or (with --overwrite) one whose files may be replaced."""
         path = Path(path)
