@@ -182,6 +182,18 @@ CASES = [
     ),
     ("screen-no-model", lambda d, m: ["screen", "--models", ",", "--data", d / "dev.csv"], "--models ','"),
     ("compare-no-run", lambda d, m: ["compare", d / "train.csv", d / "nothing"], "is a run directory"),
+    ("train-output-dir-is-a-file", lambda d, m: ["train", config_file(d, m), "--output-dir", d / "p.csv"], "is a file"),
+    (
+        "run-output-dir-under-a-file",
+        lambda d, m: ["run", config_file(d, m), "--output-dir", d / "p.csv" / "run"],
+        "p.csv is a file, so no folder can be made under it",
+    ),
+    (
+        "kfold-output-dir-is-a-file",
+        lambda d, m: ["kfold", config_file(d, m), "--folds", "3", "--output-dir", d / "p.csv"],
+        "is a file",
+    ),
+    ("plan-json-is-a-directory", lambda d, m: ["plan", config_file(d, m), "--json", d], "is a directory"),
     (
         "lora-target-typo",
         _train_flag("--set", "lora.enabled=true", "--set", "lora.target_modules=[q_projj]"),
