@@ -58,6 +58,23 @@ COMPARE_REPORT_FILE = "compare.md"
 COMPARE_JSON_FILE = "compare.json"
 COMPARE_HTML_FILE = "compare.html"  # the same dialogues side by side for 2-4 runs
 
+# `dialsum augment --output DIR/aug.csv`: beside the output, the answer cache (shared by every augment output in DIR:
+# an answer is paid once whichever output asks), the rejected answers and the job's summary.
+AUGMENT_CACHE_FILE = "augment_cache.sqlite"
+AUGMENT_REJECTS_SUFFIX = ".rejects.jsonl"  # aug.csv -> aug.rejects.jsonl: every rejected answer, raw, with its reason
+AUGMENT_SUMMARY_SUFFIX = ".augment.json"  # aug.csv -> aug.augment.json: counts, tokens, cost, endpoint, sampling
+
+
+def augment_files(output: Path) -> tuple[Path, Path, Path]:
+    """The cache, rejects and summary files of an augment output."""
+    output = Path(output)
+    return (
+        output.parent / AUGMENT_CACHE_FILE,
+        output.with_name(output.stem + AUGMENT_REJECTS_SUFFIX),
+        output.with_name(output.stem + AUGMENT_SUMMARY_SUFFIX),
+    )
+
+
 # The prediction file of each split a run directory (or kfold parent) holds, for `dialsum ensemble --split`.
 SPLIT_FILES = {"dev": DEV_PREDICTIONS_FILE, "test": SUBMISSION_FILE, "oof": OOF_PREDICTIONS_FILE}
 
