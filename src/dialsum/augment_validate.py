@@ -35,13 +35,13 @@ __all__ = [
 # Every reason an answer can be rejected for, in the order the progress line and the summary show them.
 REASONS = (
     "unparseable",
+    "leak",
+    "source_copy",
     "speakers",
     "turns",
     "masks",
     "foreign_script",
     "length",
-    "leak",
-    "source_copy",
     "failed",  # the request itself failed after every retry (no answer to validate)
 )
 
@@ -150,6 +150,16 @@ def validate(
         return "unparseable"
     if "\n" in candidate.summary.strip():
         return "unparseable"
+    # A leak or a copy is named as such whatever else is wrong with the answer.
+    if kind in ("dialogue", "dialogue_summary", "swap"):
+        _, leaked = index.nearest(candidate.dialogue, settings.near_duplicate_threshold)
+        if leaked is not None:
+            return "leak"
+    if kind in ("dialogue", "dialogue_summary"):
+        grams = _grams(candidate.dialogue, settings.ngram)
+        for text in copies_of or []:
+            if jaccard(grams, _grams(text, settings.ngram)) >= settings.source_copy_threshold:
+                return "source_copy"
     speakers = {t.speaker for t in turns}
     if not set(_PERSON.findall(candidate.summary)) <= speakers | set(_PERSON.findall(candidate.dialogue)):
         return "speakers"
@@ -171,15 +181,6 @@ def validate(
     if kind == "dialogue_summary" and reference_length:
         if not _length_ok(candidate.dialogue, "x" * reference_length, settings):
             return "length"
-    if kind in ("dialogue", "dialogue_summary", "swap"):
-        _, leaked = index.nearest(candidate.dialogue, settings.near_duplicate_threshold)
-        if leaked is not None:
-            return "leak"
-    if kind in ("dialogue", "dialogue_summary"):
-        grams = _grams(candidate.dialogue, settings.ngram)
-        for text in copies_of or []:
-            if jaccard(grams, _grams(text, settings.ngram)) >= settings.source_copy_threshold:
-                return "source_copy"
     return None
 
 
