@@ -24,6 +24,7 @@ __all__ = [
     "Dialogue",
     "Turn",
     "data_files",
+    "source_counts",
     "data_format",
     "is_dcs",
     "load_dialogues",
@@ -81,6 +82,20 @@ def data_files(paths: str | Path | Sequence[str | Path] | None) -> list[Path]:
     if isinstance(paths, (str, Path)):
         return [Path(paths)]
     return [Path(p) for p in paths]
+
+
+def source_counts(paths: str | Path | Sequence[str | Path], skipped: Iterable[str] = ()) -> dict[str, int]:
+    """Training examples per source: each file's plain rows under its path, an augmented file's rows (those with a
+    `source` column, `dialsum augment`) under "path (recipe)"; `skipped` ids (not trained on) are left out."""
+    skip = set(skipped)
+    counts: dict[str, int] = {}
+    for path in data_files(paths):
+        for dialogue in load_dialogues(path):
+            if dialogue.id in skip:
+                continue
+            label = f"{path} ({dialogue.source.split(':', 1)[0]})" if dialogue.source else str(path)
+            counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 def load_dialogues(path: str | Path | Sequence[str | Path]) -> list[Dialogue]:

@@ -180,7 +180,23 @@ def _dialsum_version() -> str | None:
         return None
 
 
-def write_env(run_dir: Path, precision: dict | None = None, distributed: str | None = None) -> None:
+def file_digests(paths: list[Path]) -> list[dict[str, Any]]:
+    """Path, size and SHA-256 of each file: env.json's record of exactly which training data a run saw."""
+    import hashlib
+
+    records = []
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        records.append({"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()})
+    return records
+
+
+def write_env(
+    run_dir: Path, precision: dict | None = None, distributed: str | None = None, train_files: list | None = None
+) -> None:
     import peft
     import torch
     import transformers
@@ -200,6 +216,7 @@ def write_env(run_dir: Path, precision: dict | None = None, distributed: str | N
         "command": sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
         "precision": precision,
+        "train_files": train_files or [],
         "resumes": [],
     }
     write_json(run_dir / ENV_FILE, env)
@@ -425,4 +442,6 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
                 f"{len(encode.get('skipped_ids', []))} skipped), {fmt(s('dev_examples'))} dev",
             ]
         )
+    if s("train_sources"):
+        rows.append(["train sources", ", ".join(f"{name} {count}" for name, count in s("train_sources").items())])
     return rows

@@ -24,8 +24,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dialsum.augment_validate import check_training_leaks
 from dialsum.config import Config, config_from_dict, load_config, save_config
-from dialsum.data import Dialogue, load_dialogues
+from dialsum.data import Dialogue, data_files, load_dialogues, source_counts
 from dialsum.encode import EncodeStats, encode_dialogues, prepare_tokenizer
 from dialsum.errors import ConfigError, RunDirError
 from dialsum.length import with_length_rule
@@ -63,6 +64,7 @@ from dialsum.rundir import (
     clear_failed_start,
     default_run_dir,
     drop_metrics_after,
+    file_digests,
     last_checkpoint,
     summary_rows,
     write_env,
@@ -343,6 +345,7 @@ class PreparedData:
     dev_dialogues: list[Dialogue]
     encode_stats: EncodeStats
     template_notes: list[str]
+    train_sources: dict[str, int]
 
 
 def train(
@@ -407,6 +410,8 @@ def _start_run(
         check_not_finished(checkpoint, config, overrides)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
+    # an augmented file holding a dev or test dialogue is refused before anything loads or is written
+    check_training_leaks(config.data.train, config.data.dev, config.data.test, config.augment)
     check_launcher_precision(config)
     warning = precision_warning(config)
     if warning and is_main:
@@ -434,11 +439,14 @@ def _prepare_data(config: Config) -> PreparedData:
         encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
     )
     console.print(f"train: {encode_stats.describe()}")
+    sources = source_counts(config.data.train, encode_stats.skipped_ids)
+    if len(sources) > 1:
+        console.print("train sources: " + ", ".join(f"{name} {count}" for name, count in sources.items()))
     if dev_dialogues:
         console.print(f"dev:   {dev_stats.describe()}")
     if not train_examples:
         raise ConfigError(f"{config.data.train}: no trainable examples after encoding ({encode_stats.describe()})")
-    return PreparedData(config, tokenizer, train_examples, dev_examples, dev_dialogues, encode_stats, notes)
+    return PreparedData(config, tokenizer, train_examples, dev_examples, dev_dialogues, encode_stats, notes, sources)
 
 
 def _load_model(config: Config, tokenizer):
@@ -487,7 +495,12 @@ def _open_run_dir(start: RunStart, data: PreparedData, model):
         if start.resume:
             append_resume(run_dir, checkpoint_step(start.checkpoint), start.overrides)
         else:
-            write_env(run_dir, precision_record(trainer), str(trainer.accelerator.distributed_type.value))
+            write_env(
+                run_dir,
+                precision_record(trainer),
+                str(trainer.accelerator.distributed_type.value),
+                file_digests(data_files(config.data.train)),
+            )
     state.wait_for_everyone()
     return trainer
 
@@ -508,5 +521,6 @@ def _fit_and_save(trainer, start: RunStart, data: PreparedData) -> None:
         summary = summarise(
             trainer, run_dir, data.config, data.encode_stats, len(data.dev_examples), data.template_notes
         )
+        summary.train_sources = data.train_sources
         write_json(run_dir / SUMMARY_FILE, asdict(summary))
         print_summary(summary)
