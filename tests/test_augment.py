@@ -535,3 +535,111 @@ def test_near_duplicate_index_finds_what_brute_force_finds():
         assert (found is not None) == (brute >= threshold)
         if found is not None:
             assert score == pytest.approx(brute)
+
+
+# ---------------------------------------------------------------- training on augmented files
+
+
+def swap_file(tmp_path: Path, monkeypatch, n: int = 10) -> Path:
+    output = tmp_path / "aug" / "swap.csv"
+    result = run_cli(write_config(tmp_path), output, recipe="speaker-swap", n=n, env_key=False, monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_data_train_takes_a_list_of_files_and_a_single_string(tmp_path, monkeypatch):
+    """Mutation caught: a list read as one path (DataError), or ids shared across files let through."""
+    from dialsum.config import config_from_dict
+    from dialsum.data import source_counts
+    from dialsum.errors import DataError
+
+    swap = swap_file(tmp_path, monkeypatch)
+    train = SAMPLE / "train.csv"
+    both = load_dialogues([train, swap])
+    assert [d.id for d in both] == [d.id for d in load_dialogues(train)] + [d.id for d in load_dialogues(swap)]
+    raw = {"model": {"name_or_path": "x"}, "data": {"train": str(train)}}
+    assert config_from_dict(raw).data.train == str(train)
+    config = config_from_dict(raw, [f"data.train=[{train}, {swap}]"])
+    assert config.data.train == [str(train), str(swap)]
+    assert len(load_dialogues(config.data.train)) == 50
+    with pytest.raises(DataError, match="also in"):
+        load_dialogues([train, train])
+    assert source_counts([train, swap]) == {str(train): 40, f"{swap} (speaker-swap)": 10}
+    skipped = [load_dialogues(swap)[0].id]
+    assert source_counts([train, swap], skipped) == {str(train): 40, f"{swap} (speaker-swap)": 9}
+
+
+def test_train_refuses_an_augmented_file_holding_a_dev_dialogue(tmp_path, monkeypatch):
+    """One line naming the file, the row and the dev dialogue, exit 2, no run directory. A clean augmented file, and
+    the plain training file (no source column), pass. Mutation caught: the check run on files without a source column
+    only / not run at start."""
+    import csv
+
+    from dialsum.augment_validate import check_training_leaks
+    from dialsum.config import load_config as load
+
+    swap = swap_file(tmp_path, monkeypatch)
+    settings = load(write_config(tmp_path)).augment
+    check_training_leaks([str(SAMPLE / "train.csv"), str(swap)], str(SAMPLE / "dev.csv"), None, settings)
+    dev = load_dialogues(SAMPLE / "dev.csv")
+    rows = list(csv.reader(swap.open(encoding="utf-8")))
+    rows.append(["leaky-0", dialogue_text(dev[3]), dev[3].references[0], dev[3].topic, "paraphrase:train_1"])
+    leaky = tmp_path / "aug" / "leaky.csv"
+    with leaky.open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(rows)
+    config = {
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"train": [str(SAMPLE / "train.csv"), str(leaky)], "dev": str(SAMPLE / "dev.csv")},
+    }
+    path = tmp_path / "leak.yaml"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "train", str(path), "--output-dir", str(run_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{leaky} row 11 (fname=leaky-0)" in lines[0] and f"dev.csv:{dev[3].id}" in lines[0]
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_training_on_train_plus_aug_counts_sources_and_records_sha256(tiny_llama, tmp_path, monkeypatch):
+    """summary.json, the console summary and report.md show the examples per source; env.json each file's SHA-256.
+    Mutation caught: env.json written without train_files; summary_rows without the sources row."""
+    import hashlib
+
+    from dialsum.config import config_from_dict
+    from dialsum.report import write_run_report
+    from dialsum.train import train
+
+    swap = swap_file(tmp_path, monkeypatch)
+    train_csv = SAMPLE / "train.csv"
+    config = config_from_dict(
+        {
+            "model": {"name_or_path": str(tiny_llama)},
+            "data": {"train": [str(train_csv), str(swap)]},
+            "training": {
+                "max_steps": 1,
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1,
+                "max_length": 768,
+                "gradient_checkpointing": False,
+                "packing": False,
+                "save_steps": 100,
+            },
+        }
+    )
+    run_dir = train(config, output_dir=tmp_path / "run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_sources"] == {str(train_csv): 40, f"{swap} (speaker-swap)": 10}
+    env = json.loads((run_dir / "env.json").read_text())
+    assert [(f["path"], f["sha256"]) for f in env["train_files"]] == [
+        (str(p), hashlib.sha256(p.read_bytes()).hexdigest()) for p in (train_csv, swap)
+    ]
+    report = write_run_report(run_dir).read_text(encoding="utf-8")
+    assert f"{swap} (speaker-swap) 10" in report
