@@ -643,3 +643,24 @@ def test_training_on_train_plus_aug_counts_sources_and_records_sha256(tiny_llama
     ]
     report = write_run_report(run_dir).read_text(encoding="utf-8")
     assert f"{swap} (speaker-swap) 10" in report
+
+
+def test_rejections_are_counted_live_in_the_progress_line(server, tmp_path, monkeypatch):
+    """The progress bar's own line carries the counts by reason as answers arrive (not only the end summary).
+    Mutation caught: validating only after the last request (the bar ends at 'rejected 0')."""
+    import io
+
+    from rich.console import Console
+
+    from dialsum.augment import augment
+
+    config_path = write_config(tmp_path)
+    job = jobs_for(config_path, "paraphrase", 2)[0]
+    server.actions[first_line(job)] = ["answer"]
+    server.answers[first_line(job)] = dialogue_text(load_dialogues(SAMPLE / "dev.csv")[0])
+    monkeypatch.setenv(KEY_ENV, KEY)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200)
+    augment(load_config(config_path), "paraphrase", 2, tmp_path / "aug.csv", server.url, "teacher", console=console)
+    bar = [line for line in screen.getvalue().splitlines() if "2/2" in line]
+    assert bar and "rejected 1 (leak 1)" in bar[-1] and "accepted 1" in bar[-1]

@@ -238,18 +238,23 @@ def augment(
         index = leak_index([config.data.dev, config.data.test], settings.ngram)
         if not len(index):
             console.print("[yellow]augment:[/] data.dev and data.test are not set: no leak check against them")
-        answers = {}
-        if not local:
+        verdicts: dict[int, tuple[dict | None, dict | None]] = {}
+
+        def judge(i: int, answer) -> None:  # in the main thread, as each answer arrives: the counts are live
+            verdicts[i] = _judge(config, recipe, jobs[i], answer, index, tally)
+
+        if local:
+            for i in range(len(jobs)):
+                judge(i, None)
+        else:
             target = Target(endpoint, model, sampling, key_env, concurrency, rpm)
-            answers = _collect(console, recipe_name, jobs, keys, cache, target, settings, tally)
+            _collect(console, recipe_name, jobs, keys, cache, target, settings, tally, judge)
         return _finish(
             console,
             config,
             recipe_name,
-            recipe,
             jobs,
-            answers,
-            index,
+            verdicts,
             output,
             rejects_path,
             summary_path,
@@ -301,24 +306,23 @@ class Target:
     rpm: float | None
 
 
-def _collect(console, name, jobs, keys, cache, target: Target, settings, tally):
-    """Every job's answer: from the cache, else requested (K in flight, under the rpm limit) and cached at once.
-    A failed request maps to its error message (str)."""
+def _collect(console, name, jobs, keys, cache, target: Target, settings, tally, judge) -> None:
+    """Every job's answer, handed to `judge(i, answer)`: from the cache, else requested (K in flight, under the rpm
+    limit) and cached at once. A failed request is handed over as its error message (str)."""
     import openai
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    answers: dict[int, object] = {}
-    todo = []
+    todo, new = [], 0
     for i, key in enumerate(keys):
         cached = cache.get(key)
         if cached is not None:
-            answers[i] = cached
+            judge(i, cached)
             tally.cached += 1
             tally.cached_tokens += cached.prompt_tokens + cached.completion_tokens
         else:
             todo.append(i)
     if not todo:
-        return answers
+        return
     endpoint, model, sampling, key_env = target.endpoint, target.model, target.sampling, target.key_env
     secret = os.environ.get(key_env)
     if not secret:
@@ -355,10 +359,11 @@ def _collect(console, name, jobs, keys, cache, target: Target, settings, tally):
                     with lock:
                         tally.prompt_tokens += answer.prompt_tokens
                         tally.completion_tokens += answer.completion_tokens
-                    answers[i] = answer
+                    new += 1
+                    judge(i, answer)
                 except RequestFailed as error:
                     tally.failed += 1
-                    answers[i] = redact(str(error), secret)
+                    judge(i, redact(str(error), secret))
                 progress.update(task, advance=1, description=tally.line())
     except FatalRequestError as error:
         stop.set()
@@ -366,45 +371,45 @@ def _collect(console, name, jobs, keys, cache, target: Target, settings, tally):
     except BaseException:
         stop.set()
         console.print(
-            f"interrupted: {len(answers) - tally.cached} new answer(s) are cached in {cache.path}; rerun the same "
-            "command to send only the rest"
+            f"interrupted: {new} new answer(s) are cached in {cache.path}; rerun the same command to send only the rest"
         )
         raise
     finally:
         pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
         client.close()
-    return answers
 
 
-def _finish(console, config, name, recipe, jobs, answers, index, output, rejects_path, summary_path, tally, meta):
-    """Validate every answer (in job order), write the output, the rejects and the summary."""
+def _judge(config, recipe, job: Job, answer, index, tally) -> tuple[dict | None, dict | None]:
+    """(output row, None) for a kept example, (None, reject record) otherwise; counted in `tally`."""
+    raw = None
+    if recipe is None:
+        _, text, summary = speaker_swap(job.dialogue, config.augment.seed, int(job.source_key.rsplit("#", 1)[1]))
+        candidate, kind, copies = Candidate(job.fname, text, summary, job.topic, job.source), "swap", []
+    elif isinstance(answer, str):
+        tally.rejected["failed"] += 1
+        return None, {"fname": job.fname, "source": job.source, "reason": "failed", "detail": answer}
+    else:
+        raw = answer.text
+        candidate, kind = _parse_answer(recipe, job, raw), recipe.answer
+        copies = [dialogue_text(d) for d in ([job.dialogue] if job.dialogue else job.examples)]
+    reference = None
+    if job.examples:
+        reference = sum(len(dialogue_text(d)) for d in job.examples) // len(job.examples)
     scripts = config.generation.forbidden_scripts
-    rows, rejects = [], []
-    for i, job in enumerate(jobs):
-        answer = answers.get(i)
-        raw = None
-        if recipe is None:
-            _, text, summary = speaker_swap(job.dialogue, config.augment.seed, int(job.source_key.rsplit("#", 1)[1]))
-            candidate, kind, copies = Candidate(job.fname, text, summary, job.topic, job.source), "swap", []
-        elif isinstance(answer, str):
-            rejects.append({"fname": job.fname, "source": job.source, "reason": "failed", "detail": answer})
-            tally.rejected["failed"] += 1
-            continue
-        else:
-            raw = answer.text
-            candidate, kind = _parse_answer(recipe, job, raw), recipe.answer
-            copies = [dialogue_text(d) for d in ([job.dialogue] if job.dialogue else job.examples)]
-        reference = None
-        if job.examples:
-            reference = sum(len(dialogue_text(d)) for d in job.examples) // len(job.examples)
-        reason = "unparseable" if candidate is None else None
-        reason = reason or validate(candidate, kind, job.dialogue, index, config.augment, scripts, reference, copies)
-        if reason:
-            tally.rejected[reason] += 1
-            rejects.append({"fname": job.fname, "source": job.source, "reason": reason, "answer": raw})
-            continue
-        tally.accepted += 1
-        rows.append({c: getattr(candidate, c) or "" for c in OUTPUT_COLUMNS})
+    reason = "unparseable" if candidate is None else None
+    reason = reason or validate(candidate, kind, job.dialogue, index, config.augment, scripts, reference, copies)
+    if reason:
+        tally.rejected[reason] += 1
+        return None, {"fname": job.fname, "source": job.source, "reason": reason, "answer": raw}
+    tally.accepted += 1
+    return {c: getattr(candidate, c) or "" for c in OUTPUT_COLUMNS}, None
+
+
+def _finish(console, config, name, jobs, verdicts, output, rejects_path, summary_path, tally, meta):
+    """Write the kept examples and the rejects in job order (a resumed run ends with the same files), and the
+    summary."""
+    rows = [verdicts[i][0] for i in range(len(jobs)) if verdicts[i][0] is not None]
+    rejects = [verdicts[i][1] for i in range(len(jobs)) if verdicts[i][1] is not None]
     write_dict_rows(output, rows, OUTPUT_COLUMNS)
     if rows:
         load_dialogues(output)  # what was written reads back with dialsum's own reader
