@@ -664,3 +664,21 @@ def test_rejections_are_counted_live_in_the_progress_line(server, tmp_path, monk
     augment(load_config(config_path), "paraphrase", 2, tmp_path / "aug.csv", server.url, "teacher", console=console)
     bar = [line for line in screen.getvalue().splitlines() if "2/2" in line]
     assert bar and "rejected 1 (leak 1)" in bar[-1] and "accepted 1" in bar[-1]
+
+
+def test_the_solar_preset_and_every_recipe_load_and_dry_run_without_a_key(tmp_path, monkeypatch):
+    """configs/augment/solar.yaml is a valid config for the real endpoint; each shipped recipe renders."""
+    solar = ROOT / "configs" / "augment" / "solar.yaml"
+    config = load_config(solar)
+    assert config.augment.endpoint == "https://api.upstage.ai/v1" and config.augment.api_key_env == "UPSTAGE_API_KEY"
+    assert config.augment.model and config.augment.price_input_per_1m > 0
+    for recipe in ("paraphrase", "rewrite-summary", "synthetic"):
+        assert load_recipe(recipe, config.augment)[0].name == recipe
+    monkeypatch.delenv("UPSTAGE_API_KEY", raising=False)
+    args = ["augment", str(solar), "--recipe", "paraphrase", "--n", "3", "--output", str(tmp_path / "aug.csv")]
+    args += ["--set", f"data.train={SAMPLE / 'train.csv'}", "--set", f"data.dev={SAMPLE / 'dev.csv'}"]
+    args += ["--set", f"data.test={SAMPLE / 'test.csv'}", "--dry-run"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "https://api.upstage.ai/v1" in result.output and "$UPSTAGE_API_KEY" in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []
