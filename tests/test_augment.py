@@ -473,17 +473,19 @@ def test_synthetic_and_rewrite_summary_recipes(server, tmp_path, monkeypatch):
     assert [d.topic for d in rows] == [j.topic for j in jobs]
     assert all(d.source.startswith("synthetic:") for d in rows)
     assert [d.references[0] for d in rows] == [made[j.fname]["summary"] for j in jobs]
-    jobs = jobs_for(config, "rewrite-summary", 2)
+    jobs = jobs_for(config, "rewrite-summary", 3)
     for job in jobs:
         server.actions[first_line(job)] = ["answer"]
         server.answers[first_line(job)] = job.dialogue.references[0][::-1] + "다."
+    server.answers[first_line(jobs[2])] = jobs[2].dialogue.references[0]  # the reference itself: a copy
     result = run_cli(
-        config, tmp_path / "sum.csv", url=server.url, recipe="rewrite-summary", n=2, monkeypatch=monkeypatch
+        config, tmp_path / "sum.csv", url=server.url, recipe="rewrite-summary", n=3, monkeypatch=monkeypatch
     )
     assert result.exit_code == 0, result.output
     rows = load_dialogues(tmp_path / "sum.csv")
-    assert [dialogue_text(d) for d in rows] == [dialogue_text(j.dialogue) for j in jobs]
-    assert [d.references[0] for d in rows] == [j.dialogue.references[0][::-1] + "다." for j in jobs]
+    assert [dialogue_text(d) for d in rows] == [dialogue_text(j.dialogue) for j in jobs[:2]]
+    assert [d.references[0] for d in rows] == [j.dialogue.references[0][::-1] + "다." for j in jobs[:2]]
+    assert json.loads((tmp_path / "sum.augment.json").read_text())["rejected"] == {"source_copy": 1}
 
 
 def test_speaker_swap_is_an_exact_consistent_permutation(tmp_path, monkeypatch):
@@ -682,3 +684,27 @@ def test_the_solar_preset_and_every_recipe_load_and_dry_run_without_a_key(tmp_pa
     assert result.exit_code == 0, result.output
     assert "https://api.upstage.ai/v1" in result.output and "$UPSTAGE_API_KEY" in " ".join(result.output.split())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_keeps_the_answers_in_flight_and_the_rerun_pays_nothing_twice(server, tmp_path):
+    """SIGINT mid-run: exit 130, a note to rerun; the request in flight finishes and is cached, so the two runs
+    together send each request once. Mutation caught: the pool abandoned without waiting (one answer paid twice)."""
+    server.delay = 0.3
+    config = write_config(tmp_path)
+    env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(ROOT / "src")}
+    args = [sys.executable, "-m", "dialsum.cli", "augment", str(config), "--recipe", "paraphrase", "--n", "6"]
+    args += ["--endpoint", server.url, "--model", "teacher", "--concurrency", "2", "--output", str(tmp_path / "a.csv")]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(server.log) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "rerun the same command" in " ".join((out + err).split())
+    first = len(server.log)
+    assert first < 6
+    server.delay = 0.0
+    assert subprocess.run(args, env=env, capture_output=True).returncode == 0
+    prompts = Counter(r["prompt"] for r in server.log)
+    assert len(prompts) == 6 and set(prompts.values()) == {1}

@@ -212,6 +212,7 @@ def augment(
         raise AugmentError("--concurrency must be >= 1 and --rpm > 0")
     local = recipe_name in LOCAL_RECIPES
     recipe, recipe_path = (None, None) if local else load_recipe(recipe_name, settings)
+    recipe_name = recipe.name if recipe is not None else recipe_name  # `--recipe my/file.yaml`: the file's name
     if not local and (not endpoint or not model):
         raise AugmentError("no endpoint or model: pass --endpoint URL and --model NAME, or set augment.endpoint/model")
     if config.data.train is None:
@@ -375,7 +376,9 @@ def _collect(console, name, jobs, keys, cache, target: Target, settings, tally, 
         )
         raise
     finally:
-        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
+        # Requests already sent finish (bounded by augment.timeout_s) and are cached: they are paid for. Queued ones
+        # are cancelled; a second Ctrl-C abandons the wait.
+        pool.shutdown(wait=True, cancel_futures=True)
         client.close()
 
 

@@ -160,6 +160,10 @@ def validate(
         for text in copies_of or []:
             if jaccard(grams, _grams(text, settings.ngram)) >= settings.source_copy_threshold:
                 return "source_copy"
+    if kind == "summary" and source is not None and source.references:
+        old = _grams(source.references[0], settings.ngram)
+        if jaccard(_grams(candidate.summary, settings.ngram), old) >= settings.source_copy_threshold:
+            return "source_copy"
     speakers = {t.speaker for t in turns}
     if not set(_PERSON.findall(candidate.summary)) <= speakers | set(_PERSON.findall(candidate.dialogue)):
         return "speakers"

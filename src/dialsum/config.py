@@ -373,8 +373,8 @@ class AugmentSettings(_Section):
         0.9,
         gt=0,
         le=1,
-        description="A paraphrase or synthetic dialogue this similar to its own source (or a few-shot example) is "
-        "a copy: rejected.",
+        description="A paraphrase or synthetic dialogue this similar to its own source (or a few-shot example), "
+        "or a rewritten summary this similar to the reference, is a copy: rejected.",
     )
     few_shot: int = Field(3, ge=0, description="synthetic: real training examples shown in the prompt as style guides.")
 
