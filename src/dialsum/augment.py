@@ -276,14 +276,11 @@ def _dry_run(console, jobs, keys, cache, recipe, endpoint, model, sampling, key_
     console.print("first request:")
     console.print_json(json.dumps(first, ensure_ascii=False))
     prompt = sum(sum(len(m["content"]) for m in j.messages) for j in missing) / CHARS_PER_TOKEN
-    per_answer = {"dialogue": "dialogue", "summary": "summary"}.get(recipe.answer, "both")
 
-    def expected(job: Job) -> int:
-        d = job.dialogue or (job.examples[0] if job.examples else None)
-        if d is None:
-            return 0
-        values = _values(d)
-        return len(values["summary"]) + (len(values["dialogue"]) if per_answer != "summary" else 0)
+    def expected(job: Job) -> int:  # an answer about as long as what it replaces
+        values = _values(job.dialogue or job.examples[0])
+        dialogue = len(values["dialogue"]) if recipe.answer != "summary" else 0
+        return dialogue + (len(values["summary"]) if recipe.answer != "dialogue" else 0)
 
     completion = sum(expected(j) for j in missing) / CHARS_PER_TOKEN
     cost = _cost(settings, prompt, completion)
