@@ -708,3 +708,38 @@ def test_ctrl_c_keeps_the_answers_in_flight_and_the_rerun_pays_nothing_twice(ser
     assert subprocess.run(args, env=env, capture_output=True).returncode == 0
     prompts = Counter(r["prompt"] for r in server.log)
     assert len(prompts) == 6 and set(prompts.values()) == {1}
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--recipe", "nope"], "--recipe nope: no recipe file"),
+        (["--output-name", "aug.txt"], "unsupported output type"),
+        (["--output-name", "aug.json"], "augment writes a competition CSV"),
+        (["--no-endpoint"], "no endpoint or model"),
+        (["--n", "0"], "--n 0: expected at least 1"),
+        (["--recipe", str(ROOT / "configs" / "augment" / "solar.yaml")], "recipe key"),
+    ],
+)
+def test_bad_input_is_one_error_before_anything_is_written(server, tmp_path, monkeypatch, flags, message):
+    from dialsum.errors import DialsumError
+
+    config = write_config(tmp_path)
+    recipe = flags[1] if flags[0] == "--recipe" else "paraphrase"
+    n = int(flags[1]) if flags[0] == "--n" else 2
+    output = tmp_path / "out" / (flags[1] if flags[0] == "--output-name" else "aug.csv")
+    url = None if flags[0] == "--no-endpoint" else server.url
+    result = run_cli(config, output, url=url, recipe=recipe, n=n, monkeypatch=monkeypatch)
+    assert isinstance(result.exception, DialsumError) and message in str(result.exception)
+    assert not (tmp_path / "out").exists() and server.log == []
+
+
+def test_kfold_refuses_a_list_of_training_files(tmp_path):
+    from dialsum.config import config_from_dict
+    from dialsum.errors import ConfigError
+    from dialsum.kfold import _prepare
+
+    train = str(SAMPLE / "train.csv")
+    config = config_from_dict({"model": {"name_or_path": "x"}, "data": {"train": [train, train]}})
+    with pytest.raises(ConfigError, match="kfold splits one training file"):
+        _prepare(config, tmp_path / "k", 2, False)
