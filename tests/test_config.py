@@ -88,6 +88,7 @@ def test_cli_help_lists_every_command():
         "compare",
         "inspect",
         "config-keys",
+        "augment",
         "kfold",
         "ensemble",
         "make-tiny-model",
@@ -310,8 +311,8 @@ def test_config_keys_command_prints_one_section_and_rejects_an_unknown_one():
     assert keys == ["lora.enabled", "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.load_in_4bit"]
     bad = subprocess.run([sys.executable, "-m", "dialsum.cli", "config-keys", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "error: config-keys nope: no such section; sections: cleanup, data, evaluation, generation, logging, lora, "
-        "model, "
+        "error: config-keys nope: no such section; sections: augment, cleanup, data, evaluation, generation, logging, "
+        "lora, model, "
         "prompt, training"
     ]
 

@@ -309,6 +309,45 @@ def config_keys(
 
 
 @app.command()
+def augment(
+    config: Annotated[Path, typer.Argument(help="YAML run config (data.train: the sources; augment: the endpoint).")],
+    recipe: Annotated[
+        str, typer.Option(help="paraphrase, rewrite-summary, synthetic (configs/augment/*.yaml, a path), speaker-swap.")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Examples to make (requests to send, less what the cache holds).")],
+    output: Annotated[Path, typer.Option(help="Augmented competition CSV (with a source column).")],
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (default augment.endpoint).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (default augment.model).")] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key (default augment.api_key_env).")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight (default augment.concurrency).")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute (default augment.rpm).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the first rendered request and the job's token estimate; send nothing.")
+    ] = False,
+    set_: SetOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """More training data from a teacher model: validated, cached (nothing paid twice), leak-checked."""
+    import dialsum.augment
+
+    dialsum.augment.augment(
+        _config(config, set_),
+        recipe,
+        n,
+        output,
+        endpoint=endpoint,
+        model=model,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        rpm=rpm,
+        dry_run=dry_run,
+        overwrite=overwrite,
+    )
+
+
+@app.command()
 def kfold(
     config: Annotated[Path, typer.Argument(help="YAML run config (data.train is split into folds).")],
     folds: Annotated[int, typer.Option(help="Number of folds K.")] = 5,

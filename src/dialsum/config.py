@@ -72,7 +72,12 @@ class ModelSettings(_Section):
 
 
 class DataSettings(_Section):
-    train: str | None = Field(None, description="Training file: competition CSV or Korean_DCS JSON/JSONL.")
+    train: str | list[str] | None = Field(
+        None,
+        description="Training file (competition CSV or Korean_DCS JSON/JSONL), or a list of them read in order, e.g. "
+        "[train.csv, aug.csv]; a file with a `source` column (`dialsum augment`) is checked against dev and test "
+        "for leaks before training starts.",
+    )
     dev: str | None = Field(
         None, description="Dev file with reference summaries: eval loss, checkpoint selection and dev scores."
     )
@@ -331,6 +336,70 @@ class LoggingSettings(_Section):
     output_root: str = Field("runs", description="Where new run directories are created (runs/<config>-<time>).")
 
 
+class AugmentSettings(_Section):
+    """`dialsum augment`: the teacher endpoint, sampling, the request loop, validation thresholds and prices."""
+
+    endpoint: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible API, e.g. https://api.upstage.ai/v1 (--endpoint wins)."
+    )
+    model: str | None = Field(None, description="Model name sent with each request, e.g. solar-pro2 (--model wins).")
+    api_key_env: str = Field(
+        "UPSTAGE_API_KEY",
+        description="Environment variable holding the API key (the key itself is never written anywhere); "
+        "--api-key-env wins.",
+    )
+    recipe_dir: str = Field(
+        "configs/augment", description="Folder of recipe templates (<recipe>.yaml); --recipe may also be a path."
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature sent with each request.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass sent with each request.")
+    max_tokens: int = Field(2048, ge=1, description="Completion token limit of each request.")
+    seed: int = Field(42, description="Seed of the source sample, topic draws, few-shot examples and speaker swaps.")
+    concurrency: int = Field(4, ge=1, description="Requests in flight at once (--concurrency wins).")
+    rpm: float | None = Field(
+        60, gt=0, description="Requests started per minute, retries included; None: no limit (--rpm wins)."
+    )
+    timeout_s: float = Field(120, gt=0, description="Seconds one request may take before it counts as timed out.")
+    max_retries: int = Field(
+        6, ge=0, description="Retries of one request after a 429, a 5xx, a timeout or an unreadable answer."
+    )
+    backoff_s: float = Field(
+        1.0, gt=0, description="First retry delay; doubled per retry, with jitter, capped at backoff_max_s."
+    )
+    backoff_max_s: float = Field(60, gt=0, description="Longest delay between retries (a Retry-After is capped too).")
+    price_input_per_1m: float = Field(0.0, ge=0, description="Price of 1M prompt tokens, for the cost estimate.")
+    price_output_per_1m: float = Field(0.0, ge=0, description="Price of 1M completion tokens, for the cost estimate.")
+    currency: str = Field("USD", description="Currency the prices are in (printed with the cost estimate).")
+    min_length_ratio: float = Field(
+        0.5, gt=0, description="An answer shorter than this times its source (dialogue or summary) is rejected."
+    )
+    max_length_ratio: float = Field(
+        2.0, gt=0, description="An answer longer than this times its source (dialogue or summary) is rejected."
+    )
+    ngram: int = Field(4, ge=1, description="Character n-gram size of the near-duplicate similarity (Jaccard).")
+    near_duplicate_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A dialogue whose n-gram similarity to any dev or test dialogue reaches this is a leak: rejected "
+        "by augment, refused by train.",
+    )
+    source_copy_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A paraphrase or synthetic dialogue this similar to its own source (or a few-shot example), "
+        "or a rewritten summary this similar to the reference, is a copy: rejected.",
+    )
+    few_shot: int = Field(3, ge=0, description="synthetic: real training examples shown in the prompt as style guides.")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "AugmentSettings":
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError("augment.min_length_ratio must be below augment.max_length_ratio")
+        return self
+
+
 class Config(_Section):
     model: ModelSettings = Field(description="Which model to fine-tune and how to load it.")
     data: DataSettings = Field(default_factory=DataSettings, description="Train, dev and test files.")
@@ -348,6 +417,9 @@ class Config(_Section):
         default_factory=CleanupSettings, description="Summary clean-up after decoding, one switch per step."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="What is logged and where runs go.")
+    augment: AugmentSettings = Field(
+        default_factory=AugmentSettings, description="`dialsum augment`: teacher endpoint, request loop, validation."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

@@ -23,6 +23,8 @@ __all__ = [
     "DataError",
     "Dialogue",
     "Turn",
+    "data_files",
+    "source_counts",
     "data_format",
     "is_dcs",
     "load_dialogues",
@@ -48,6 +50,7 @@ class Dialogue:
     topic: str | None = None  # CSV `topic`, or DCS `subject_keyword` joined by ", "
     references: list[str] = field(default_factory=list)  # gold summaries; empty for test files
     preamble: str = ""  # text before the first speaker tag, kept rather than dropped
+    source: str | None = None  # CSV `source` column of an augmented file: "recipe:original id"
 
 
 # The data formats dialsum reads and writes, by file extension: the one place that maps a path to its format.
@@ -72,8 +75,48 @@ def is_dcs(path: str | Path) -> bool:
     return FORMATS.get(Path(path).suffix.lower()) in ("json", "jsonl")
 
 
-def load_dialogues(path: str | Path) -> list[Dialogue]:
-    """Read a competition `.csv`, a Korean_DCS `.json` list, or a `.jsonl` of DCS records, in file order."""
+def data_files(paths: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """`data.train` as a list of paths: one file, or several (train.csv + aug.csv) read in order."""
+    if paths is None:
+        return []
+    if isinstance(paths, (str, Path)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def source_counts(paths: str | Path | Sequence[str | Path], skipped: Iterable[str] = ()) -> dict[str, int]:
+    """Training examples per source: each file's plain rows under its path, an augmented file's rows (those with a
+    `source` column, `dialsum augment`) under "path (recipe)"; `skipped` ids (not trained on) are left out."""
+    skip = set(skipped)
+    counts: dict[str, int] = {}
+    for path in data_files(paths):
+        for dialogue in load_dialogues(path):
+            if dialogue.id in skip:
+                continue
+            label = f"{path} ({dialogue.source.split(':', 1)[0]})" if dialogue.source else str(path)
+            counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def load_dialogues(path: str | Path | Sequence[str | Path]) -> list[Dialogue]:
+    """Read a competition `.csv`, a Korean_DCS `.json` list, or a `.jsonl` of DCS records, in file order.
+
+    A list of files is read in order into one list; an id that two files share is a DataError naming both."""
+    if not isinstance(path, (str, Path)):
+        files = data_files(path)
+        if not files:
+            raise DataError("no data file given (an empty list)")
+        dialogues: list[Dialogue] = []
+        first_file: dict[str, Path] = {}
+        for file in files:
+            for dialogue in load_dialogues(file):
+                if dialogue.id in first_file:
+                    raise DataError(
+                        f"{file}: id {dialogue.id!r} is also in {first_file[dialogue.id]}; ids must be unique"
+                    )
+                first_file[dialogue.id] = file
+                dialogues.append(dialogue)
+        return dialogues
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected a .csv, .json or .jsonl file")
@@ -281,7 +324,10 @@ def _load_csv(path: Path) -> list[Dialogue]:
 
         references = [row[name].strip() for name in columns if row[name].strip()]
         topic = row.get("topic", "").strip() or None
-        dialogues.append(Dialogue(id=id_, turns=turns, topic=topic, references=references, preamble=preamble))
+        source = row.get("source", "").strip() or None
+        dialogues.append(
+            Dialogue(id=id_, turns=turns, topic=topic, references=references, preamble=preamble, source=source)
+        )
     return dialogues
 
 

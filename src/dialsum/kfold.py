@@ -89,9 +89,14 @@ def _prepare(config: Config, parent: Path, k: int, include_dev: bool) -> dict[st
     """Write (or check) kfold.json and the fold data files; the same call twice gives the same split."""
     if config.data.train is None:
         raise ConfigError("data.train is not set: kfold needs a training file")
+    train_file = config.data.train if isinstance(config.data.train, str) else None
+    if train_file is None:
+        if len(config.data.train) != 1:
+            raise ConfigError("data.train: kfold splits one training file; give one file, not a list")
+        train_file = config.data.train[0]
     if include_dev and not config.data.dev:
         raise ConfigError("--include-dev needs data.dev in the config")
-    files = [Path(config.data.train)] + ([Path(config.data.dev)] if include_dev else [])
+    files = [Path(train_file)] + ([Path(config.data.dev)] if include_dev else [])
     kinds = {data_format(p) == "csv" for p in files}
     if len(kinds) > 1:
         raise DataError(f"--include-dev: {files[0]} and {files[1]} must both be CSV or both DCS JSON/JSONL")

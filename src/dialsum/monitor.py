@@ -280,6 +280,7 @@ class RunSummary:
     grad_norm_spikes: list[list[float]] = field(default_factory=list)
     grad_norm_max: float | None = None
     train_examples: int = 0
+    train_sources: dict = field(default_factory=dict)  # examples trained on per file (and per augment recipe)
     dev_examples: int = 0
     encode: dict = field(default_factory=dict)
     template_notes: list[str] = field(default_factory=list)

@@ -58,6 +58,23 @@ COMPARE_REPORT_FILE = "compare.md"
 COMPARE_JSON_FILE = "compare.json"
 COMPARE_HTML_FILE = "compare.html"  # the same dialogues side by side for 2-4 runs
 
+# `dialsum augment --output DIR/aug.csv`: beside the output, the answer cache (shared by every augment output in DIR:
+# an answer is paid once whichever output asks), the rejected answers and the job's summary.
+AUGMENT_CACHE_FILE = "augment_cache.sqlite"
+AUGMENT_REJECTS_SUFFIX = ".rejects.jsonl"  # aug.csv -> aug.rejects.jsonl: every rejected answer, raw, with its reason
+AUGMENT_SUMMARY_SUFFIX = ".augment.json"  # aug.csv -> aug.augment.json: counts, tokens, cost, endpoint, sampling
+
+
+def augment_files(output: Path) -> tuple[Path, Path, Path]:
+    """The cache, rejects and summary files of an augment output."""
+    output = Path(output)
+    return (
+        output.parent / AUGMENT_CACHE_FILE,
+        output.with_name(output.stem + AUGMENT_REJECTS_SUFFIX),
+        output.with_name(output.stem + AUGMENT_SUMMARY_SUFFIX),
+    )
+
+
 # The prediction file of each split a run directory (or kfold parent) holds, for `dialsum ensemble --split`.
 SPLIT_FILES = {"dev": DEV_PREDICTIONS_FILE, "test": SUBMISSION_FILE, "oof": OOF_PREDICTIONS_FILE}
 
@@ -242,7 +259,23 @@ def _dialsum_version() -> str | None:
         return None
 
 
-def write_env(run_dir: Path, precision: dict | None = None, distributed: str | None = None) -> None:
+def file_digests(paths: list[Path]) -> list[dict[str, Any]]:
+    """Path, size and SHA-256 of each file: env.json's record of exactly which training data a run saw."""
+    import hashlib
+
+    records = []
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        records.append({"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()})
+    return records
+
+
+def write_env(
+    run_dir: Path, precision: dict | None = None, distributed: str | None = None, train_files: list | None = None
+) -> None:
     import peft
     import torch
     import transformers
@@ -262,6 +295,7 @@ def write_env(run_dir: Path, precision: dict | None = None, distributed: str | N
         "command": sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
         "precision": precision,
+        "train_files": train_files or [],
         "resumes": [],
     }
     write_json(run_dir / ENV_FILE, env)
@@ -487,4 +521,6 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
                 f"{len(encode.get('skipped_ids', []))} skipped), {fmt(s('dev_examples'))} dev",
             ]
         )
+    if s("train_sources"):
+        rows.append(["train sources", ", ".join(f"{name} {count}" for name, count in s("train_sources").items())])
     return rows

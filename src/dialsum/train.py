@@ -24,8 +24,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dialsum.augment_validate import check_training_leaks
 from dialsum.config import Config, config_from_dict, load_config, save_config
-from dialsum.data import Dialogue, load_dialogues, untagged
+from dialsum.data import Dialogue, data_files, load_dialogues, source_counts, untagged
 from dialsum.encode import EncodeStats, encode_dialogues, prepare_tokenizer
 from dialsum.errors import ConfigError, DataError, Interrupted, RunDirError
 from dialsum.length import with_length_rule
@@ -66,6 +67,7 @@ from dialsum.rundir import (
     clear_failed_start,
     default_run_dir,
     drop_metrics_after,
+    file_digests,
     find_checkpoint,
     model_problem,
     move_aside,
@@ -370,6 +372,7 @@ class PreparedData:
     dev_dialogues: list[Dialogue]
     encode_stats: EncodeStats
     template_notes: list[str]
+    train_sources: dict[str, int]
 
 
 def train(
@@ -461,6 +464,8 @@ def _start_run(
         check_checkpoint_safe(checkpoint)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a training file")
+    # an augmented file holding a dev or test dialogue is refused before anything loads or is written
+    check_training_leaks(config.data.train, config.data.dev, config.data.test, config.augment)
     check_launcher_precision(config)
     warning = precision_warning(config)
     if warning and is_main:
@@ -472,7 +477,8 @@ def data_warnings(config: Config, train_dialogues: list[Dialogue], dev_dialogues
     """Legal but suspicious input, one line each: untagged dialogues, dev rows that are also training rows (their
     scores are not held out), evaluation or checkpoint steps with no dev data to evaluate on."""
     lines = []
-    for path, dialogues in ((config.data.train, train_dialogues), (config.data.dev, dev_dialogues)):
+    train_files = " + ".join(map(str, data_files(config.data.train)))
+    for path, dialogues in ((train_files, train_dialogues), (config.data.dev, dev_dialogues)):
         ids = untagged(dialogues)
         if ids:
             lines.append(
@@ -483,7 +489,7 @@ def data_warnings(config: Config, train_dialogues: list[Dialogue], dev_dialogues
     leaked = [d.id for d in dev_dialogues if _dialogue_text(d) in seen]
     if leaked:
         lines.append(
-            f"{config.data.dev}: {len(leaked)} of {len(dev_dialogues)} dev dialogues are also in {config.data.train}; "
+            f"{config.data.dev}: {len(leaked)} of {len(dev_dialogues)} dev dialogues are also in {train_files}; "
             "dev scores and checkpoint selection are not held out"
         )
     explicit = config.training.model_fields_set & {"eval_steps", "save_steps"}
@@ -520,16 +526,19 @@ def _prepare_data(config: Config) -> PreparedData:
     try:
         train_examples, encode_stats = encode_dialogues(tokenizer, train_dialogues, config)
     except DataError as error:  # name the file: the record alone does not say which split
-        raise DataError(f"{config.data.train}: {error}") from None
+        raise DataError(f"{' + '.join(map(str, data_files(config.data.train)))}: {error}") from None
     dev_examples, dev_stats = (
         encode_dialogues(tokenizer, dev_dialogues, config) if dev_dialogues else ([], EncodeStats())
     )
     console.print(f"train: {encode_stats.describe()}")
+    sources = source_counts(config.data.train, encode_stats.skipped_ids)
+    if len(sources) > 1:
+        console.print("train sources: " + ", ".join(f"{name} {count}" for name, count in sources.items()))
     if dev_dialogues:
         console.print(f"dev:   {dev_stats.describe()}")
     if not train_examples:
         raise ConfigError(f"{config.data.train}: no trainable examples after encoding ({encode_stats.describe()})")
-    return PreparedData(config, tokenizer, train_examples, dev_examples, dev_dialogues, encode_stats, notes)
+    return PreparedData(config, tokenizer, train_examples, dev_examples, dev_dialogues, encode_stats, notes, sources)
 
 
 def _load_model(config: Config, tokenizer):
@@ -590,7 +599,12 @@ def _open_run_dir(start: RunStart, data: PreparedData, model):
         if start.resume:
             append_resume(run_dir, checkpoint_step(start.checkpoint), start.overrides)
         else:
-            write_env(run_dir, precision_record(trainer), str(trainer.accelerator.distributed_type.value))
+            write_env(
+                run_dir,
+                precision_record(trainer),
+                str(trainer.accelerator.distributed_type.value),
+                file_digests(data_files(config.data.train)),
+            )
     state.wait_for_everyone()
     return trainer
 
@@ -640,5 +654,6 @@ def _fit_and_save(trainer, start: RunStart, data: PreparedData, command: str = "
         summary = summarise(
             trainer, run_dir, data.config, data.encode_stats, len(data.dev_examples), data.template_notes
         )
+        summary.train_sources = data.train_sources
         write_json(run_dir / SUMMARY_FILE, asdict(summary))
         print_summary(summary)
