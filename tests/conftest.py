@@ -62,3 +62,22 @@ def tiny_bart() -> Path:
     from dialsum.tiny import tiny_model_cached
 
     return tiny_model_cached("bart")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    """The tiny Llama loaded for inference, with its tokenizer (test_generate, test_suppress)."""
+    from dialsum.config import config_from_dict
+    from dialsum.models import load_for_inference
+
+    model, tokenizer, _ = load_for_inference(tiny_llama, config_from_dict({"model": {"name_or_path": str(tiny_llama)}}))
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tiny_llama):
+    """The tiny Llama's tokenizer alone, for the tests that need no model (they stay out of `slow`)."""
+    from dialsum.config import config_from_dict
+    from dialsum.models import load_tokenizer
+
+    return load_tokenizer(tiny_llama, config_from_dict({"model": {"name_or_path": str(tiny_llama)}}))
