@@ -175,9 +175,9 @@ def _predict_heldout(run_dir: Path, fold: dict[str, Any], include_dev: bool) -> 
         write_bytes(run_dir / OOF_PREDICTIONS_FILE, (run_dir / DEV_PREDICTIONS_FILE).read_bytes())
         scores = json.loads((run_dir / DEV_SCORES_FILE).read_text(encoding="utf-8"))
     else:
-        heldout = [d for d in load_dialogues(fold["heldout_file"]) if d.references]
         predictor = Predictor.from_path(run_dir)
         config = predictor.config
+        heldout = [d for d in load_dialogues(fold["heldout_file"], config.data.strip_whitespace) if d.references]
         prediction = predict_split(predictor, heldout, config, split=f"fold {fold['fold']} held out")
         write_split(prediction, run_dir / OOF_PREDICTIONS_FILE, fold["heldout_file"])
         scores, _ = score_dialogues(

@@ -46,7 +46,7 @@ def resolve_topic_policy(config: Config, *splits: list[Dialogue]) -> tuple[Confi
 
     named = [("training data", s) for s in splits if s]
     if config.data.test:
-        named.append((str(config.data.test), load_dialogues(config.data.test)))
+        named.append((str(config.data.test), load_dialogues(config.data.test, config.data.strip_whitespace)))
     lacking = [name for name, dialogues in named if not has_topics(dialogues)]
     choice = "never" if lacking or not named else "always"
     resolved = config.model_copy(deep=True)

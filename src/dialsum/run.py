@@ -85,7 +85,7 @@ def run(
     dev_scores, examples = None, None
     cleanup: dict[str, dict[str, int]] = {"dev": {}, "test": {}}  # what each clean-up step changed, per split
     if config.data.dev:
-        dev = load_dialogues(config.data.dev)
+        dev = load_dialogues(config.data.dev, strip_whitespace=config.data.strip_whitespace)
         labeled = [d for d in dev if d.references]
         prediction = predict_split(predictor, labeled, config, split="dev")
         generation_info, cleanup["dev"] = prediction.generation, prediction.cleanup
@@ -117,7 +117,7 @@ def run(
 
     # 3. Test: a submission in the input's order, every id kept.
     if config.data.test:
-        test = load_dialogues(config.data.test)
+        test = load_dialogues(config.data.test, strip_whitespace=config.data.strip_whitespace)
         mismatch = topic_mismatch(config.prompt, test, str(config.data.test))
         if mismatch:
             console.print(f"[yellow]prompt:[/] {mismatch}")
