@@ -76,7 +76,7 @@ def load_dialogues(path: str | Path, strip_whitespace: bool = True) -> list[Dial
     """Read a competition `.csv`, a Korean_DCS `.json` list, or a `.jsonl` of DCS records, in file order.
 
     `strip_whitespace` (config `data.strip_whitespace`) strips speakers, utterances, keywords and summaries; off,
-    they are kept as the source has them (`'. \\n'` inside a DCS utterance, a summary's trailing space), so
+    they are kept as the source has them (a DCS utterance's leading or trailing space, a summary's trailing space), so
     prompts and targets match a recipe that reads the raw text (the Korean_DCS 2024 baseline). Ids are always
     stripped, and emptiness is always judged on the stripped text."""
     path = Path(path)
