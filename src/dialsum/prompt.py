@@ -26,7 +26,8 @@ def topic_of(dialogue: Dialogue, prompt: PromptSettings) -> str:
     `auto` must be resolved first (`resolve_topic_policy`); unresolved it behaves like `always`."""
     if prompt.topic == "never":
         return prompt.default_topic
-    return (dialogue.topic or "").strip() or prompt.default_topic
+    # as read: the reader strips it unless data.strip_whitespace is off
+    return dialogue.topic if (dialogue.topic or "").strip() else prompt.default_topic
 
 
 def has_topics(dialogues: list[Dialogue]) -> bool:
