@@ -103,7 +103,7 @@ def test_recommended_preset_trims_no_real_dialogue(bllossom, tmp_path):
     """`dialsum plan` on the real dev file: 0 trimmed; and no test prompt is trimmed at inference."""
     from dialsum.config import load_config
     from dialsum.data import load_dialogues
-    from dialsum.encode import encode_inference_inputs, ensure_pad_token
+    from dialsum.encode import encode_inference_inputs, ensure_pad_token, prompt_budget
 
     out = tmp_path / "plan.json"
     result = dialsum("plan", RECOMMENDED, "--model-dir", bllossom_dir(), "--data", real_dcs("dev"), "--json", out)
@@ -116,8 +116,12 @@ def test_recommended_preset_trims_no_real_dialogue(bllossom, tmp_path):
     assert config.prompt.system == BASELINE_SYSTEM and config.data.strip_whitespace is False
     ensure_pad_token(bllossom)
     test = load_dialogues(real_dcs("test"), strip_whitespace=False)
-    _, stats = encode_inference_inputs(bllossom, test, config, "causal")
+    prompts, stats = encode_inference_inputs(bllossom, test, config, "causal")
     assert (stats.total, stats.trimmed) == (408, 0)
+    # the baseline preset renders the same prompts (same prompt section, no stripping) under a larger budget
+    baseline = load_config(BASELINE, [f"model.name_or_path={bllossom_dir()}"])
+    assert (baseline.prompt, baseline.data.strip_whitespace) == (config.prompt, False)
+    assert max(map(len, prompts)) <= prompt_budget(baseline) and prompt_budget(config) < prompt_budget(baseline)
 
 
 def _subset(source: Path, indices: list[int], target: Path) -> list[dict]:
