@@ -16,7 +16,8 @@ from dialsum.errors import ConfigError
 def test_defaults_follow_the_baseline():
     config = config_from_dict({"model": {"name_or_path": "x"}})
     t = config.training
-    assert (t.learning_rate, t.lr_scheduler_type, t.weight_decay, t.warmup_ratio) == (2e-5, "cosine", 0.1, 0.1)
+    assert (t.learning_rate, t.lr_scheduler_type, t.weight_decay) == (2e-5, "cosine", 0.1)
+    assert (t.warmup_ratio, t.warmup_steps, t.effective_warmup_ratio()) == (None, None, 0.1)
     assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 64
     assert t.gradient_checkpointing is True
     assert config.prompt.system == DEFAULT_SYSTEM_PROMPT
@@ -169,6 +170,36 @@ def test_warmup_ratio_accepts_the_closed_interval():
     assert load_config(ROOT / "configs" / "demo.yaml", ["training.warmup_ratio=1.0"]).training.warmup_ratio == 1.0
     with pytest.raises(ConfigError, match=r"training\.warmup_ratio"):
         load_config(ROOT / "configs" / "demo.yaml", ["training.warmup_ratio=1.5"])
+
+
+def test_warmup_steps_and_ratio_are_exclusive(tmp_path):
+    demo = ROOT / "configs" / "demo.yaml"  # sets warmup_ratio: 0.1 explicitly
+    with pytest.raises(ConfigError) as error:
+        load_config(demo, ["training.warmup_steps=20"])
+    message = str(error.value)
+    assert "training.warmup_ratio=0.1" in message and "training.warmup_steps=20" in message
+    assert "\n" not in message
+    t = load_config(demo, ["training.warmup_steps=20", "training.warmup_ratio=null"]).training
+    assert (t.warmup_steps, t.effective_warmup_ratio()) == (20, 0.0)
+    # a run's saved config.yaml (both keys written, the ratio null) loads back
+    from dialsum.config import save_config
+
+    save_config(load_config(demo, ["training.warmup_steps=20", "training.warmup_ratio=null"]), tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").training.warmup_steps == 20
+
+
+def test_warmup_steps_reach_the_training_arguments(tmp_path):
+    from dialsum.train import training_arguments
+
+    config = load_config(ROOT / "configs" / "korean-dcs-baseline.yaml", ["model.name_or_path=x"])
+    args = training_arguments(config, tmp_path, has_dev=True, seq2seq=False)
+    assert args.warmup_steps == 20 and config.training.effective_warmup_ratio() == 0.0
+
+
+def test_strip_whitespace_defaults_on_and_dcs_presets_turn_it_off():
+    assert config_from_dict({"model": {"name_or_path": "x"}}).data.strip_whitespace is True
+    for preset in ("korean-dcs-baseline.yaml", "korean-dcs-bllossom-8b.yaml"):
+        assert load_config(ROOT / "configs" / preset).data.strip_whitespace is False, preset
 
 
 def test_topic_separator_is_gone():

@@ -316,3 +316,36 @@ def test_read_table_missing_column_for_predictions(tmp_path):
     path = write_csv(tmp_path / "pred.csv", "id,summary\nt_0,요약\n")
     with pytest.raises(DataError, match=r"pred\.csv: missing required column 'fname' \(columns found: id, summary\)"):
         read_table(path, ["fname", "summary"])
+
+
+def test_strip_whitespace_off_keeps_the_source_text(tmp_path):
+    """data.strip_whitespace=false: DCS speakers, utterances ('. \\n' inside), keywords and summaries as written."""
+    record = {
+        "id": " d1 ",
+        "input": {
+            "conversation": [
+                {"speaker": "SD1", "utterance": "안녕. \n 반가워 "},
+                {"speaker": "SD2", "utterance": " 응"},
+            ],
+            "subject_keyword": ["여행 ", "음식"],
+        },
+        "output": "요약이다. ",
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([record], ensure_ascii=False), encoding="utf-8")
+    raw = load_dialogues(path, strip_whitespace=False)[0]
+    assert raw.id == "d1"
+    assert [t.utterance for t in raw.turns] == ["안녕. \n 반가워 ", " 응"]
+    assert (raw.topic, raw.references) == ("여행 , 음식", ["요약이다. "])
+    stripped = load_dialogues(path)[0]
+    assert [t.utterance for t in stripped.turns] == ["안녕. \n 반가워", "응"]
+    assert (stripped.topic, stripped.references) == ("여행, 음식", ["요약이다."])
+
+
+def test_strip_whitespace_off_csv_keeps_lines_but_not_the_separator_space(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('fname,dialogue,summary\nx,"#Person1#: 안녕 \n  더 \n#Person2#:  응",요약 \n', encoding="utf-8")
+    raw = load_dialogues(path, strip_whitespace=False)[0]
+    assert [t.utterance for t in raw.turns] == ["안녕 \n  더 ", " 응"] and raw.references == ["요약 "]
+    stripped = load_dialogues(path)[0]
+    assert [t.utterance for t in stripped.turns] == ["안녕\n더", "응"] and stripped.references == ["요약"]

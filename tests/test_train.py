@@ -642,6 +642,22 @@ def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama, real_dev_path, tm
     assert rates == pytest.approx([1e-3 * k / 10 for k in range(10)])
 
 
+def test_warmup_steps_count_steps_not_a_ratio(tiny_llama, real_dev_path, tmp_path):
+    """training.warmup_steps (the Korean_DCS baseline's 20) warms up over exactly that many optimizer steps."""
+    config = make_config(tiny_llama, real_dev_path, warmup_ratio=None, warmup_steps=3, lr_scheduler_type="linear")
+    tokenizer, examples = encoded(config, 8)
+    model = load_model(config.model.name_or_path, config)
+    trainer = build_trainer(config, model, tokenizer, examples, [], tmp_path / "run")
+    trainer.create_optimizer()
+    scheduler = trainer.create_scheduler(num_training_steps=10)
+    rates = []
+    for _ in range(4):
+        rates.append(scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0, 1e-3 / 3, 2e-3 / 3, 1e-3])
+
+
 def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_path):
     """`accelerate launch --config_file configs/accelerate/ddp.yaml` with 2 CPU processes (gloo): dev ROUGE is logged
     once per evaluation, the best checkpoint is selected on every process, and model/ loads for predict."""

@@ -19,6 +19,7 @@ from dialsum.scripts import DEFAULT_FORBIDDEN_SCRIPTS, script_key
 
 DEFAULT_SYSTEM_PROMPT = "당신은 유능한 AI 어시스턴트입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
 DEFAULT_QUESTION = "위 {topic} 주제에 대한 대화를 요약해주세요."
+DEFAULT_WARMUP_RATIO = 0.1  # training.warmup_ratio when neither it nor training.warmup_steps is set
 # transformers' SchedulerType values that work without extra lr_scheduler_kwargs (which dialsum does not expose)
 LR_SCHEDULERS = [
     "linear",
@@ -84,6 +85,12 @@ class DataSettings(_Section):
     test: str | None = Field(
         None, description="File to predict for the submission (`dialsum run`); needs no summaries."
     )
+    strip_whitespace: bool = Field(
+        True,
+        description="Strip whitespace around speakers, utterances, subject keywords and summaries as they are "
+        "read. On keeps the DialogSum-CSV behaviour; the Korean_DCS presets turn it off so prompts and targets "
+        "are the source text token for token, as the 2024 baseline reads them.",
+    )
 
 
 class PromptSettings(_Section):
@@ -129,11 +136,18 @@ class TrainingSettings(_Section):
     )
     num_train_epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
-    warmup_ratio: float = Field(
-        0.1,
+    warmup_ratio: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description="Fraction of all optimizer steps spent warming the learning rate up linearly (1.0: all of them).",
+        description="Fraction of all optimizer steps spent warming the learning rate up linearly (1.0: all of "
+        f"them); None: {DEFAULT_WARMUP_RATIO} unless warmup_steps is set. Exclusive with warmup_steps.",
+    )
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Warm the learning rate up over exactly this many optimizer steps (the Korean_DCS baseline: "
+        "20) instead of a ratio; None: use warmup_ratio. Exclusive with warmup_ratio.",
     )
     max_length: int = Field(
         1024,
@@ -174,6 +188,12 @@ class TrainingSettings(_Section):
         description="A step whose grad norm (before clipping) exceeds this is a spike: grad_norm_spikes.jsonl.",
     )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for the training data loader.")
+
+    def effective_warmup_ratio(self) -> float:
+        """The warmup ratio in force: warmup_ratio, else 0 when warmup_steps counts steps, else the default."""
+        if self.warmup_ratio is not None:
+            return self.warmup_ratio
+        return 0.0 if self.warmup_steps is not None else DEFAULT_WARMUP_RATIO
 
     @field_validator("bf16", mode="before")
     @classmethod
@@ -431,6 +451,11 @@ class Config(_Section):
                 f"scheme {self.evaluation.scheme} fixes its own analyzer (Mecab)"
             )
         t = self.training
+        if t.warmup_ratio is not None and t.warmup_steps is not None:
+            raise ValueError(
+                f"training.warmup_ratio={t.warmup_ratio} and training.warmup_steps={t.warmup_steps} are exclusive: "
+                "set one of them"
+            )
         if self.data.dev and t.save_steps is not None and t.save_steps != t.eval_steps:
             # The best checkpoint must exist on disk: the Trainer can only reload a checkpoint saved at an evaluation.
             every = f"every {t.eval_steps} steps" if t.eval_steps else "once per epoch (training.eval_steps unset)"

@@ -98,10 +98,14 @@ def source_counts(paths: str | Path | Sequence[str | Path], skipped: Iterable[st
     return counts
 
 
-def load_dialogues(path: str | Path | Sequence[str | Path]) -> list[Dialogue]:
+def load_dialogues(path: str | Path | Sequence[str | Path], strip_whitespace: bool = True) -> list[Dialogue]:
     """Read a competition `.csv`, a Korean_DCS `.json` list, or a `.jsonl` of DCS records, in file order.
 
-    A list of files is read in order into one list; an id that two files share is a DataError naming both."""
+    A list of files is read in order into one list; an id that two files share is a DataError naming both.
+    `strip_whitespace` (config `data.strip_whitespace`) strips speakers, utterances, keywords and summaries; off,
+    they are kept as the source has them (a DCS utterance's leading or trailing space, a summary's trailing space), so
+    prompts and targets match a recipe that reads the raw text (the Korean_DCS 2024 baseline). Ids are always
+    stripped, and emptiness is always judged on the stripped text."""
     if not isinstance(path, (str, Path)):
         files = data_files(path)
         if not files:
@@ -109,7 +113,7 @@ def load_dialogues(path: str | Path | Sequence[str | Path]) -> list[Dialogue]:
         dialogues: list[Dialogue] = []
         first_file: dict[str, Path] = {}
         for file in files:
-            for dialogue in load_dialogues(file):
+            for dialogue in load_dialogues(file, strip_whitespace):
                 if dialogue.id in first_file:
                     raise DataError(
                         f"{file}: id {dialogue.id!r} is also in {first_file[dialogue.id]}; ids must be unique"
@@ -121,7 +125,11 @@ def load_dialogues(path: str | Path | Sequence[str | Path]) -> list[Dialogue]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected a .csv, .json or .jsonl file")
     loaders = {"csv": _load_csv, "json": _load_dcs_json, "jsonl": _load_dcs_jsonl}
-    return loaders[data_format(path)](path)
+    return loaders[data_format(path)](path, strip_whitespace)
+
+
+def _strip(text: str, strip: bool) -> str:
+    return text.strip() if strip else text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,24 +239,27 @@ _TAG = re.compile(r"^\s*(#Person\d+#)\s*:")
 _EXTRA_REFERENCE = re.compile(r"^summary(\d+)$")
 
 
-def parse_turns(text: str) -> tuple[str, list[Turn]]:
+def parse_turns(text: str, strip_whitespace: bool = True) -> tuple[str, list[Turn]]:
     """Split a competition dialogue into (preamble, turns).
 
     A line starting with `#PersonN#:` begins a turn; other lines continue the current utterance
     (joined with "\\n"), or form the preamble before the first tag. Blank lines are skipped.
+    Without `strip_whitespace` only the one space after `tag:` goes (the prompt writes its own); the rest of
+    each line is kept as written.
     """
     preamble: list[str] = []
     turns: list[tuple[str, list[str]]] = []
     for line in _normalise_newlines(text).split("\n"):
         match = _TAG.match(line)
         if match:
-            turns.append((match.group(1), [line[match.end() :].strip()]))
+            rest = line[match.end() :]
+            turns.append((match.group(1), [rest.strip() if strip_whitespace else rest.removeprefix(" ")]))
         elif not line.strip():
             continue
         elif turns:
-            turns[-1][1].append(line.strip())
+            turns[-1][1].append(_strip(line, strip_whitespace))
         else:
-            preamble.append(line.strip())
+            preamble.append(_strip(line, strip_whitespace))
     parsed = [Turn(speaker, "\n".join(part for part in parts if part)) for speaker, parts in turns]
     return "\n".join(preamble), parsed
 
@@ -297,7 +308,7 @@ def untagged(dialogues: list[Dialogue]) -> list[str]:
     return [d.id for d in dialogues if not d.turns]
 
 
-def _load_csv(path: Path) -> list[Dialogue]:
+def _load_csv(path: Path, strip_whitespace: bool = True) -> list[Dialogue]:
     rows, lines = _read_table(path, ["fname", "dialogue"])
     columns = reference_columns(rows[0])
 
@@ -318,12 +329,12 @@ def _load_csv(path: Path) -> list[Dialogue]:
         for name, value in row.items():
             if value and "\x00" in value:  # a NUL byte: a binary or corrupted file, never text of a dialogue
                 raise DataError(f"{where}: field {name!r} holds a NUL byte at character {value.index(chr(0)) + 1}")
-        preamble, turns = parse_turns(text)
-        if not preamble and not any(turn.utterance for turn in turns):
+        preamble, turns = parse_turns(text, strip_whitespace)
+        if not preamble.strip() and not any(turn.utterance.strip() for turn in turns):
             raise DataError(f"{where}: field 'dialogue' has speaker tags but no text")
 
-        references = [row[name].strip() for name in columns if row[name].strip()]
-        topic = row.get("topic", "").strip() or None
+        references = [_strip(row[name], strip_whitespace) for name in columns if row[name].strip()]
+        topic = _strip(row.get("topic", ""), strip_whitespace) if row.get("topic", "").strip() else None
         source = row.get("source", "").strip() or None
         dialogues.append(
             Dialogue(id=id_, turns=turns, topic=topic, references=references, preamble=preamble, source=source)
@@ -336,7 +347,7 @@ def _load_csv(path: Path) -> list[Dialogue]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_dcs_json(path: Path) -> list[Dialogue]:
+def _load_dcs_json(path: Path, strip_whitespace: bool = True) -> list[Dialogue]:
     text = _read_text(path)
     try:
         records = json.loads(text)
@@ -346,10 +357,11 @@ def _load_dcs_json(path: Path) -> list[Dialogue]:
         raise DataError(f"{path}: expected a JSON list of records, got {_json_type(records)}")
     if not records:
         raise DataError(f"{path}: the JSON list is empty (no records)")
-    return _dcs_dialogues(path, [(f"record {i}", record) for i, record in enumerate(records, start=1)])
+    located = [(f"record {i}", record) for i, record in enumerate(records, start=1)]
+    return _dcs_dialogues(path, located, strip_whitespace)
 
 
-def _load_dcs_jsonl(path: Path) -> list[Dialogue]:
+def _load_dcs_jsonl(path: Path, strip_whitespace: bool = True) -> list[Dialogue]:
     text = _read_text(path)
     located: list[tuple[str, Any]] = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -361,14 +373,14 @@ def _load_dcs_jsonl(path: Path) -> list[Dialogue]:
             raise DataError(f"{path} line {number}: invalid JSON at column {e.colno}: {e.msg}") from None
     if not located:
         raise DataError(f"{path}: the file is empty (no records)")
-    return _dcs_dialogues(path, located)
+    return _dcs_dialogues(path, located, strip_whitespace)
 
 
-def _dcs_dialogues(path: Path, located: list[tuple[str, Any]]) -> list[Dialogue]:
+def _dcs_dialogues(path: Path, located: list[tuple[str, Any]], strip_whitespace: bool = True) -> list[Dialogue]:
     dialogues: list[Dialogue] = []
     first_seen: dict[str, str] = {}
     for location, record in located:
-        dialogue = _dcs_dialogue(f"{path} {location}", record)
+        dialogue = _dcs_dialogue(f"{path} {location}", record, strip_whitespace)
         if dialogue.id in first_seen:
             raise DataError(
                 f"{path} {location} (id={dialogue.id}): duplicate id {dialogue.id!r}, "
@@ -379,7 +391,7 @@ def _dcs_dialogues(path: Path, located: list[tuple[str, Any]]) -> list[Dialogue]
     return dialogues
 
 
-def _dcs_dialogue(where: str, record: Any) -> Dialogue:
+def _dcs_dialogue(where: str, record: Any, strip_whitespace: bool = True) -> Dialogue:
     """One Korean_DCS record:
     {"id", "input": {"conversation": [{"speaker", "utterance"}], "subject_keyword"}, "output"}."""
     if not isinstance(record, dict):
@@ -415,17 +427,20 @@ def _dcs_dialogue(where: str, record: Any) -> Dialogue:
                 raise DataError(f"{where}: field '{name}.{key}' is missing")
             if not isinstance(item[key], str):
                 raise DataError(f"{where}: field '{name}.{key}' must be a string, got {_json_type(item[key])}")
-        turns.append(Turn(item["speaker"].strip(), _normalise_newlines(item["utterance"]).strip()))
-    if not any(turn.utterance for turn in turns):
+        utterance = _normalise_newlines(item["utterance"])
+        turns.append(Turn(_strip(item["speaker"], strip_whitespace), _strip(utterance, strip_whitespace)))
+    if not any(turn.utterance.strip() for turn in turns):
         raise DataError(f"{where}: field 'input.conversation' has no text in any utterance")
 
     keywords = input_.get("subject_keyword")
     if keywords is None:
         topic = None
     elif isinstance(keywords, str):
-        topic = keywords.strip() or None
+        topic = _strip(keywords, strip_whitespace) if keywords.strip() else None
     elif isinstance(keywords, list) and all(isinstance(k, str) for k in keywords):
-        topic = ", ".join(k.strip() for k in keywords if k.strip()) or None
+        # the baseline's `", ".join(subject_keyword)`; stripping also drops empty keywords
+        kept = [_strip(k, strip_whitespace) for k in keywords if k.strip()]
+        topic = ", ".join(kept) or None
     else:
         raise DataError(f"{where}: field 'input.subject_keyword' must be a string or a list of strings")
 
@@ -433,7 +448,7 @@ def _dcs_dialogue(where: str, record: Any) -> Dialogue:
     if output is None:
         references = []
     elif isinstance(output, str):
-        references = [output.strip()] if output.strip() else []
+        references = [_strip(output, strip_whitespace)] if output.strip() else []
     else:
         raise DataError(f"{where}: field 'output' must be a string, got {_json_type(output)}")
     return Dialogue(id=id_, turns=turns, topic=topic, references=references)

@@ -178,9 +178,11 @@ def _target_ids(tokenizer, summary: str, end_token: str) -> list[int]:
 
 
 def _summary_of(dialogue: Dialogue) -> str:
+    """The first reference as read: the reader strips it unless data.strip_whitespace is off (the DCS baseline's
+    target keeps the source's whitespace)."""
     if not dialogue.references or not dialogue.references[0].strip():
         raise DataError(f"record {dialogue.id}: field 'summary' is empty; training needs a summary")
-    return dialogue.references[0].strip()
+    return dialogue.references[0]
 
 
 def _fit_turns(dialogue: Dialogue, budget: int, ids_with) -> tuple[list[int], int]:

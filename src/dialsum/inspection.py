@@ -53,7 +53,7 @@ def inspect_data(
     path = data_path or config.data.train
     if path is None:
         raise ConfigError("nothing to inspect: set data.train or pass --data")
-    dialogues = load_dialogues(path)
+    dialogues = load_dialogues(path, strip_whitespace=config.data.strip_whitespace)
     config, topic_note = resolve_topic_policy(config, dialogues)
     if topic_note:
         console.print(f"[yellow]prompt:[/] {topic_note}")

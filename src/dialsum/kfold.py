@@ -29,10 +29,11 @@ from typing import Any
 
 from rich.console import Console
 
-from dialsum.config import Config, config_from_dict
+from dialsum.config import Config, config_from_dict, load_config
 from dialsum.data import data_format, load_dialogues, read_table, write_predictions
 from dialsum.errors import ConfigError, DataError, RunDirError
 from dialsum.rundir import (
+    CONFIG_FILE,
     DEV_PREDICTIONS_FILE,
     DEV_SCORES_FILE,
     KFOLD_ENSEMBLE_DEV,
@@ -180,7 +181,8 @@ def _predict_heldout(run_dir: Path, fold: dict[str, Any], include_dev: bool) -> 
         write_bytes(run_dir / OOF_PREDICTIONS_FILE, (run_dir / DEV_PREDICTIONS_FILE).read_bytes())
         scores = json.loads((run_dir / DEV_SCORES_FILE).read_text(encoding="utf-8"))
     else:
-        heldout = [d for d in load_dialogues(fold["heldout_file"]) if d.references]
+        strip = load_config(run_dir / CONFIG_FILE).data.strip_whitespace  # read as the fold's run read its data
+        heldout = [d for d in load_dialogues(fold["heldout_file"], strip) if d.references]
         predictor = Predictor.from_path(run_dir)
         config = predictor.config
         prediction = predict_split(predictor, heldout, config, split=f"fold {fold['fold']} held out")

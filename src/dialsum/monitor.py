@@ -80,7 +80,8 @@ class DialsumTrainerMixin:
         t = extras.config.training
         self.dialsum_config = extras.config
         self.rouge_dialogues = list(extras.rouge_dialogues)
-        self.warmup_ratio = t.warmup_ratio
+        self.warmup_ratio = t.effective_warmup_ratio()
+        self.warmup_steps = t.warmup_steps
         self.grad_norm_threshold = t.grad_norm_threshold
         self.packing = extras.packing
         self.spikes_path = extras.run_dir / SPIKES_FILE
@@ -143,12 +144,16 @@ class MonitorMixin:
 
 class WarmupRatioMixin:
     """`training.warmup_ratio` as a ratio for every value in [0, 1]: transformers reads a `warmup_steps` >= 1 as a
-    step count, so a ratio of 1.0 would become a one-step warmup."""
+    step count, so a ratio of 1.0 would become a one-step warmup. `training.warmup_steps` stays a step count."""
 
     warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        self.args.warmup_steps = math.ceil(num_training_steps * self.warmup_ratio)
+        if self.warmup_steps is not None:
+            self.args.warmup_steps = self.warmup_steps
+        else:
+            self.args.warmup_steps = math.ceil(num_training_steps * self.warmup_ratio)
         return super().create_scheduler(num_training_steps, optimizer)
 
 

@@ -272,7 +272,7 @@ def build_plan(
     arch = Architecture.from_config(json.loads((directory / "config.json").read_text(encoding="utf-8")))
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     ensure_pad_token(tokenizer)
-    examples, stats = encode_dialogues(tokenizer, load_dialogues(path), config)
+    examples, stats = encode_dialogues(tokenizer, load_dialogues(path, config.data.strip_whitespace), config)
     if not examples:
         raise ConfigError(f"{path}: no trainable examples after encoding ({stats.describe()})")
     lengths = [len(e["input_ids"]) for e in examples]

@@ -209,7 +209,8 @@ def predict(
     OutputPlan([data_path, *inputs], overwrite).file(output_path, "--output")
     check_output_path(data_path, output_path)  # a DCS .json/.jsonl output needs a DCS input of that extension
     source = resolve_inference_source(model_path, config, overrides)
-    dialogues = load_dialogues(data_path)  # bad data fails before the model loads
+    # bad data fails before the model loads
+    dialogues = load_dialogues(data_path, strip_whitespace=source.config.data.strip_whitespace)
     source.config, note = resolve_topic_policy(source.config, dialogues)  # a run's config is resolved already
     config = source.config
     for line in (note, topic_mismatch(config.prompt, dialogues, str(data_path))):

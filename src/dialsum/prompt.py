@@ -26,7 +26,8 @@ def topic_of(dialogue: Dialogue, prompt: PromptSettings) -> str:
     `auto` must be resolved first (`resolve_topic_policy`); unresolved it behaves like `always`."""
     if prompt.topic == "never":
         return prompt.default_topic
-    return (dialogue.topic or "").strip() or prompt.default_topic
+    # as read: the reader strips it unless data.strip_whitespace is off
+    return dialogue.topic if (dialogue.topic or "").strip() else prompt.default_topic
 
 
 def has_topics(dialogues: list[Dialogue]) -> bool:
@@ -46,7 +47,7 @@ def resolve_topic_policy(config: Config, *splits: list[Dialogue]) -> tuple[Confi
 
     named = [("training data", s) for s in splits if s]
     if config.data.test:
-        named.append((str(config.data.test), load_dialogues(config.data.test)))
+        named.append((str(config.data.test), load_dialogues(config.data.test, config.data.strip_whitespace)))
     lacking = [name for name, dialogues in named if not has_topics(dialogues)]
     choice = "never" if lacking or not named else "always"
     resolved = config.model_copy(deep=True)

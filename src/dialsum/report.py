@@ -241,6 +241,16 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format_setting(value)
 
 
+def _warmup_text(c) -> str:
+    """'20 steps' (training.warmup_steps) or the ratio, the default where a run's config left both unset."""
+    from dialsum.config import DEFAULT_WARMUP_RATIO
+
+    if c("training.warmup_steps") is not None:
+        return f"{_fmt(c('training.warmup_steps'))} steps"
+    ratio = c("training.warmup_ratio")
+    return _fmt(DEFAULT_WARMUP_RATIO if ratio is None else ratio)
+
+
 def _setup_rows(run: RunData) -> list[list[str]]:
     c = run.config.get
     if not c("lora.enabled"):
@@ -275,7 +285,7 @@ def _setup_rows(run: RunData) -> list[list[str]]:
         [
             "learning rate",
             f"{_fmt(c('training.learning_rate'))} ({_fmt(c('training.lr_scheduler_type'))}, "
-            f"warmup {_fmt(c('training.warmup_ratio'))}, weight decay {_fmt(c('training.weight_decay'))})",
+            f"warmup {_warmup_text(c) if run.config else MISSING}, weight decay {_fmt(c('training.weight_decay'))})",
         ],
         ["effective batch", batch_text],
         ["max length", _fmt(c("training.max_length"))],

@@ -132,7 +132,7 @@ def run(
         examples = _read_examples(run_dir / DEV_PER_SAMPLE_FILE) or None
         console.print(f"resume: dev already scored ({DEV_SCORES_FILE}); not predicted again")
     elif config.data.dev:
-        dev = load_dialogues(config.data.dev)
+        dev = load_dialogues(config.data.dev, strip_whitespace=config.data.strip_whitespace)
         labeled = [d for d in dev if d.references]
         prediction = predict_split(predictor, labeled, config, split="dev")
         generation_info, cleanup["dev"] = prediction.generation, prediction.cleanup
@@ -168,7 +168,7 @@ def run(
     if submission is not None and resume and submission.is_file():
         console.print(f"resume: {submission.name} already written; not predicted again")
     elif submission is not None:
-        test = load_dialogues(config.data.test)
+        test = load_dialogues(config.data.test, strip_whitespace=config.data.strip_whitespace)
         mismatch = topic_mismatch(config.prompt, test, str(config.data.test))
         if mismatch:
             console.print(f"[yellow]prompt:[/] {mismatch}")

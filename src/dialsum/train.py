@@ -149,7 +149,8 @@ def training_arguments(config: Config, run_dir: Path, has_dev: bool, seq2seq: bo
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
-        warmup_steps=0,  # set from training.warmup_ratio once the step count is known (WarmupRatioMixin)
+        # training.warmup_steps as given; a ratio becomes steps once the step count is known (WarmupRatioMixin)
+        warmup_steps=t.warmup_steps or 0,
         max_grad_norm=t.max_grad_norm,
         **checkpointing_arguments(t.gradient_checkpointing),
         logging_steps=config.logging.steps,
@@ -504,8 +505,8 @@ def _dialogue_text(dialogue: Dialogue) -> str:
 
 def _prepare_data(config: Config) -> PreparedData:
     """Read, resolve the prompt's topic policy and the length rule, and encode with labels on the summary only."""
-    train_dialogues = load_dialogues(config.data.train)
-    dev_dialogues = load_dialogues(config.data.dev) if config.data.dev else []
+    train_dialogues = load_dialogues(config.data.train, config.data.strip_whitespace)
+    dev_dialogues = load_dialogues(config.data.dev, config.data.strip_whitespace) if config.data.dev else []
     for line in data_warnings(config, train_dialogues, dev_dialogues):
         console.print(f"[yellow]warning:[/] {line}")
     unlabeled = [d.id for d in dev_dialogues if not d.references or not d.references[0].strip()]
