@@ -1,4 +1,4 @@
-"""monitor.count_tokens on batches whose padding is known: what the tokens/s and real-token-fraction logs count."""
+"""monitor.py: count_tokens on batches whose padding is known (what the tokens/s and real-token-fraction logs count)."""
 
 from __future__ import annotations
 
