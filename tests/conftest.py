@@ -81,3 +81,11 @@ def llama_tokenizer(tiny_llama):
     from dialsum.models import load_tokenizer
 
     return load_tokenizer(tiny_llama, config_from_dict({"model": {"name_or_path": str(tiny_llama)}}))
+
+
+@pytest.fixture(scope="module")
+def sample_dialogues():
+    """The bundled sample's test dialogues (test_generate, test_predict, test_suppress)."""
+    from dialsum.data import load_dialogues
+
+    return load_dialogues(SAMPLE / "test.csv")

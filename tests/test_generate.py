@@ -11,7 +11,7 @@ import torch
 from conftest import SAMPLE, SHARED
 from dialsum.cleanup import clean_summary
 from dialsum.config import config_from_dict, save_config
-from dialsum.data import Dialogue, Turn, load_dialogues
+from dialsum.data import Dialogue, Turn
 from dialsum.generate import generate_summaries, lead_baseline
 from dialsum.models import load_for_inference
 from dialsum.suppress import suppression_table
@@ -28,11 +28,6 @@ def make_config(model_path, **generation):
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-@pytest.fixture(scope="module")
-def sample_dialogues():
-    return load_dialogues(SAMPLE_TEST)
 
 
 # ---------------------------------------------------------------- batching
