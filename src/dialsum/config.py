@@ -63,6 +63,11 @@ class ModelSettings(_Section):
         False, description="Run Python code shipped with a hub model. Off unless you trust the repository."
     )
     revision: str | None = Field(None, description="Hub branch, tag or commit to load; None takes the default branch.")
+    license: str | None = Field(
+        None,
+        description="License of an export's model card (`dialsum export`), normally the base model's ('llama3.2', "
+        "'apache-2.0'); None writes 'other'.",
+    )
 
 
 class DataSettings(_Section):
@@ -72,6 +77,10 @@ class DataSettings(_Section):
     )
     test: str | None = Field(
         None, description="File to predict for the submission (`dialsum run`); needs no summaries."
+    )
+    hub_datasets: list[str] = Field(
+        default_factory=list,
+        description="Hub dataset ids the data files come from, for the `datasets` of an export's model card.",
     )
 
 

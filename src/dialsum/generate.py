@@ -151,6 +151,11 @@ def describe_generation(effective, ignored: dict[str, Any]) -> dict[str, Any]:
     return {"used": used, "ignored_from_checkpoint": ignored}
 
 
+def _brief(settings: dict[str, Any]) -> dict[str, Any]:
+    """Long id lists (an export's suppress_tokens) as their length, so the note stays one readable line."""
+    return {k: f"[{len(v)} ids]" if isinstance(v, list) and len(v) > 8 else v for k, v in settings.items()}
+
+
 def _cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:
     for i, token in enumerate(ids):
         if token in stops:
@@ -204,7 +209,7 @@ def generate_summaries(
     if ignored and model not in _REPORTED_IGNORED:
         _REPORTED_IGNORED.add(model)
         print(
-            f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
+            f"generation: the checkpoint's generation_config.json settings {_brief(ignored)} are ignored; the config's "
             f"generation section decides",
             file=sys.stderr,
         )
