@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from dialsum.config import Config
 from dialsum.rundir import DEV_SCORES_FILE, ENV_FILE, SUMMARY_FILE
@@ -114,7 +113,7 @@ def usage_snippet(config: Config, tokenizer, repo: str) -> str:
     topic_line = (
         "    topic = DEFAULT_TOPIC  # prompt.topic=never: the model was trained on the default topic"
         if p.topic == "never"
-        else "    topic = (topic or \"\").strip() or DEFAULT_TOPIC"
+        else '    topic = (topic or "").strip() or DEFAULT_TOPIC'
     )
     if tokenizer.chat_template:
         render = (
@@ -124,11 +123,11 @@ def usage_snippet(config: Config, tokenizer, repo: str) -> str:
         )
     else:
         render = (
-            "    text = (tokenizer.bos_token or \"\") + \"\".join(\n"
+            '    text = (tokenizer.bos_token or "") + "".join(\n'
             "        f\"### {m['role'].capitalize()}:\\n{m['content']}\\n\\n\" for m in messages\n"
-            "    ) + \"### Assistant:\\n\""
+            '    ) + "### Assistant:\\n"'
         )
-    system = f"    messages = [{{\"role\": \"system\", \"content\": SYSTEM}}] if SYSTEM else []\n"
+    system = '    messages = [{"role": "system", "content": SYSTEM}] if SYSTEM else []\n'
     return f'''import re
 
 import torch
@@ -162,7 +161,8 @@ def conversation(dialogue: str) -> str:
 
 def summarize(dialogue: str, topic: str | None = None) -> str:
 {topic_line}
-    user = f"{{CONVERSATION_HEADER}}\\n{{conversation(dialogue)}}\\n\\n{{QUESTION_HEADER}}\\n{{QUESTION.format(topic=topic)}}"
+    question = QUESTION.format(topic=topic)
+    user = f"{{CONVERSATION_HEADER}}\\n{{conversation(dialogue)}}\\n\\n{{QUESTION_HEADER}}\\n{{question}}"
 {system}    messages.append({{"role": "user", "content": user}})
 {render}
     inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
@@ -187,8 +187,12 @@ def _decoding_rows(generation_config, tokenizer, config: Config) -> list[list[st
     rows += [
         ["repetition_penalty", str(generation_config.repetition_penalty)],
         ["stop tokens (eos_token_id)", ", ".join(f"{i} {tokenizer.convert_ids_to_tokens(i)}" for i in eos)],
-        ["suppress_tokens", f"{len(generation_config.suppress_tokens or [])} tokens of {', '.join(g.forbidden_scripts)}"
-         if generation_config.suppress_tokens else "none"],
+        [
+            "suppress_tokens",
+            f"{len(generation_config.suppress_tokens or [])} tokens of {', '.join(g.forbidden_scripts)}"
+            if generation_config.suppress_tokens
+            else "none",
+        ],
         ["dialsum only: byte-fragment script ban", "on" if g.suppress_foreign_scripts else "off"],
         ["dialsum only: n-gram ban sparing #PersonN# tags", str(g.no_repeat_ngram_size or "off")],
         ["dialsum only: trimming", f"turns cut from the end to fit {config.training.max_length} tokens"],
@@ -212,16 +216,19 @@ def model_card(
     data = card_metadata(config, dev_scores, name)
     example, rendered = _example_prompt(tokenizer, config)
     base = config.model.name_or_path
-    what = (
-        "the LoRA adapter merged into the base weights" if merged and config.lora.enabled else "the full weights"
-    )
+    what = "the LoRA adapter merged into the base weights" if merged and config.lora.enabled else "the full weights"
     if not merged:
         what = f"the LoRA adapter only (r={config.lora.r}); load it on the base `{base}` with PEFT"
     t, lora = config.training, config.lora
     training = [
         ["base model", f"`{base}`" + (f" @ {config.model.revision}" if config.model.revision else "")],
-        ["method", ("QLoRA" if lora.load_in_4bit else "LoRA") + f" r={lora.r}, alpha={lora.alpha}, dropout="
-         f"{lora.dropout}, targets {lora.target_modules}" if lora.enabled else "full fine-tuning"],
+        [
+            "method",
+            ("QLoRA" if lora.load_in_4bit else "LoRA") + f" r={lora.r}, alpha={lora.alpha}, dropout="
+            f"{lora.dropout}, targets {lora.target_modules}"
+            if lora.enabled
+            else "full fine-tuning",
+        ],
         ["learning rate / schedule", f"{t.learning_rate} / {t.lr_scheduler_type}, warmup ratio {t.warmup_ratio}"],
         ["batch", f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} accumulation per device"],
         ["max_length / packing", f"{t.max_length} / {t.packing}"],
@@ -229,10 +236,23 @@ def model_card(
         ["seed", str(t.seed)],
         *summary_rows(summary),
     ]
-    env_rows = [[key, str(env[key])] for key in (
-        "python", "torch", "transformers", "trl", "peft", "dialsum", "device", "world_size", "distributed",
-        "git_commit", "started",
-    ) if key in env]
+    env_rows = [
+        [key, str(env[key])]
+        for key in (
+            "python",
+            "torch",
+            "transformers",
+            "trl",
+            "peft",
+            "dialsum",
+            "device",
+            "world_size",
+            "distributed",
+            "git_commit",
+            "started",
+        )
+        if key in env
+    ]
     data_rows = []
     for split in ("train", "dev", "test"):
         path = getattr(config.data, split)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from dialsum.config import Config
 from dialsum.data import Dialogue
 from dialsum.errors import DialsumError, RunDirError
-from dialsum.rundir import CONFIG_FILE, EXPORT_CONFIG_FILE, EXPORT_PARITY_FILE, MODEL_DIR, MODEL_CARD_FILE
+from dialsum.rundir import CONFIG_FILE, EXPORT_CONFIG_FILE, EXPORT_PARITY_FILE, MODEL_CARD_FILE, MODEL_DIR
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -333,7 +333,8 @@ def push_to_hub(folder: str | Path, repo: str, private: bool = False, dry_run: b
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     if dry_run:
-        print(f"dry run: would upload {len(files)} files to https://huggingface.co/{repo} ({'private' if private else 'public'}):")
+        visibility = "private" if private else "public"
+        print(f"dry run: would upload {len(files)} files to https://huggingface.co/{repo} ({visibility}):")
         for path in files:
             print(f"  {path.relative_to(folder)}  {path.stat().st_size:,} bytes")
         return {"repo": repo, "dry_run": True, "files": [str(p.relative_to(folder)) for p in files]}
@@ -348,7 +349,9 @@ def push_to_hub(folder: str | Path, repo: str, private: bool = False, dry_run: b
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model")
     except LocalTokenNotFoundError:
-        raise DialsumError(f"--push-to-hub {repo}: no Hugging Face token (set HF_TOKEN or run `hf auth login`); {later}")
+        raise DialsumError(
+            f"--push-to-hub {repo}: no Hugging Face token (set HF_TOKEN or run `hf auth login`); {later}"
+        )
     except HfHubHTTPError as error:
         raise DialsumError(f"--push-to-hub {repo}: the Hub refused ({str(error).splitlines()[0]}); {later}") from None
     except OSError as error:  # no route, DNS, timeouts
