@@ -80,8 +80,8 @@ def card_metadata(config: Config, dev_scores: dict | None, name: str):
     )
 
 
-def _example_prompt(tokenizer, config: Config) -> tuple[str, str]:
-    """(dialogue text, prompt as the model sees it) of the first dev (else train) dialogue."""
+def _example_prompt(tokenizer, config: Config) -> tuple[str, str | None, str]:
+    """(dialogue text, topic, prompt as the model sees it) of the first dev (else train) dialogue."""
     from dialsum.data import load_dialogues
     from dialsum.encode import render_prompt
     from dialsum.prompt import build_messages, seq2seq_source
@@ -91,12 +91,12 @@ def _example_prompt(tokenizer, config: Config) -> tuple[str, str]:
             dialogue = load_dialogues(path)[0]
             break
     else:
-        return "", ""
+        return "", None, ""
     lines = [f"{t.speaker}: {t.utterance}" for t in dialogue.turns]
     text = "\n".join(([dialogue.preamble] if dialogue.preamble else []) + lines)
     if config.model.kind != "causal":
-        return text, seq2seq_source(dialogue, config.prompt)
-    return text, render_prompt(tokenizer, build_messages(dialogue, config.prompt))
+        return text, dialogue.topic, seq2seq_source(dialogue, config.prompt)
+    return text, dialogue.topic, render_prompt(tokenizer, build_messages(dialogue, config.prompt))
 
 
 def usage_snippet(config: Config, tokenizer, repo: str) -> str:
@@ -214,7 +214,7 @@ def model_card(
     env = _read_json(run_dir / ENV_FILE)
     summary = _read_json(run_dir / SUMMARY_FILE)
     data = card_metadata(config, dev_scores, name)
-    example, rendered = _example_prompt(tokenizer, config)
+    example, topic, rendered = _example_prompt(tokenizer, config)
     base = config.model.name_or_path
     what = "the LoRA adapter merged into the base weights" if merged and config.lora.enabled else "the full weights"
     if not merged:
@@ -322,7 +322,7 @@ def model_card(
         "```python",
         usage_snippet(config, tokenizer, repo).rstrip("\n"),
         "",
-        f"print(summarize({example!r}))",
+        f"print(summarize({example!r}, topic={topic!r}))",
         "```",
         "",
         "With dialsum: `dialsum serve THIS_FOLDER` (an OpenAI-compatible server and a web page) or "
