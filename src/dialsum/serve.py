@@ -11,6 +11,7 @@ dialogue); `GET /health`; `GET /` is a page to paste a dialogue into. Requests t
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 import uuid
@@ -128,10 +129,15 @@ def chat_dialogue(request: ChatIn, config: Config) -> Dialogue:
     where = f"messages[{users[-1]}].content"
     text = _text_of(request.messages[users[-1]].content)
     p = config.prompt
+    topic = None
     if p.conversation_header in text and p.question_header in text:
-        text = text.split(p.conversation_header, 1)[1].split(p.question_header, 1)[0]
+        text, question = text.split(p.conversation_header, 1)[1].split(p.question_header, 1)
+        pattern = re.escape(p.question).replace(re.escape("{topic}"), "(.+?)")
+        found = re.search(pattern, question.strip())
+        if found and found.groups() and found.group(1) != p.default_topic:
+            topic = found.group(1)
     try:
-        return to_dialogue(DialogueIn(dialogue=text))
+        return to_dialogue(DialogueIn(dialogue=text, topic=topic))
     except RequestError as error:
         raise RequestError(where, error.message) from None
 
@@ -286,7 +292,7 @@ def create_app(server: Server):
     async def _invalid(request: Request, error: RequestValidationError):
         first = error.errors()[0]
         if first.get("type") == "json_invalid":
-            return _error(400, f"malformed JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", "body")
+            return _error(400, f"malformed JSON in the request body: {first.get('ctx', {}).get('error', first.get('msg'))}", "body")
         name = _field(tuple(first.get("loc", ())))
         if first.get("type") == "extra_forbidden":
             return _error(422, f"unknown field '{name}'", name)
