@@ -292,7 +292,8 @@ def create_app(server: Server):
     async def _invalid(request: Request, error: RequestValidationError):
         first = error.errors()[0]
         if first.get("type") == "json_invalid":
-            return _error(400, f"malformed JSON in the request body: {first.get('ctx', {}).get('error', first.get('msg'))}", "body")
+            reason = first.get("ctx", {}).get("error", first.get("msg"))
+            return _error(400, f"malformed JSON in the request body: {reason}", "body")
         name = _field(tuple(first.get("loc", ())))
         if first.get("type") == "extra_forbidden":
             return _error(422, f"unknown field '{name}'", name)
