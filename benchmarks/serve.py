@@ -119,9 +119,10 @@ def main() -> None:
                     result = _load(url, bodies, clients)
                     result.update(mode=mode, clients=clients, calls=server.generate_calls - calls)
                     rows.append(result)
+                    p50, p95 = result["p50"] * 1000, result["p95"] * 1000
                     print(
-                        f"{clients:>3} clients  {mode:<9}  {result['req_s']:7.2f} req/s  p50 {result['p50'] * 1000:7.0f} ms"
-                        f"  p95 {result['p95'] * 1000:7.0f} ms  ({result['calls']} generate calls for {len(bodies)})",
+                        f"{clients:>3} clients  {mode:<9}  {result['req_s']:7.2f} req/s  p50 {p50:7.0f} ms  p95 "
+                        f"{p95:7.0f} ms  ({result['calls']} generate calls for {len(bodies)})",
                         flush=True,
                     )
         finally:

@@ -90,6 +90,8 @@ def test_cli_help_lists_every_command():
         "config-keys",
         "kfold",
         "ensemble",
+        "export",
+        "serve",
         "make-tiny-model",
     ]
 

@@ -133,9 +133,7 @@ def test_concurrent_clients_are_batched_and_all_correct(served):
 
     def ask(i):
         d = served.dialogues[i]
-        response = httpx.post(
-            f"{served.url}/v1/summarize", json={"dialogue": _text(d), "topic": d.topic}, timeout=120
-        )
+        response = httpx.post(f"{served.url}/v1/summarize", json={"dialogue": _text(d), "topic": d.topic}, timeout=120)
         return i, response.json()
 
     with ThreadPoolExecutor(max_workers=12) as pool:
@@ -169,10 +167,18 @@ LONG = "#Person1#: " + "안녕하세요 반갑습니다 " * 600
         ("/v1/summarize", {"batch": [{"dialogue": "#Person1#: 안녕"}, {"dialogue": ""}]}, 422, "batch[1].dialogue"),
         ("/v1/summarize", [1, 2], 422, "body"),
         ("/v1/chat/completions", {"model": "x", "messages": []}, 404, "model"),
-        ("/v1/chat/completions", {"model": "{name}", "messages": [{"role": "system", "content": "hi"}]}, 422,
-         "messages"),
-        ("/v1/chat/completions", {"model": "{name}", "messages": [{"role": "user", "content": "hi"}]}, 422,
-         "messages[0].content"),
+        (
+            "/v1/chat/completions",
+            {"model": "{name}", "messages": [{"role": "system", "content": "hi"}]},
+            422,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "{name}", "messages": [{"role": "user", "content": "hi"}]},
+            422,
+            "messages[0].content",
+        ),
         ("/v1/chat/completions", {"model": "{name}", "stream": True, "messages": []}, 400, "stream"),
         ("/v1/chat/completions", {"model": "{name}", "messages": [], "logit_bias": {}}, 422, "logit_bias"),
     ],
