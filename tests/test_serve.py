@@ -228,7 +228,7 @@ def test_vllm_command_sets_max_lora_rank_from_the_adapter(tmp_path):
     """vLLM refuses adapters above its default max_lora_rank of 16: the command asks for the adapter's rank."""
     from conftest import tiny_run_config
     from dialsum.models import InferenceSource
-    from dialsum.serve import vllm_server_command
+    from dialsum.vllm_serve import vllm_server_command
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 64}))

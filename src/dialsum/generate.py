@@ -123,6 +123,8 @@ def effective_generation_config(model, config: Config, stops: list[int], pad_id:
                 continue
             if key == "eos_token_id":
                 continue  # its ids are stop tokens (stop_token_ids)
+            if key == "suppress_tokens" and config.generation.suppress_foreign_scripts:
+                continue  # an export's static script ban: dialsum's suppressor bans those and more
             if value != mine.get(key, defaults.get(key)):
                 ignored[key] = value
     return effective, ignored
