@@ -113,7 +113,7 @@ def test_summarize_equals_predict_for_text_dcs_and_batch(served):
     record = served.dcs[0]
     conversation = [{"speaker": t.speaker, "utterance": t.utterance} for t in record.turns]
     body = httpx.post(
-        f"{served.url}/v1/summarize", json={"conversation": conversation, "topic": record.topic.split(", ")}
+        f"{served.url}/v1/summarize", json={"conversation": conversation, "subject_keyword": record.topic.split(", ")}
     )
     assert body.status_code == 200, body.text
     assert body.json()["summary"] == served.expected_dcs[0]
@@ -166,6 +166,12 @@ LONG = "#Person1#: " + "안녕하세요 반갑습니다 " * 600
         ("/v1/summarize", {"batch": []}, 422, "batch"),
         ("/v1/summarize", {"batch": [{"dialogue": "#Person1#: 안녕"}, {"dialogue": ""}]}, 422, "batch[1].dialogue"),
         ("/v1/summarize", [1, 2], 422, "body"),
+        (
+            "/v1/summarize",
+            {"dialogue": "#Person1#: 안녕", "topic": "a", "subject_keyword": ["b"]},
+            422,
+            "subject_keyword",
+        ),
         ("/v1/chat/completions", {"model": "x", "messages": []}, 404, "model"),
         (
             "/v1/chat/completions",
@@ -255,3 +261,15 @@ def test_vllm_missing_is_one_line_and_the_default_bind_is_loopback(monkeypatch):
     with pytest.raises(DialsumError, match=r"pip install 'dialsum\[vllm\]'") as error:
         serve.serve(Path("nowhere"), backend="vllm")
     assert "\n" not in str(error.value)
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dialsum.cli", "serve", "nowhere", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: --port 70000: not a TCP port"]

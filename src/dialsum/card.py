@@ -316,14 +316,24 @@ def model_card(
         "",
         "## Usage",
         "",
-        "Plain transformers, no dialsum; this builds exactly the prompt the model was trained on "
-        f"(dialsum also trims a dialogue longer than {config.training.max_length} tokens by its last turns):",
-        "",
-        "```python",
-        usage_snippet(config, tokenizer, repo).rstrip("\n"),
-        "",
-        f"print(summarize({example!r}, topic={topic!r}))",
-        "```",
+        *(
+            [
+                "Plain transformers, no dialsum; this builds exactly the prompt the model was trained on "
+                f"(dialsum also trims a dialogue longer than {config.training.max_length} tokens by its last turns):",
+                "",
+                "```python",
+                usage_snippet(config, tokenizer, repo).rstrip("\n"),
+                "",
+                f"print(summarize({example!r}, topic={topic!r}))",
+                "```",
+            ]
+            if config.model.kind == "causal"
+            else [
+                "An encoder-decoder model: its source is the conversation lines with the speaker tags dialsum added "
+                "as tokens at training; `dialsum predict` builds it (a plain-transformers snippet is for decoder-only "
+                "exports)."
+            ]
+        ),
         "",
         "With dialsum: `dialsum serve THIS_FOLDER` (an OpenAI-compatible server and a web page) or "
         "`dialsum predict --model THIS_FOLDER --data test.csv --output predictions.csv`.",

@@ -57,7 +57,8 @@ class DialogueIn(_Body):
     id: str | None = Field(None, description="Echoed back.")
     dialogue: str | None = Field(None, description="'#Person1#: ...' lines, as in the competition CSV.")
     conversation: list[TurnIn] | None = Field(None, description="Korean_DCS turns: [{speaker, utterance}].")
-    topic: str | list[str] | None = Field(None, description="The topic (DCS subject_keyword: a list is joined).")
+    topic: str | list[str] | None = Field(None, description="The topic (a list is joined, as DCS keywords are).")
+    subject_keyword: str | list[str] | None = Field(None, description="Korean_DCS's name for the topic.")
 
 
 class SummarizeIn(DialogueIn):
@@ -91,7 +92,10 @@ def to_dialogue(item: DialogueIn, where: str = "") -> Dialogue:
     if len(given) != 1:
         both = "give one of them, not both" if given else "one of them is required"
         raise RequestError(f"{where}dialogue", f"'dialogue' (text) or 'conversation' (turns): {both}")
-    topic = ", ".join(t.strip() for t in item.topic if t.strip()) if isinstance(item.topic, list) else item.topic
+    if item.topic is not None and item.subject_keyword is not None:
+        raise RequestError(f"{where}subject_keyword", "and 'topic' name the same thing: give one of them")
+    topic = item.topic if item.topic is not None else item.subject_keyword
+    topic = ", ".join(t.strip() for t in topic if t.strip()) if isinstance(topic, list) else topic
     topic = (topic or "").strip() or None
     if item.dialogue is not None:
         name = f"{where}dialogue"
@@ -333,7 +337,8 @@ def create_app(server: Server):
     async def summarize(body: SummarizeIn):
         started = time.perf_counter()
         if body.batch is not None:
-            single = [n for n in ("dialogue", "conversation", "topic", "id") if getattr(body, n) is not None]
+            fields = ("dialogue", "conversation", "topic", "subject_keyword", "id")
+            single = [n for n in fields if getattr(body, n) is not None]
             if single:
                 raise RequestError(single[0], "cannot be given beside 'batch' (put it inside a batch item)")
             if not body.batch:
