@@ -85,7 +85,11 @@ def test_plain_transformers_reproduces_dialsum_predict(lora_export, tiny_lora_ru
     snippet = snippet.rsplit("\nprint(summarize(", 1)[0].replace("REPO = '.'", f"REPO = {str(output)!r}")
     dialogues, expected = _predict(tiny_lora_run)
     texts = [("\n".join(f"{t.speaker}: {t.utterance}" for t in d.turns), d.topic) for d in dialogues]
-    program = snippet + f"\nimport json\nprint(json.dumps([summarize(t, topic) for t, topic in {texts!r}]))\n"
+    program = snippet + (
+        f"\nimport json\nrows = {texts!r}\n"
+        "print(json.dumps([tokenizer(prompt(t, topic), add_special_tokens=False)['input_ids'] for t, topic in rows]))\n"
+        "print(json.dumps([summarize(t, topic) for t, topic in rows]))\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", "import sys; sys.modules['dialsum'] = None\n" + program],
         capture_output=True,
@@ -93,7 +97,14 @@ def test_plain_transformers_reproduces_dialsum_predict(lora_export, tiny_lora_ru
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    from dialsum.encode import encode_prompt
+    from dialsum.models import load_tokenizer, resolve_inference_source
+
+    source = resolve_inference_source(tiny_lora_run)
+    tokenizer, config = load_tokenizer(source.model_dir, source.config), source.config
+    ids, summaries = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert ids == [encode_prompt(tokenizer, d, config) for d in dialogues]  # token for token the training prompt
+    assert summaries == expected
     assert _predict(output)[1] == expected  # dialsum predict/serve on the export itself
 
 
@@ -168,6 +179,9 @@ def test_no_merge_exports_the_adapter_with_a_pointer_to_its_base(tiny_lora_run, 
     adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "tiny:llama" and result["kind"] == "adapter"
     assert "model.safetensors" not in result["files"] and "adapter_model.safetensors" in result["files"]
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(tmp_path / "adapter" / "README.md").data.library_name == "peft"
     assert _predict(tmp_path / "adapter", n=2)[1] == _predict(tiny_lora_run, n=2)[1]
 
 

@@ -37,7 +37,7 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def card_metadata(config: Config, dev_scores: dict | None, name: str):
+def card_metadata(config: Config, dev_scores: dict | None, name: str, merged: bool = True):
     """huggingface_hub's ModelCardData: what the Hub indexes. base_model only when the base is a hub id (a local
     path or a tiny model means nothing there); the dev scores as model-index results naming the scheme."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -71,7 +71,7 @@ def card_metadata(config: Config, dev_scores: dict | None, name: str):
         base_model=base if _HUB_ID.match(base) else None,
         datasets=list(config.data.hub_datasets) or None,
         metrics=["rouge"],
-        library_name="transformers",
+        library_name="transformers" if merged else "peft",
         pipeline_tag="text-generation" if config.model.kind == "causal" else "summarization",
         tags=["dialsum", "summarization", "korean", "dialogue-summarization"],
         model_name=name,
@@ -159,13 +159,18 @@ def conversation(dialogue: str) -> str:
     return "\\n".join(lines)
 
 
-def summarize(dialogue: str, topic: str | None = None) -> str:
+def prompt(dialogue: str, topic: str | None = None) -> str:
+    """The training prompt: system, the conversation and the question, through the chat template."""
 {topic_line}
     question = QUESTION.format(topic=topic)
     user = f"{{CONVERSATION_HEADER}}\\n{{conversation(dialogue)}}\\n\\n{{QUESTION_HEADER}}\\n{{question}}"
 {system}    messages.append({{"role": "user", "content": user}})
 {render}
-    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    return text
+
+
+def summarize(dialogue: str, topic: str | None = None) -> str:
+    inputs = tokenizer(prompt(dialogue, topic), add_special_tokens=False, return_tensors="pt")
     with torch.inference_mode():
         output = model.generate(**inputs)  # generation_config.json: dialsum's decoding settings and stop tokens
     summary = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -213,7 +218,7 @@ def model_card(
     dev_scores = _read_json(run_dir / DEV_SCORES_FILE) or None
     env = _read_json(run_dir / ENV_FILE)
     summary = _read_json(run_dir / SUMMARY_FILE)
-    data = card_metadata(config, dev_scores, name)
+    data = card_metadata(config, dev_scores, name, merged=merged)
     example, topic, rendered = _example_prompt(tokenizer, config)
     base = config.model.name_or_path
     what = "the LoRA adapter merged into the base weights" if merged and config.lora.enabled else "the full weights"
