@@ -89,3 +89,50 @@ def sample_dialogues():
     from dialsum.data import load_dialogues
 
     return load_dialogues(SAMPLE / "test.csv")
+
+
+def tiny_run_config(lora: bool, dev: bool = True):
+    """A tiny Llama run on the bundled sample that trains in seconds: export and serve tests start from it."""
+    from dialsum.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "model": {"name_or_path": "tiny:llama", "license": "apache-2.0"},
+            "data": {
+                "train": str(SAMPLE / "train.csv"),
+                "dev": str(SAMPLE / "dev.csv") if dev else None,
+                "hub_datasets": ["example/dialogsum-ko"],
+            },
+            "training": {
+                "max_steps": 3,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "learning_rate": 5e-2,
+                "max_length": 384,
+                "packing": False,
+                "gradient_checkpointing": False,
+                "warmup_ratio": 0.0,
+                "eval_steps": 3,
+                "save_steps": 3,
+            },
+            "lora": {"enabled": lora, "r": 4},
+            "generation": {"max_new_tokens": 16, "batch_size": 8},
+            "logging": {"steps": 1},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tmp_path_factory) -> Path:
+    """`dialsum run` of a LoRA adapter (dev predictions and dev_scores.json included, no test split)."""
+    from dialsum.run import run
+
+    return run(tiny_run_config(lora=True), output_dir=tmp_path_factory.mktemp("runs") / "tiny-lora")
+
+
+@pytest.fixture(scope="session")
+def tiny_full_run(tmp_path_factory) -> Path:
+    """`dialsum train` with every weight trained (no dev: no evaluation, quicker)."""
+    from dialsum.train import train
+
+    return train(tiny_run_config(lora=False, dev=False), output_dir=tmp_path_factory.mktemp("runs") / "tiny-full")

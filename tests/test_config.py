@@ -92,6 +92,8 @@ def test_cli_help_lists_every_command():
         "augment",
         "kfold",
         "ensemble",
+        "export",
+        "serve",
         "make-tiny-model",
     ]
 

@@ -429,6 +429,55 @@ def ensemble(
     )
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (config.yaml + model/).")],
+    output: Annotated[Path, typer.Option(help="Export folder (written atomically).")],
+    merge: Annotated[
+        bool,
+        typer.Option("--merge/--no-merge", help="Merge a LoRA adapter into its base (default), or ship the adapter."),
+    ] = True,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(help="Also upload the export to this Hub repo (OWNER/NAME); token from HF_TOKEN/login."),
+    ] = None,
+    private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="With --push-to-hub: list the files that would go up; upload none.")
+    ] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """A run as a model plain transformers loads: merged safetensors (parity-checked), tokenizer and chat template,
+    generation_config.json from the run, a model card; optionally pushed to the Hugging Face Hub."""
+    from dialsum.export import export as run_export
+
+    if (private or dry_run) and push_to_hub is None:
+        raise DialsumError("--private and --dry-run apply to --push-to-hub REPO, which was not given")
+    run_export(
+        run_dir, output, merge=merge, overwrite=overwrite, push_repo=push_to_hub, private=private, dry_run=dry_run
+    )
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="A run directory or a `dialsum export` folder.")],
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the server to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="hf (transformers, CPU or GPU) or vllm (vLLM's server, CUDA).")] = "hf",
+    batch_window_ms: Annotated[
+        float, typer.Option(help="Requests arriving within this window share one generate call (0: one at a time).")
+    ] = 10.0,
+    max_batch: Annotated[int, typer.Option(help="Most dialogues one /v1/summarize request may carry.")] = 32,
+) -> None:
+    """An HTTP server: POST /v1/summarize, OpenAI-compatible /v1/chat/completions and /v1/models, GET /health, and a
+    web page at /."""
+    from dialsum.serve import serve as run_serve
+
+    run_serve(model, host=host, port=port, backend=backend, batch_window_ms=batch_window_ms, max_batch=max_batch)
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     output: Annotated[Path, typer.Option(help="Directory to write the model and tokenizer to.")],

@@ -70,6 +70,11 @@ class ModelSettings(_Section):
         False, description="Run Python code shipped with a hub model. Off unless you trust the repository."
     )
     revision: str | None = Field(None, description="Hub branch, tag or commit to load; None takes the default branch.")
+    license: str | None = Field(
+        None,
+        description="License of an export's model card (`dialsum export`), normally the base model's ('llama3.2', "
+        "'apache-2.0'); None writes 'other'.",
+    )
 
 
 class DataSettings(_Section):
@@ -90,6 +95,10 @@ class DataSettings(_Section):
         description="Strip whitespace around speakers, utterances, subject keywords and summaries as they are "
         "read. On keeps the DialogSum-CSV behaviour; the Korean_DCS presets turn it off so prompts and targets "
         "are the source text token for token, as the 2024 baseline reads them.",
+    )
+    hub_datasets: list[str] = Field(
+        default_factory=list,
+        description="Hub dataset ids the data files come from, for the `datasets` of an export's model card.",
     )
 
 

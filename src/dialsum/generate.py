@@ -123,6 +123,8 @@ def effective_generation_config(model, config: Config, stops: list[int], pad_id:
                 continue
             if key == "eos_token_id":
                 continue  # its ids are stop tokens (stop_token_ids)
+            if key == "suppress_tokens" and config.generation.suppress_foreign_scripts:
+                continue  # an export's static script ban: dialsum's suppressor bans those and more
             if value != mine.get(key, defaults.get(key)):
                 ignored[key] = value
     return effective, ignored
@@ -149,6 +151,11 @@ def describe_generation(effective, ignored: dict[str, Any]) -> dict[str, Any]:
         for key in ("temperature", "top_p", "top_k"):
             used.pop(key)
     return {"used": used, "ignored_from_checkpoint": ignored}
+
+
+def _brief(settings: dict[str, Any]) -> dict[str, Any]:
+    """Long id lists (an export's suppress_tokens) as their length, so the note stays one readable line."""
+    return {k: f"[{len(v)} ids]" if isinstance(v, list) and len(v) > 8 else v for k, v in settings.items()}
 
 
 def _cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:
@@ -204,7 +211,7 @@ def generate_summaries(
     if ignored and model not in _REPORTED_IGNORED:
         _REPORTED_IGNORED.add(model)
         print(
-            f"generation: the checkpoint's generation_config.json settings {ignored} are ignored; the config's "
+            f"generation: the checkpoint's generation_config.json settings {_brief(ignored)} are ignored; the config's "
             f"generation section decides",
             file=sys.stderr,
         )

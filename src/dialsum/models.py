@@ -15,7 +15,7 @@ import torch
 
 from dialsum.config import Config, config_from_dict, load_config
 from dialsum.errors import ConfigError, RunDirError
-from dialsum.rundir import CONFIG_FILE, MODEL_DIR
+from dialsum.rundir import CONFIG_FILE, EXPORT_CONFIG_FILE, MODEL_DIR
 
 
 def has_cuda() -> bool:
@@ -284,6 +284,8 @@ def resolve_inference_source(
     """
     path = Path(model_path)
     run_dir: Path | None = None
+    if (path / EXPORT_CONFIG_FILE).is_file():  # a `dialsum export` folder: its config, its weights
+        return _export_source(path, config, overrides)
     if (path / CONFIG_FILE).is_file():
         run_dir = path
         model_dir: Path | str = path / MODEL_DIR
@@ -326,6 +328,20 @@ def resolve_inference_source(
     return InferenceSource(
         config=config, model_dir=Path(model_dir) if adapter else model_dir, adapter=adapter, run_dir=run_dir
     )
+
+
+def _export_source(path: Path, config: Config | None, overrides: list[str] | None) -> InferenceSource:
+    """An export: the model and prompt sections are the export's own (the prompt trained on); merged weights name
+    the folder itself, an adapter (--no-merge) its base."""
+    exported = load_config(path / EXPORT_CONFIG_FILE)
+    raw = (config or exported).to_dict()
+    raw["model"], raw["prompt"] = exported.to_dict()["model"], exported.to_dict()["prompt"]
+    raw["lora"] = exported.to_dict()["lora"]
+    adapter = (path / ADAPTER_CONFIG).is_file()
+    if not adapter:
+        raw["model"]["name_or_path"] = str(path)
+    config = config_from_dict(raw, overrides, source=str(path / EXPORT_CONFIG_FILE))
+    return InferenceSource(config=config, model_dir=path if adapter else str(path), adapter=adapter, run_dir=None)
 
 
 def load_source(source: InferenceSource):

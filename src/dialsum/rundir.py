@@ -75,6 +75,12 @@ def augment_files(output: Path) -> tuple[Path, Path, Path]:
     )
 
 
+# `dialsum export`: written into its --output directory, beside the HF files (config.json, *.safetensors, tokenizer,
+# generation_config.json; adapter_config.json + adapter_model.safetensors with --no-merge).
+MODEL_CARD_FILE = "README.md"  # the Hub model card: YAML metadata, prompt, decoding, dev scores, usage
+EXPORT_CONFIG_FILE = "dialsum.yaml"  # the run's config, model pointing at the export: `dialsum serve/predict EXPORT`
+EXPORT_PARITY_FILE = "parity.json"  # the parity check: dialogues, max logit difference, tolerance
+
 # The prediction file of each split a run directory (or kfold parent) holds, for `dialsum ensemble --split`.
 SPLIT_FILES = {"dev": DEV_PREDICTIONS_FILE, "test": SUBMISSION_FILE, "oof": OOF_PREDICTIONS_FILE}
 
