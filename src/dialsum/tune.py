@@ -189,8 +189,11 @@ def _base_settings(space: Space, config: Config) -> dict[str, Any]:
 
 
 def _storage(url: str):
+    import warnings
+
     import optuna
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat: stale trials
     if url.startswith("sqlite"):  # one writer at a time; wait for the lock instead of failing
         return optuna.storages.RDBStorage(
             url, engine_kwargs={"connect_args": {"timeout": 60}}, heartbeat_interval=60, grace_period=180

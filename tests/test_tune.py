@@ -1,0 +1,203 @@
+"""`dialsum tune` on the tiny Llama over rows of the bundled sample: a study completes and writes its outputs, a grid
+enumerates exactly its product (identical settings answered from the cache), a killed study resumes without rerunning
+a trial, best.yaml reproduces the best trial's score through `dialsum predict`, the halves are disjoint and stable,
+and every bad space is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import shutil
+import sys
+
+import optuna
+import pytest
+import yaml
+
+from conftest import SAMPLE
+from dialsum.config import config_from_dict, load_config, save_config
+from dialsum.data import load_dialogues
+from dialsum.rundir import TUNE_OUTPUTS, TUNE_SPLIT_FILE, TUNE_TRIALS_FILE
+from dialsum.schemes import score_dialogues
+from dialsum.tune import tune
+
+ROWS = 12  # 6 tuning, 6 held-out; batches of 2 so a trial's pruning slice is one batch of three
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_llama):
+    """A run directory (config.yaml + model/) around the tiny Llama, decoding short and fast."""
+    run = tmp_path_factory.mktemp("tune") / "run"
+    shutil.copytree(tiny_llama, run / "model")
+    raw = load_config(SAMPLE.parent.parent.parent / "configs" / "demo.yaml").to_dict()
+    raw["model"]["name_or_path"] = str(run / "model")
+    raw["generation"].update(max_new_tokens=10, batch_size=2, no_repeat_ngram_size=3)
+    raw["training"]["max_length"] = 256
+    raw["prompt"]["topic"] = "always"
+    raw["data"] = {"train": str(SAMPLE / "train.csv"), "dev": str(SAMPLE / "dev.csv")}
+    save_config(config_from_dict(raw), run / "config.yaml")
+    return run
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    """ROWS labelled dialogues with topics, in the competition CSV."""
+    with open(SAMPLE / "train.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:ROWS]
+    path = tmp_path_factory.mktemp("data") / "dev.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_space(path, space: dict):
+    path.write_text(yaml.safe_dump(space, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid_study(run_dir, dev, tmp_path_factory):
+    """A 2 x 2 grid in which the length penalty does nothing (greedy): 4 trials, 2 distinct settings."""
+    space = write_space(
+        tmp_path_factory.mktemp("space") / "grid.yaml",
+        {"generation.no_repeat_ngram_size": [2, 3], "generation.length_penalty": [0.5, 1.0]},
+    )
+    result = tune(run_dir, dev, space_path=space, progress=False)
+    return result, space
+
+
+def read_csv(path):
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_grid_study_completes_enumerates_its_product_and_caches(grid_study, run_dir):
+    result, _ = grid_study
+    out = run_dir / "tune"
+    assert all((out / name).is_file() for name in TUNE_OUTPUTS)
+    assert result.grid and len(result.trials) == 4
+    seen = sorted(
+        (t["settings"]["generation.no_repeat_ngram_size"], t["settings"]["generation.length_penalty"])
+        for t in result.trials
+    )
+    assert seen == sorted(itertools.product([2, 3], [0.5, 1.0]))  # exactly the product, each once
+    # num_beams=1: the length penalty changes nothing, so only no_repeat_ngram_size=2 is ever generated, once;
+    # =3 is the untuned config, evaluated before the trials
+    generated = [t for t in result.trials if not t["cached"]]
+    assert [t["settings"]["generation.no_repeat_ngram_size"] for t in generated] == [2]
+    rows = read_csv(out / TUNE_TRIALS_FILE)
+    assert rows[0]["trial"] == "untuned" and len(rows) == 5
+    assert sum(bool(r["heldout_score"]) for r in rows) == 2  # the untuned config and the best trial
+    report = (out / "tune.md").read_text(encoding="utf-8")
+    assert "Held-out comparison" in report and "tune_history.png" in report
+
+
+@pytest.mark.slow
+def test_best_yaml_reproduces_the_best_trial_through_predict(grid_study, run_dir, dev, tmp_path, monkeypatch, capsys):
+    result, _ = grid_study
+    out = run_dir / "tune"
+    best = yaml.safe_load((out / "best.yaml").read_text(encoding="utf-8"))
+    assert best["base"] == "../config.yaml"
+    assert best["generation"] == {"no_repeat_ngram_size": result.best["settings"]["generation.no_repeat_ngram_size"]}
+    assert result.best["tuning"] > result.untuned["tuning"]  # the tiny model scores above 0 with the n-gram ban at 2
+    # `dialsum run best.yaml` reads the run's config with the tuned settings over it
+    merged = load_config(out / "best.yaml")
+    assert merged.generation.no_repeat_ngram_size == best["generation"]["no_repeat_ngram_size"]
+    assert merged.model.name_or_path == str(run_dir / "model") and merged.generation.max_new_tokens == 10
+    # `dialsum predict --config best.yaml` on the tuning rows scores exactly what the trial scored
+    tuning_ids = [r["fname"] for r in read_csv(out / TUNE_SPLIT_FILE) if r["half"] == "tuning"]
+    dialogues = {d.id: d for d in load_dialogues(dev)}
+    tuning = [dialogues[i] for i in tuning_ids]
+    source = {r["fname"]: r for r in read_csv(dev)}
+    subset = tmp_path / "tuning.csv"
+    with open(subset, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(source[tuning_ids[0]]))
+        writer.writeheader()
+        writer.writerows(source[i] for i in tuning_ids)  # in the data's order, as the trials saw them
+    predictions = tmp_path / "predictions.csv"
+    argv = ["predict", "--model", run_dir, "--data", subset, "--output", predictions, "--config", out / "best.yaml"]
+    run_cli(monkeypatch, argv)
+    summaries = [r["summary"] for r in read_csv(predictions)]
+    scores, _ = score_dialogues(summaries, tuning, load_config(run_dir / "config.yaml").evaluation)
+    assert scores["final_score"] == result.best["tuning"]
+
+
+@pytest.mark.slow
+def test_tuning_and_heldout_rows_are_disjoint_and_stratified(grid_study, dev):
+    result, _ = grid_study
+    tuning, heldout = set(result.split["tuning"]), set(result.split["heldout"])
+    dialogues = load_dialogues(dev)
+    assert not tuning & heldout and tuning | heldout == {d.id for d in dialogues}
+    for topic in {d.topic for d in dialogues}:
+        members = [d.id for d in dialogues if d.topic == topic]
+        assert abs(sum(i in tuning for i in members) - sum(i in heldout for i in members)) <= 1
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_without_repeating_a_trial(run_dir, dev, tmp_path):
+    space = write_space(
+        tmp_path / "tpe.yaml",
+        {"generation.repetition_penalty": {"low": 1.0, "high": 1.3}, "generation.no_repeat_ngram_size": [2, 3]},
+    )
+    out = tmp_path / "out"
+
+    def kill(study, trial):  # the process dies right after its first trial
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(run_dir, dev, space_path=space, trials=3, output_dir=out, progress=False, callbacks=[kill])
+    storage = f"sqlite:///{out / 'study.db'}"
+    first = optuna.load_study(study_name="tune", storage=storage)
+    (done,) = first.get_trials()
+    assert done.state == optuna.trial.TrialState.COMPLETE
+    split = first.user_attrs["split"]
+    # resumed with another --seed: the stored split wins; the finished trial is kept, two more run
+    result = tune(run_dir, dev, space_path=space, trials=3, output_dir=out, seed=7, progress=False)
+    trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[0].datetime_complete == done.datetime_complete and trials[0].value == done.value
+    assert result.split["tuning"] == split["tuning"] and result.split["heldout"] == split["heldout"]
+    again = tune(run_dir, dev, space_path=space, trials=3, output_dir=out, progress=False)  # nothing left to do
+    assert len(again.trials) == 3
+    # another space on the same study: one line
+    other = write_space(tmp_path / "other.yaml", {"generation.no_repeat_ngram_size": [2, 4]})
+    with pytest.raises(Exception, match="started with another space"):
+        tune(run_dir, dev, space_path=other, trials=3, output_dir=out, progress=False)
+
+
+def run_cli(monkeypatch, argv):
+    from dialsum.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["dialsum", *map(str, argv)])
+    try:
+        main()
+    except SystemExit as exit:
+        return exit.code
+    return 0
+
+
+BAD_SPACES = [
+    ({"generation.num_beam": [1, 2]}, "unknown key 'generation.num_beam' (did you mean 'generation.num_beams'?)"),
+    ({"training.learning_rate": [1e-5, 2e-5]}, "'training.learning_rate' is not a decoding setting"),
+    ({"generation.num_beams": []}, "generation.num_beams: empty list of values"),
+    ({"generation.length_penalty": {"low": 1.5, "high": 0.3}}, "empty range (low 1.5 > high 0.3)"),
+    ({"generation.num_beams": [4], "generation.length_penalty": {"low": 1.0, "high": 1.0}}, "no free parameter"),
+    ({}, "no free parameter"),
+    ({"generation.num_beams": [0, 2]}, "generation.num_beams"),
+    ({"prompt.question": "요약해 주세요."}, "expected a list of texts"),
+    ({"generation.length_quantile": {"low": 0.5, "high": 0.9}}, "applies under generation.max_new_tokens=auto"),
+]
+
+
+@pytest.mark.parametrize(("space", "message"), BAD_SPACES, ids=[m[:30] for _, m in BAD_SPACES])
+def test_bad_space_is_one_line_exit_2_nothing_written(space, message, tmp_path, monkeypatch, capsys, run_dir, dev):
+    path = write_space(tmp_path / "space.yaml", space)
+    out = tmp_path / "out"
+    argv = ["tune", run_dir, "--data", dev, "--space", path, "--output-dir", out, "--trials", 2]
+    assert run_cli(monkeypatch, argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert str(path) in lines[0] and not out.exists()
