@@ -201,3 +201,51 @@ def test_bad_space_is_one_line_exit_2_nothing_written(space, message, tmp_path, 
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert str(path) in lines[0] and not out.exists()
+
+
+@pytest.mark.slow
+def test_pruning_slice_and_rest_are_whole_batches_of_one_call(run_dir, dev):
+    """predict_split sorts by input length and batches; a trial's slice and rest must each be whole batches of the
+    one-call order, so predicting them apart generates what `predict` over all tuning rows does."""
+    from dialsum.encode import encode_inference_inputs
+    from dialsum.models import load_tokenizer, resolve_inference_source
+    from dialsum.predict import Predictor
+    from dialsum.tune import _Trials
+
+    source = resolve_inference_source(run_dir)
+    config = config_from_dict(source.config.to_dict(), ["generation.batch_size=3"])
+    rows = load_dialogues(dev)[:11]  # 4 batches, the last one short
+    predictor = Predictor(source, tokenizer=load_tokenizer(source.model_dir, config))
+    first, rest = _Trials(predictor, config, rows, [], progress=False).slices(config)
+    inputs, _ = encode_inference_inputs(predictor.tokenizer, rows, config, "causal")
+    order = sorted(range(len(rows)), key=lambda i: len(inputs[i]), reverse=True)
+    batches = [set(order[s : s + 3]) for s in range(0, len(order), 3)]
+    assert first and rest and sorted(first + rest) == list(range(len(rows)))
+    assert all(batch <= set(first) or batch <= set(rest) for batch in batches)
+    assert [b for b in batches if b <= set(first)] == batches[::4]  # every 4th batch: the slice spans all lengths
+
+
+def test_a_fragment_applies_over_the_run_config_prompt_included(run_dir, tmp_path):
+    """best.yaml may carry prompt texts: as a fragment they apply over the run's config (a full --config would keep
+    the run's prompt), and `base:` makes it a whole config for `dialsum run`."""
+    from dialsum.config import fragment_overrides
+    from dialsum.models import resolve_inference_source
+
+    best = tmp_path / "best.yaml"
+    best.write_text(
+        yaml.safe_dump(
+            {"base": str(run_dir / "config.yaml"), "generation": {"num_beams": 4}, "prompt": {"question": "요약:"}},
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
+    config = resolve_inference_source(run_dir, None, fragment_overrides(best)).config
+    assert config.prompt.question == "요약:" and config.generation.num_beams == 4
+    assert config.generation.max_new_tokens == 10  # the rest is the run's
+    whole = load_config(best)
+    assert whole.prompt.question == "요약:" and whole.model.name_or_path == str(run_dir / "model")
+    assert fragment_overrides(run_dir / "config.yaml") is None  # a full config stays a config
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generation:\n  num_beam: 2\n", encoding="utf-8")
+    with pytest.raises(Exception, match="unknown config key 'generation.num_beam'"):
+        fragment_overrides(bad)

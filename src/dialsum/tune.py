@@ -314,7 +314,7 @@ def tune(
     if remaining > 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=remaining, desc=f"tune {study_name}", unit="trial", disable=not progress, file=sys.stderr)
+        bar = tqdm(total=remaining, desc=f"study {study_name}", unit="trial", disable=not progress, file=sys.stderr)
 
         def show(study, trial) -> None:
             bar.update(1)
@@ -373,7 +373,11 @@ def _finish(study, work: _Trials, space: Space, untuned: dict, output_dir: Path,
         study_name=study.study_name,
         storage=url,
         scheme={"name": work.scheme.name, "label": work.scheme.headline_label},
-        split={**study.user_attrs["split"]},
+        split={  # the rows the trials really used
+            **study.user_attrs["split"],
+            "tuning": [d.id for d in work.rows["tuning"]],
+            "heldout": [d.id for d in work.rows["heldout"]],
+        },
         best={"number": best.number, "settings": settings, "tuning": best.value},
         untuned={"settings": untuned, "tuning": base_tuning["value"], "heldout": base_held["value"]},
         heldout={
