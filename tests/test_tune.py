@@ -251,3 +251,16 @@ def test_a_fragment_applies_over_the_run_config_prompt_included(run_dir, tmp_pat
     bad.write_text("generation:\n  num_beam: 2\n", encoding="utf-8")
     with pytest.raises(Exception, match="unknown config key 'generation.num_beam'"):
         fragment_overrides(bad)
+
+
+def test_outputs_of_another_study_are_not_replaced_without_overwrite(tmp_path, monkeypatch, capsys, run_dir, dev):
+    space = write_space(tmp_path / "space.yaml", {"generation.no_repeat_ngram_size": [2, 3]})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / TUNE_TRIALS_FILE).write_text("kept\n", encoding="utf-8")
+    argv = ["tune", run_dir, "--data", dev, "--space", space, "--output-dir", out, "--study", "new"]
+    assert run_cli(monkeypatch, argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already exists; pass --overwrite" in lines[0], lines
+    assert sorted(p.name for p in out.iterdir()) == [TUNE_TRIALS_FILE]  # no study.db either
+    assert (out / TUNE_TRIALS_FILE).read_text(encoding="utf-8") == "kept\n"
