@@ -251,9 +251,11 @@ def tune(
     from dialsum.writer import OutputPlan
 
     source = resolve_inference_source(model_path, config, list(overrides))
-    data_path = Path(data_path or source.config.data.dev or "")
-    if not str(data_path) or not data_path.is_file():
-        raise DataError(f"--data {data_path}: no such file (and data.dev names none)")
+    if not (data_path or source.config.data.dev):
+        raise DataError("tune needs --data DEV.csv (the config's data.dev names none)")
+    data_path = Path(data_path or source.config.data.dev)
+    if not data_path.is_file():
+        raise DataError(f"--data {data_path}: no such file")
     dialogues = load_dialogues(data_path)
     unlabeled = [d.id for d in dialogues if not d.references]
     if unlabeled:

@@ -72,6 +72,7 @@ def _plots(result) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     done = [t for t in result.trials if t["state"] == "complete"]
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -84,6 +85,7 @@ def _plots(result) -> None:
     axis.step(numbers, best_so_far, where="post", color="C1", label="best so far")
     axis.axhline(result.untuned["tuning"], color="grey", linestyle="--", label="untuned")
     axis.set_xlabel("trial")
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.set_ylabel(result.scheme["label"])
     axis.set_title("Optimisation history")
     axis.legend(loc="lower right", fontsize=8)
