@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import shutil
 import sys
 
@@ -264,3 +265,31 @@ def test_outputs_of_another_study_are_not_replaced_without_overwrite(tmp_path, m
     assert len(lines) == 1 and "already exists; pass --overwrite" in lines[0], lines
     assert sorted(p.name for p in out.iterdir()) == [TUNE_TRIALS_FILE]  # no study.db either
     assert (out / TUNE_TRIALS_FILE).read_text(encoding="utf-8") == "kept\n"
+
+
+def test_default_space_and_what_a_trial_changes(tmp_path):
+    from dialsum.tune_space import apply_settings, canonical, default_space
+
+    fixed = config_from_dict({"model": {"name_or_path": "m"}, "data": {"train": str(SAMPLE / "train.csv")}})
+    keys = default_space(fixed).keys
+    assert keys == [
+        "generation.num_beams",
+        "generation.length_penalty",
+        "generation.repetition_penalty",
+        "generation.no_repeat_ngram_size",
+    ]
+    rule = {"buckets": [{"max_chars": None, "limit": 40, "n": 5}], "global_limit": 40, "quantile": 0.95}
+    auto = config_from_dict(
+        fixed.to_dict(), ["generation.max_new_tokens=auto", f"generation.length_rule={json.dumps(rule)}"]
+    )
+    assert default_space(auto).keys[-1] == "generation.length_quantile"
+    # a changed quantile drops the stored rule (refitted on data.train); an unchanged one keeps it
+    assert apply_settings(auto, {"generation.length_quantile": 0.8}).generation.length_rule is None
+    assert apply_settings(auto, {"generation.length_quantile": 0.95}).generation.length_rule == rule
+    # greedy: the length penalty changes nothing, so it is not part of the settings' identity
+    assert canonical({"generation.num_beams": 1, "generation.length_penalty": 0.5}, fixed) == {
+        "generation.num_beams": 1
+    }
+    assert "generation.length_penalty" in canonical(
+        {"generation.num_beams": 4, "generation.length_penalty": 0.5}, fixed
+    )
