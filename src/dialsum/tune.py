@@ -306,6 +306,10 @@ def tune(
         study.set_user_attr("scheme", base_config.evaluation.scheme)
     else:
         _check_resume(study, space, base, study_name)  # another machine may have created it meanwhile
+        if study.user_attrs["split"] != split:  # ... with its split: every machine tunes the same rows
+            split = study.user_attrs["split"]
+            tuning = _rows(dialogues, split["tuning"], data_path)
+            heldout = _rows(dialogues, split["heldout"], data_path)
     work = _Trials(predictor, base_config, tuning, heldout, progress)
     untuned = _base_settings(space, base_config)
     work.evaluate(study, untuned, "tuning")
