@@ -84,6 +84,7 @@ def test_cli_help_lists_every_command():
         "plan",
         "run",
         "predict",
+        "tune",
         "evaluate",
         "screen",
         "compare",

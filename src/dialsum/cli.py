@@ -127,7 +127,8 @@ def predict(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json)."
+            help="Config (default: the run's config.yaml; for a bare model: the defaults, kind from its config.json); "
+            "a fragment such as dialsum tune's best.yaml applies its keys over that config."
         ),
     ] = None,
     set_: SetOption = None,
@@ -144,14 +145,63 @@ def predict(
 ) -> None:
     """Generate summaries in batches, Korean-only by default, into a CSV in the input's order."""
     import dialsum.predict
+    from dialsum.config import fragment_overrides
 
+    fragment = fragment_overrides(config) if config else None  # tune's best.yaml: applied over the model's config
     dialsum.predict.predict(
         model,
         data,
         output,
+        config=_config(config, set_) if config and fragment is None else None,
+        overrides=[*(fragment or []), *(set_ or [])],
+        num_candidates=num_candidates,
+        overwrite=overwrite,
+        inputs=[config],
+    )
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help="Run directory, a run's model/ directory, or any HF model path.")],
+    data: Annotated[Path | None, typer.Option(help="Labeled dev dialogues (default: data.dev).")] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Trials in the study, all machines together (default 30; a grid: its size).", min=1),
+    ] = None,
+    space: Annotated[
+        Path | None,
+        typer.Option(help="SPACE.yaml: generation.* keys (lists or {low, high}), prompt.question/system lists."),
+    ] = None,
+    study: Annotated[str, typer.Option(help="Study name; the same name resumes it.")] = "tune",
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: sqlite in the output dir), e.g. postgresql://...")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many minutes.")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where the study and reports go (default RUN_DIR/tune).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the tuning/held-out split and the sampler.")] = 0,
+    config: Annotated[
+        Path | None, typer.Option(help="Config, as for predict (default: the run's config.yaml).")
+    ] = None,
+    set_: SetOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Search decoding settings on half of dev (Optuna), report the best on the held-out half; writes best.yaml."""
+    from dialsum.tune import tune as run_tune
+
+    run_tune(
+        model,
+        data,
         config=_config(config, set_) if config else None,
         overrides=set_ or [],
-        num_candidates=num_candidates,
+        trials=trials,
+        space_path=space,
+        study_name=study,
+        storage=storage,
+        timeout=timeout,
+        output_dir=output_dir,
+        seed=seed,
         overwrite=overwrite,
         inputs=[config],
     )

@@ -619,9 +619,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"not valid YAML: {where}{problem}"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML run config, apply `key=value` overrides, validate. Relative data paths stay as written."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a YAML config file")
     if not path.is_file():
@@ -634,7 +632,62 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: {_yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return config_from_dict(raw, overrides, source=str(path))
+    return raw
+
+
+def _leaves(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every setting in a nested mapping; a key the schema knows is a leaf even when its value
+    is a mapping (generation.length_rule)."""
+    leaves = []
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in _valid_keys():
+            leaves.extend(_leaves(value, f"{dotted}."))
+        else:
+            leaves.append((dotted, value))
+    return leaves
+
+
+def fragment_overrides(path: str | Path) -> list[str] | None:
+    """A config fragment's settings as `key=value` overrides, or None for a full config. A fragment is a file with a
+    `base:` key or without a `model` section, e.g. `dialsum tune`'s best.yaml: `predict --config` applies it over the
+    model's own config, as --set would."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if "model" in raw and "base" not in raw:
+        return None
+    raw.pop("base", None)
+    overrides = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in _leaves(raw)]
+    for override in overrides:  # an unknown key names the file
+        if override.partition("=")[0] not in _valid_keys():
+            raise _unknown_key_error(override.partition("=")[0], str(path))
+    return overrides
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML run config, apply `key=value` overrides, validate. Relative data paths stay as written.
+
+    A `base: OTHER.yaml` key (relative to this file) reads OTHER first and applies this file's keys over it, so a
+    fragment such as tune's best.yaml is a whole config for `dialsum run`."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    seen = [path.resolve()]
+    while "base" in raw:
+        base = path.parent / str(raw.pop("base"))
+        if base.resolve() in seen:
+            raise ConfigError(f"{path}: base {base} includes itself")
+        seen.append(base.resolve())
+        merged = _read_yaml(base)
+        for key, value in _leaves(raw):
+            *parents, leaf = key.split(".")
+            node = merged
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[leaf] = value
+        raw, path = merged, base
+    return config_from_dict(raw, overrides, source=str(seen[0]))
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -81,6 +81,25 @@ MODEL_CARD_FILE = "README.md"  # the Hub model card: YAML metadata, prompt, deco
 EXPORT_CONFIG_FILE = "dialsum.yaml"  # the run's config, model pointing at the export: `dialsum serve/predict EXPORT`
 EXPORT_PARITY_FILE = "parity.json"  # the parity check: dialogues, max logit difference, tolerance
 
+
+# `dialsum tune`: RUN_DIR/tune/ (or its --output-dir) holds the study and its reports.
+TUNE_DIR = "tune"
+TUNE_STUDY_FILE = "study.db"  # Optuna's SQLite storage (the default --storage): trials, split, cache
+TUNE_TRIALS_FILE = "trials.csv"  # one row per trial: settings, tuning score, held-out score (best), seconds, state
+TUNE_BEST_FILE = "best.yaml"  # the winning settings as a config fragment for predict --config / dialsum run
+TUNE_REPORT_FILE = "tune.md"
+TUNE_SPLIT_FILE = "split.csv"  # fname,half: which dev rows were tuned on and which were held out
+TUNE_HISTORY_PLOT = "tune_history.png"
+TUNE_PARAMS_PLOT = "tune_params.png"
+TUNE_OUTPUTS = (
+    TUNE_TRIALS_FILE,
+    TUNE_BEST_FILE,
+    TUNE_REPORT_FILE,
+    TUNE_SPLIT_FILE,
+    TUNE_HISTORY_PLOT,
+    TUNE_PARAMS_PLOT,
+)
+
 # The prediction file of each split a run directory (or kfold parent) holds, for `dialsum ensemble --split`.
 SPLIT_FILES = {"dev": DEV_PREDICTIONS_FILE, "test": SUBMISSION_FILE, "oof": OOF_PREDICTIONS_FILE}
 
