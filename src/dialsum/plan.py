@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,35 +178,30 @@ def training_flops(arch: Architecture, epoch: EpochPlan, trained_tokens: int, me
 
 
 def resolve_model_dir(config: Config, model_dir: str | Path | None) -> Path:
-    """The folder with config.json and the tokenizer: --model-dir, else model.name_or_path when it is a local
-    folder, else a folder named like the repo (lower case) under $DIALSUM_MODEL_DIRS or ../shared/models."""
+    """The folder with config.json and the tokenizer: --model-dir, else model.name_or_path through the one model
+    lookup (models.resolve_model_path: a local folder, $DIALSUM_MODEL_DIRS or ../shared/models, the HF cache)."""
+    from dialsum.models import lookup_hint, resolve_model_path
+
     if model_dir is not None:
         path = Path(model_dir)
+        if not path.is_dir():
+            raise ConfigError(f"--model-dir {path}: no such directory")
         if not (path / "config.json").is_file():
             raise ConfigError(f"--model-dir {path}: no config.json there")
         return path
     name = config.model.name_or_path
-    if name.startswith("tiny:"):
-        from dialsum.models import resolve_model_path
-
-        return Path(resolve_model_path(name))
-    if (Path(name) / "config.json").is_file():
-        return Path(name)
-    roots = [Path(p) for p in os.environ.get("DIALSUM_MODEL_DIRS", "").split(os.pathsep) if p]
-    roots.append(Path("../shared/models"))
-    for root in roots:
-        candidate = root / name.split("/")[-1].lower()
-        if (candidate / "config.json").is_file():
-            return candidate
-    try:  # a model already in the local HF cache
+    found = resolve_model_path(name, flag="--model-dir")
+    if (Path(found) / "config.json").is_file():
+        return Path(found)
+    try:  # a hub id in the local HF cache: its snapshot folder
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model"], local_files_only=True))
+        return Path(snapshot_download(found, allow_patterns=["*.json", "*.txt", "*.model"], local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means: not cached
         pass
     raise ConfigError(
-        f"model.name_or_path={name}: no local config.json; pass --model-dir DIR (config.json, tokenizer) "
-        f"or put a folder named {name.split('/')[-1].lower()} under $DIALSUM_MODEL_DIRS"
+        f"model.name_or_path={name}: no local config.json (plan reads config.json and the tokenizer, never "
+        f"downloads); {lookup_hint(name, flag='--model-dir')}"
     )
 
 

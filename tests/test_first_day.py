@@ -1,0 +1,96 @@
+"""What a new user trips on first (issue 19): model lookup by name, inspect with a preset, tables at 80 columns."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from rich.console import Console
+
+from conftest import SAMPLE
+from dialsum.config import config_from_dict
+from dialsum.errors import ConfigError
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_a_hub_id_resolves_to_a_folder_named_like_it_under_the_model_dirs(tmp_path, monkeypatch, offline, tiny_llama):
+    """Mutation caught: the lookup of $DIALSUM_MODEL_DIRS left in plan.py only (inspect and predict never find it)."""
+    from dialsum.models import resolve_inference_source, resolve_model_path
+
+    shutil.copytree(tiny_llama, tmp_path / "models" / "tiny-korean-llama")
+    monkeypatch.setenv("DIALSUM_MODEL_DIRS", str(tmp_path / "models"))
+    found = resolve_model_path("Someone/Tiny-Korean-Llama")
+    assert found == str(tmp_path / "models" / "tiny-korean-llama")
+    # predict and screen: the same lookup, weights required
+    source = resolve_inference_source("Someone/Tiny-Korean-Llama", what="--models")
+    assert source.model_dir == found and source.config.model.name_or_path == found
+
+
+def test_a_weightless_folder_serves_the_tokenizer_not_the_weights(tmp_path, monkeypatch, offline, tiny_llama):
+    from dialsum.models import resolve_model_path
+
+    folder = tmp_path / "models" / "tok-only"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / name, folder / name)
+    monkeypatch.setenv("DIALSUM_MODEL_DIRS", str(tmp_path / "models"))
+    assert resolve_model_path("org/tok-only") == str(folder)  # inspect, plan: config and tokenizer suffice
+    with pytest.raises(ConfigError, match=r"no weights.*--model DIR.*\$DIALSUM_MODEL_DIRS"):
+        resolve_model_path("org/tok-only", weights=True)
+
+
+def test_an_unreachable_hub_id_offline_names_model_and_the_model_dirs(tmp_path, monkeypatch, offline):
+    """Mutation caught: the hub's own 'couldn't connect to huggingface.co' passed through, with no way out named."""
+    from dialsum.models import load_tokenizer, resolve_inference_source
+
+    monkeypatch.setenv("DIALSUM_MODEL_DIRS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = config_from_dict({"model": {"name_or_path": "nobody/no-such-model-19"}})
+    with pytest.raises(ConfigError) as error:
+        load_tokenizer(config.model.name_or_path, config)
+    message = str(error.value)
+    assert message.startswith("model.name_or_path=nobody/no-such-model-19: ")
+    assert "offline" in message and "--model DIR" in message and "no-such-model-19 under $DIALSUM_MODEL_DIRS" in message
+    assert "huggingface.co" not in message
+    with pytest.raises(ConfigError, match=r"^--model nobody/x: .*offline.*pass a local folder as --model"):
+        resolve_inference_source("nobody/x")
+
+
+@pytest.mark.parametrize("name", ["./no-such-dir", "/nonexistent/model", "runs/no-such-run", "../a/b/c"])
+def test_a_local_path_that_is_not_there_says_no_such_directory(name, tmp_path, monkeypatch, offline):
+    """Mutation caught: a missing run directory reported as a hub failure ('cannot read the model's config.json')."""
+    from dialsum.models import resolve_inference_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match=rf"^--model {name}: no such directory$"):
+        resolve_inference_source(name)
+
+
+def test_inspect_of_a_preset_reads_only_the_training_file(tmp_path, monkeypatch, offline, tiny_llama):
+    """The preset names data/test.csv and a hub id; with --set data.train=dev.csv and the model in
+    $DIALSUM_MODEL_DIRS, inspect runs. Mutation caught: prompt.topic=auto reading data.test unconditionally →
+    'data/test.csv: file not found'."""
+    from dialsum.inspection import inspect_data
+
+    shutil.copytree(tiny_llama, tmp_path / "models" / "tiny-llama-19")
+    monkeypatch.setenv("DIALSUM_MODEL_DIRS", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    config = config_from_dict(
+        {
+            "model": {"name_or_path": "Org/tiny-llama-19"},
+            "data": {"train": "data/train.csv", "dev": "data/dev.csv", "test": "data/test.csv"},
+        },
+        [f"data.train={SAMPLE / 'train.csv'}"],
+    )
+    out = io.StringIO()
+    result = inspect_data(config, n=1, console=Console(file=out, width=80))
+    assert result["encoded"] > 0
+    assert "data.test data/test.csv not found" in " ".join(out.getvalue().split())
