@@ -94,3 +94,60 @@ def test_inspect_of_a_preset_reads_only_the_training_file(tmp_path, monkeypatch,
     result = inspect_data(config, n=1, console=Console(file=out, width=80))
     assert result["encoded"] > 0
     assert "data.test data/test.csv not found" in " ".join(out.getvalue().split())
+
+
+# ---------------------------------------------------------------- 80 columns
+
+
+def _words_intact(text: str, output: str, width: int = 80) -> None:
+    lines = output.splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines), max(lines, key=len)
+    assert "…" not in output
+    flat = set(" ".join(lines).split())
+    broken = [word for word in text.split() if word not in flat]
+    assert not broken, f"words broken or cut at {width} columns: {broken[:5]}"
+
+
+def test_config_keys_at_80_columns_break_no_word():
+    """Mutation caught: the four-column table at 80 columns ('descriptio n', a 10-character description column)."""
+    from dialsum.cli import print_config_keys
+    from dialsum.config import config_fields
+
+    rows = config_fields()
+    out = io.StringIO()
+    print_config_keys(rows, Console(file=out, width=80))
+    output = out.getvalue()
+    for row in rows:
+        _words_intact(row["key"] + " " + row["description"], output)
+    assert len(output.splitlines()) < 5 * len(rows)
+    wide = io.StringIO()
+    print_config_keys(rows, Console(file=wide, width=160))
+    assert "┃ description" in wide.getvalue() and "…" not in wide.getvalue()
+
+
+def test_plan_tables_at_80_columns_show_every_header_in_full(tiny_llama):
+    """Mutation caught: the ten-column layout table forced at 80 columns ('examples/s…')."""
+    from dialsum.plan import build_plan, print_plan
+
+    config = config_from_dict(
+        {"model": {"name_or_path": str(tiny_llama)}, "data": {"train": str(SAMPLE / "train.csv")}}
+    )
+    out = io.StringIO()
+    print_plan(build_plan(config), Console(file=out, width=80))
+    headers = "steps/epoch examples/step largest micro-batch (rows/tokens) padding waste GFLOP/real token A100 h H100 h"
+    _words_intact(headers + " activations (ckpt) total (ckpt) packed rows packed flat", out.getvalue())
+
+
+def test_help_of_every_command_reads_at_80_columns():
+    """Mutation caught: --set's example 'training.learning_rate=1e-5' in kfold's narrower column ('1e…')."""
+    from typer.testing import CliRunner
+
+    from dialsum.cli import app
+
+    runner = CliRunner()
+    commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    for command in commands:
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+        assert result.exit_code == 0, (command, result.output)
+        assert "…" not in result.output, (command, [line for line in result.output.splitlines() if "…" in line])
+        assert all(len(line) <= 80 for line in result.output.splitlines()), command

@@ -351,11 +351,31 @@ def build_plan(
     )
 
 
-def print_plan(plan: Plan, console=None) -> None:
-    from rich.console import Console
+def _grid(title: str, corner: str, columns: list[str], rows: dict[str, list[str]], bold: str, console) -> None:
+    """A table of rows (a layout or a method each) × columns; where the console is narrower than the wide form
+    needs, transposed: one row per quantity, one column per layout/method, so every header reads in full."""
     from rich.table import Table
 
-    console = console or Console(width=max(Console().width, 132))  # the tables need the width, even in a pipe
+    wide = 12 + sum(max(len(c), 8) + 3 for c in columns)
+    table = Table(title=title)
+    if console.width >= wide:
+        for column in [corner, *columns]:
+            table.add_column(column, justify="left" if column == corner else "right")
+        for name, cells in rows.items():
+            table.add_row(("[bold]" if name == bold else "") + name, *cells)
+    else:
+        table.add_column(corner, justify="left")
+        for name in rows:
+            table.add_column(("[bold]" if name == bold else "") + name, justify="right")
+        for index, column in enumerate(columns):
+            table.add_row(column, *(cells[index] for cells in rows.values()))
+    console.print(table)
+
+
+def print_plan(plan: Plan, console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
     a = plan.architecture
     console.print(
         f"[bold]dialsum plan[/] — {a['model_type']} from {plan.model_dir}: {plan.params / 1e9:.2f} B "
@@ -371,10 +391,7 @@ def print_plan(plan: Plan, console=None) -> None:
         f"{plan.real_tokens:,} tokens, {plan.trained_tokens:,} trained; lengths "
         + ", ".join(f"{k} {v:.0f}" for k, v in plan.length_percentiles.items())
     )
-
-    table = Table(title=f"one epoch, {plan.world_size} GPU(s); the config trains as: {plan.layout}")
-    for column in (
-        "layout",
+    columns = [
         "steps/epoch",
         "steps total",
         "examples/step",
@@ -382,13 +399,10 @@ def print_plan(plan: Plan, console=None) -> None:
         "padding waste",
         "PFLOP/epoch",
         "GFLOP/real token",
-        "A100 h",
-        "H100 h",
-    ):
-        table.add_column(column, justify="left" if column == "layout" else "right")
-    for name, row in plan.layouts.items():
-        table.add_row(
-            ("[bold]" if name == plan.layout else "") + name,
+        *(f"{gpu} h" for gpu in PEAK_BF16_FLOPS),
+    ]
+    rows = {
+        name: [
             str(row["optimizer_steps_per_epoch"]),
             str(row["optimizer_steps_total"]),
             f"{row['examples_per_step']:.1f}",
@@ -397,8 +411,11 @@ def print_plan(plan: Plan, console=None) -> None:
             f"{row['flops_per_epoch'] / 1e15:,.1f}",
             f"{row['flops_per_real_token'] / 1e9:.2f}",
             *(f"{plan.hours[name][gpu]:.2f}" for gpu in PEAK_BF16_FLOPS),
-        )
-    console.print(table)
+        ]
+        for name, row in plan.layouts.items()
+    }
+    title = f"one epoch, {plan.world_size} GPU(s); the config trains as: {plan.layout}"
+    _grid(title, "layout", columns, rows, plan.layout, console)
     console.print(
         f"hours: {plan.method} fine-tuning, {plan.epochs:g} epoch(s), {plan.world_size} GPU(s), at MFU "
         f"{plan.mfu:.0%} of the bf16 dense peak ("
@@ -407,26 +424,11 @@ def print_plan(plan: Plan, console=None) -> None:
         "optimizer steps; an optimizer step sees per_device_train_batch_size × gradient_accumulation_steps "
         "× GPUs " + ("packed rows." if plan.layouts[plan.layout]["unit"] == "rows" else "examples.")
     )
-
-    memory = Table(
-        title=f"memory per GPU (GB), largest micro-batch: {plan.tokens_per_micro_batch:,} tokens; "
-        "plus ~1-3 GB CUDA context and allocator slack"
-    )
-    for column in (
-        "method",
-        "weights",
-        "gradients",
-        "optimizer",
-        "activations",
-        "total",
-        "activations (ckpt)",
-        "total (ckpt)",
-    ):
-        memory.add_column(column, justify="left" if column == "method" else "right")
+    columns = ["weights", "gradients", "optimizer", "activations", "total", "activations (ckpt)", "total (ckpt)"]
+    rows = {}
     for method, parts in plan.memory_gb.items():
         static = parts["weights"] + parts["gradients"] + parts["optimizer"]
-        memory.add_row(
-            ("[bold]" if method == plan.method else "") + method,
+        rows[method] = [
             f"{parts['weights']:.1f}",
             f"{parts['gradients']:.2f}",
             f"{parts['optimizer']:.2f}",
@@ -434,5 +436,9 @@ def print_plan(plan: Plan, console=None) -> None:
             f"{static + parts['activations']:.1f}",
             f"{parts['activations_checkpointed']:.1f}",
             f"{static + parts['activations_checkpointed']:.1f}",
-        )
-    console.print(memory)
+        ]
+    title = (
+        f"memory per GPU (GB), largest micro-batch: {plan.tokens_per_micro_batch:,} tokens; "
+        "plus ~1-3 GB CUDA context and allocator slack"
+    )
+    _grid(title, "method", columns, rows, plan.method, console)
