@@ -365,6 +365,9 @@ def train(
     return start.run_dir
 
 
+RESOLVED_AUTO = ("prompt.topic",)  # keys whose 'auto' the run's config.yaml holds resolved
+
+
 def _start_run(
     config: Config, config_path: str | Path | None, output_dir: str | Path | None, resume: bool, overrides: list[str]
 ) -> RunStart:
@@ -396,7 +399,13 @@ def _start_run(
         given = config
         config = resume_config(run_dir, overrides)
         saved = flatten(config.to_dict())
-        ignored = sorted(k for k, v in flatten(given.to_dict()).items() if saved.get(k) != v)
+        set_keys = {o.partition("=")[0].strip() for o in overrides}  # applied, so not 'ignored'
+        # 'auto' settings are saved resolved (prompt.topic=auto -> always/never): an unchanged 'auto' is no change
+        ignored = sorted(
+            k
+            for k, v in flatten(given.to_dict()).items()
+            if saved.get(k) != v and not (k in RESOLVED_AUTO and v == "auto") and k not in set_keys
+        )
         if ignored and is_main:
             console.print(
                 f"[yellow]resume:[/] the run's {CONFIG_FILE} is used; the given config differs at "
