@@ -88,6 +88,9 @@ class DialsumTrainerMixin:
         self._window_start = time.perf_counter()
         self.add_callback(metrics_callback(extras.run_dir / METRICS_FILE))
         self.add_callback(configured_steps_callback())
+        self._spikes_in_window = 0
+        place_trackers(self, extras.run_dir)
+        compact_progress(self)
         if extras.packing:  # rows stay rows on sdpa/eager; micro-batches count examples
             layout = packing_layout(extras.config.model.attn_implementation)
             self.data_collator = PackedBatchCollator(self.processing_class.pad_token_id, layout)
@@ -119,6 +122,7 @@ class MonitorMixin:
         value = super()._get_grad_norm(model, grad_norm)
         if value is not None and float(value) > self.grad_norm_threshold and self.is_world_process_zero():
             append_line(self.spikes_path, json.dumps({"step": self.state.global_step + 1, "grad_norm": float(value)}))
+            self._spikes_in_window = getattr(self, "_spikes_in_window", 0) + 1
         return value
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -135,6 +139,9 @@ class MonitorMixin:
             logs["processed_tokens"] = int(window[1])
             logs["examples"] = int(window[2])
             logs["train_seconds"] = round(elapsed, 3)
+            # trackers (W&B, TensorBoard) see the spikes as train/grad_norm_spikes: how many since the last log
+            logs["grad_norm_spikes"] = getattr(self, "_spikes_in_window", 0)
+            self._spikes_in_window = 0
             self._window = TokenCounts()
         super().log(logs, start_time)
         if "loss" in logs:
@@ -216,6 +223,60 @@ def metrics_callback(path: Path):
             append_line(path, json.dumps(row, ensure_ascii=False))
 
     return MetricsFile()
+
+
+def place_trackers(trainer, run_dir: Path) -> None:
+    """TensorBoard's event files go into the run directory (run_dir/tensorboard/), not checkpoints/runs/<date>;
+    W&B names its run after the run directory (its files: run_dir/wandb/, set in train.py before the trainer)."""
+    from transformers.integrations import TensorBoardCallback
+
+    from dialsum.rundir import TENSORBOARD_DIR
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(run_dir / TENSORBOARD_DIR)
+    if trainer.args.run_name in (None, trainer.args.output_dir):
+        trainer.args.run_name = run_dir.name
+
+
+def compact_line(logs: dict, state) -> str | None:
+    """One readable line per log instead of a stringified dict: train steps and evaluations; None for the rest."""
+
+    def number(value: float) -> str:
+        return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4g}"
+
+    if "loss" in logs:
+        parts = [f"step {state.global_step}/{state.max_steps}", f"loss {number(logs['loss'])}"]
+        if logs.get("grad_norm") is not None:
+            parts.append(f"grad norm {number(logs['grad_norm'])}")
+        if logs.get("learning_rate") is not None:
+            parts.append(f"lr {number(logs['learning_rate'])}")
+        if logs.get("tokens_per_second"):
+            parts.append(f"{logs['tokens_per_second']:,.0f} tokens/s")
+        if logs.get("grad_norm_spikes"):
+            parts.append(f"{logs['grad_norm_spikes']} grad-norm spike(s)")
+        return " · ".join(parts)
+    evals = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_") and "runtime" not in k}
+    evals = {k: v for k, v in evals.items() if "per_second" not in k}
+    if evals:
+        return f"eval at step {state.global_step}: " + ", ".join(f"{k} {number(v)}" for k, v in evals.items())
+    return None
+
+
+def compact_progress(trainer) -> None:
+    """The progress bar stays; each log is one compact line above it, not a printed dict."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class CompactProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                line = compact_line(logs, state)
+                if line:
+                    self.training_bar.write(line)
+
+    if any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(CompactProgress())
 
 
 def configured_steps_callback():

@@ -40,6 +40,8 @@ PLOTS_DIR = "plots"
 GENERATION_FILE = "generation.json"  # the generation settings used, and the checkpoint's that were ignored
 LENGTH_CONTROL_FILE = "length_control.json"  # dev scores with the fitted length rule vs one fixed limit
 CLEANUP_FILE = "cleanup.json"  # per split, how many summaries each clean-up step changed
+TENSORBOARD_DIR = "tensorboard"  # logging.report_to=[tensorboard]: the event files
+WANDB_PARENT = "."  # logging.report_to=[wandb]: W&B writes its wandb/ folder here, in the run directory
 TRAINER_STATE_FILE = "trainer_state.json"  # inside each checkpoint-N/ (written by the HF Trainer)
 
 # A kfold parent (`dialsum kfold`): the split, the fold data, one run directory per fold, the joint results.

@@ -57,6 +57,7 @@ from dialsum.rundir import (
     SPIKES_FILE,
     SUMMARY_FILE,
     TRAINER_STATE_FILE,
+    WANDB_PARENT,
     append_resume,
     check_run_dir,
     checkpoint_step,
@@ -501,6 +502,18 @@ def _open_run_dir(start: RunStart, data: PreparedData, model):
     return trainer
 
 
+_WANDB_DIRS_SET: set[str] = set()  # the WANDB_DIR values dialsum set (a user's own WANDB_DIR is kept)
+
+
+def _place_wandb(run_dir: Path) -> None:
+    """W&B's files (online, or WANDB_MODE=offline) in the run directory: run_dir/wandb/; project 'dialsum'."""
+    current = os.environ.get("WANDB_DIR")
+    if current is None or current in _WANDB_DIRS_SET:
+        os.environ["WANDB_DIR"] = str((run_dir / WANDB_PARENT).resolve())
+        _WANDB_DIRS_SET.add(os.environ["WANDB_DIR"])
+    os.environ.setdefault("WANDB_PROJECT", "dialsum")
+
+
 def _fit_and_save(trainer, start: RunStart, data: PreparedData) -> None:
     """Train (from the last checkpoint on resume), save model/, write and print the summary."""
     run_dir = start.run_dir
@@ -511,7 +524,14 @@ def _fit_and_save(trainer, start: RunStart, data: PreparedData) -> None:
             console.print(
                 f"[yellow]resume:[/] dropped {unreadable} unreadable log line(s) (left by the interrupted run)"
             )
+    if "wandb" in data.config.logging.report_to:
+        _place_wandb(run_dir)
     trainer.train(resume_from_checkpoint=start.checkpoint)
+    if "wandb" in data.config.logging.report_to:  # one W&B run per training run (kfold trains several)
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
     save_final_model(trainer, data.tokenizer, run_dir)
     if trainer.is_world_process_zero():
         summary = summarise(
