@@ -151,3 +151,89 @@ def test_help_of_every_command_reads_at_80_columns():
         assert result.exit_code == 0, (command, result.output)
         assert "…" not in result.output, (command, [line for line in result.output.splitlines() if "…" in line])
         assert all(len(line) <= 80 for line in result.output.splitlines()), command
+
+
+# ---------------------------------------------------------------- console noise
+
+
+def test_a_bpe_tokenizer_does_not_warn_about_a_clean_up_it_skips():
+    """Mutation caught: the real Llama-3 tokenizer keeps clean_up_tokenization_spaces=True, and transformers prints
+    'Ignoring clean_up_tokenization_spaces=True for BPE tokenizer' in the middle of inspect's examples."""
+    from conftest import SHARED, running_in_ci
+    from dialsum.models import load_tokenizer
+
+    folder = SHARED / "models" / "llama-3.2-korean-bllossom-3b"
+    if not (folder / "tokenizer_config.json").is_file():
+        if running_in_ci():
+            pytest.fail(f"{folder} not present")
+        pytest.skip(f"{folder} not present")
+    config = config_from_dict({"model": {"name_or_path": str(folder)}})
+    tokenizer = load_tokenizer(folder, config)
+    assert tokenizer.clean_up_tokenization_spaces is False
+    text = "#Person1#: 안녕하세요 , 오늘 어때요 ?"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text  # spaces kept, as before
+
+
+def test_tied_embeddings_missing_from_a_checkpoint_are_not_reported(tiny_llama, caplog):
+    """A tied-embedding checkpoint stores embed_tokens once; loading the best checkpoint reports
+    lm_head.weight as missing. Mutation caught: TiedWeightsMixin passing the shared keys on to the warning."""
+    import logging
+
+    from torch.nn.modules.module import _IncompatibleKeys
+    from transformers import AutoModelForCausalLM
+
+    from dialsum.monitor import TiedWeightsMixin, shared_parameter_names
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert "lm_head.weight" in shared_parameter_names(model)
+
+    class Base:
+        def _issue_warnings_after_load(self, load_result):
+            if load_result.missing_keys:
+                logging.getLogger("test").warning(f"missing keys {load_result.missing_keys}")
+
+    class Trainer(TiedWeightsMixin, Base):
+        pass
+
+    trainer = Trainer()
+    trainer.model = model
+    with caplog.at_level(logging.WARNING, logger="test"):
+        trainer._issue_warnings_after_load(_IncompatibleKeys(["lm_head.weight"], []))
+        assert not caplog.records
+        trainer._issue_warnings_after_load(_IncompatibleKeys(["model.norm.weight"], []))  # a real gap still shows
+        assert "model.norm.weight" in caplog.text
+
+
+# ---------------------------------------------------------------- report.md details
+
+
+def test_summary_rows_say_the_best_checkpoint_and_precision_once():
+    """Mutations caught: 'step 100, eval_loss 5.5918 (eval loss there 5.5918)' and 'weights float32 (frozen —)'."""
+    from dialsum.rundir import summary_rows
+
+    precision = {"trainable_weights": ["float32"], "frozen_weights": [], "compute": "float32"}
+    summary = {"best_step": 100, "best_metric": "eval_loss", "best_metric_value": 5.59181, "best_eval_loss": 5.59181}
+    rows = dict(summary_rows({**summary, "precision": {**precision, "optimizer_state": ["float32"]}}))
+    assert rows["model/ = best checkpoint"] == "step 100, eval loss 5.5918"
+    assert rows["precision"].startswith("weights float32 (all trained), compute float32")
+    by_rouge = {**summary, "best_metric": "eval_rouge_sum", "best_metric_value": 41.2}
+    assert dict(summary_rows(by_rouge))["model/ = best checkpoint"] == (
+        "step 100, eval rouge sum 41.2000 (eval loss there 5.5918)"
+    )
+    lora = {**precision, "frozen_weights": ["bfloat16"]}
+    assert "(frozen bfloat16)" in dict(summary_rows({"precision": lora}))["precision"]
+
+
+def test_eval_plot_of_two_points_starts_at_zero_and_shows_the_values(tmp_path):
+    """Two evaluations 0.09 apart on an axis zoomed to them look like a collapse. Mutation caught: the y axis left
+    to matplotlib's autoscale, no values on the points."""
+    from dialsum.report import eval_figure
+    from dialsum.rundir import RunData
+
+    run = RunData(
+        path=tmp_path, name="run", metrics=[{"step": 50, "eval_loss": 5.6818}, {"step": 100, "eval_loss": 5.5918}]
+    )
+    fig = eval_figure([run])
+    (ax,) = fig.axes
+    assert ax.get_ylim()[0] == 0
+    assert {text.get_text() for text in ax.texts} == {"5.682", "5.592"}

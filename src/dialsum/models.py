@@ -159,7 +159,7 @@ def load_tokenizer(name_or_path: str | Path, config: Config):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             resolve_model_path(name_or_path),
             trust_remote_code=config.model.trust_remote_code,
             revision=config.model.revision,
@@ -169,6 +169,14 @@ def load_tokenizer(name_or_path: str | Path, config: Config):
             f"model.name_or_path={name_or_path}: cannot load the tokenizer: {str(error).splitlines()[0]}"
             + _hub_hint(name_or_path)
         ) from None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False) and type(getattr(backend, "model", None)).__name__ == (
+        "BPE"
+    ):
+        # transformers skips this clean-up for BPE anyway, and says so mid-output at the first decode: same text, no
+        # warning
+        tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
 
 
 def _hub_hint(name_or_path: str | Path) -> str:

@@ -148,6 +148,29 @@ class MonitorMixin:
             self._window_start = time.perf_counter()  # evaluation time is not training time
 
 
+def shared_parameter_names(model) -> set[str]:
+    """Names of parameters that are another parameter (tied embeddings: lm_head.weight is embed_tokens.weight).
+    A checkpoint stores a shared tensor once, so these are 'missing' from it by design."""
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    return {name for names in groups.values() if len(names) > 1 for name in names}
+
+
+class TiedWeightsMixin:
+    """Loading the best checkpoint of a tied-embedding model (Llama-3.2, Qwen3 small): transformers warns 'missing
+    keys ['lm_head.weight']', which is the shared tensor stored once. Those keys are expected and left unsaid;
+    any other missing key is still reported."""
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        missing = list(getattr(load_result, "missing_keys", []) or [])
+        shared = shared_parameter_names(self.model) if missing else set()
+        if missing and set(missing) <= shared:
+            self.model.tie_weights()
+            load_result = type(load_result)(missing_keys=[], unexpected_keys=list(load_result.unexpected_keys))
+        super()._issue_warnings_after_load(load_result)
+
+
 class WarmupRatioMixin:
     """`training.warmup_ratio` as a ratio for every value in [0, 1]: transformers reads a `warmup_steps` >= 1 as a
     step count, so a ratio of 1.0 would become a one-step warmup."""

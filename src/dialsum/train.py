@@ -41,6 +41,7 @@ from dialsum.monitor import (
     MonitorMixin,
     RougeEvalMixin,
     RunSummary,
+    TiedWeightsMixin,
     TrainerExtras,
     WarmupRatioMixin,
     precision_record,
@@ -230,7 +231,15 @@ def build_trainer(
         extra = {"peft_config": peft_config}
     trainer_class = type(
         f"Dialsum{base.__name__}",
-        (DialsumTrainerMixin, RougeEvalMixin, MonitorMixin, WarmupRatioMixin, PackedBatchesMixin, base),
+        (
+            DialsumTrainerMixin,
+            RougeEvalMixin,
+            MonitorMixin,
+            TiedWeightsMixin,
+            WarmupRatioMixin,
+            PackedBatchesMixin,
+            base,
+        ),
         {},
     )
     return trainer_class(
