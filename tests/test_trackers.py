@@ -80,6 +80,7 @@ def test_wandb_offline_and_tensorboard_record_the_run_under_readable_names(tiny_
     run_dir = train(config, output_dir=tmp_path / "run")
     console = "".join(capfd.readouterr())
     assert "{'loss'" not in console and "step 4/4 · loss " in console and "eval at step 2: loss " in console
+    assert "missing keys" not in console  # the tied lm_head.weight, when the best checkpoint is loaded
 
     events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert events, f"no TensorBoard event file under {run_dir / 'tensorboard'}"
