@@ -129,7 +129,7 @@ def resolve_model_path(
         return str(tiny_model_cached(arch))
     path = Path(name).expanduser()
     if path.is_dir():
-        return name
+        return str(path) if name.startswith("~") else name
     first = name.split("/")[0]
     if path.exists():
         raise ConfigError(f"{_label(what, name)}: not a directory (a model is a folder, or a hub id)")
