@@ -94,6 +94,9 @@ def test_inspect_of_a_preset_reads_only_the_training_file(tmp_path, monkeypatch,
     result = inspect_data(config, n=1, console=Console(file=out, width=80))
     assert result["encoded"] > 0
     assert "data.test data/test.csv not found" in " ".join(out.getvalue().split())
+    stats = out.getvalue().split("dataset:", 1)[1]  # the statistics table reads at 80 columns: nothing cut
+    assert "…" not in stats and all(len(line) <= 80 for line in stats.splitlines())
+    assert "padding waste, packed rows" in " ".join(stats.replace("│", " ").split())
 
 
 # ---------------------------------------------------------------- 80 columns
