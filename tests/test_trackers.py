@@ -115,5 +115,6 @@ def test_a_log_is_one_compact_line():
         "step 20/100 · loss 2.315 · grad norm 1.25 · lr 2.00e-05 · 1,234 tokens/s · 2 grad-norm spike(s)"
     )
     evaluation = {"eval_loss": 1.5, "eval_runtime": 3.2, "eval_samples_per_second": 9.0, "eval_rouge_sum": 41.234}
+    evaluation["eval_num_tokens"] = 67580.0
     assert compact_line(evaluation, state) == "eval at step 20: loss 1.5, rouge_sum 41.23"
     assert compact_line({"train_runtime": 10.0, "train_loss": 2.0}, state) is None  # summary.json holds it

@@ -280,7 +280,7 @@ def compact_line(logs: dict, state) -> str | None:
             parts.append(f"{logs['grad_norm_spikes']} grad-norm spike(s)")
         return " · ".join(parts)
     evals = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_") and "runtime" not in k}
-    evals = {k: v for k, v in evals.items() if "per_second" not in k}
+    evals = {k: v for k, v in evals.items() if "per_second" not in k and k != "num_tokens"}  # TRL's token count
     if evals:
         return f"eval at step {state.global_step}: " + ", ".join(f"{k} {number(v)}" for k, v in evals.items())
     return None
