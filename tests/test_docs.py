@@ -53,3 +53,14 @@ def test_modules_import_each_other_without_a_cycle():
 
     rings = [ring for name in sorted(graph) if (ring := ring_from(name, (name,)))]
     assert rings == [], " -> ".join(rings[0])
+
+
+def test_readme_says_which_torch_build_to_install_and_states_one_suite_time():
+    """Mutation caught: the install line without PyTorch's CPU index (a CPU laptop pulls ~20 CUDA packages), or a
+    second suite time added at the top while the Tests section says another."""
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in README
+    install = README.split("**Which torch.**", 1)[1].split("\n\n", 2)[1]
+    assert "CPU only" in install and "GPU" in install
+    times = re.findall(r"suite[^.]*?\d+ ?min", README, flags=re.S | re.I)
+    assert len(times) <= 1, f"the README states the suite time more than once: {times}"
+    assert README.count("Suite time") == 1

@@ -604,7 +604,9 @@ def test_failed_start_leaves_no_dead_end(tiny_llama, real_dev_path, tmp_path, ca
         train(good, output_dir=run_dir)
 
 
-def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, real_dev_path, tmp_path):
+def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, real_dev_path, tmp_path, capsys):
+    """Mutation caught (issue 19): the resume comparing the given prompt.topic=auto with the saved, resolved
+    value warns that an unchanged config 'differs at prompt.topic'."""
     from dialsum.errors import ConfigError
 
     config = make_config(tiny_llama, real_dev_path, max_steps=2, save_steps=2)
@@ -614,7 +616,10 @@ def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, rea
         train(config, output_dir=run_dir, resume=True, overrides=["training.learning_rate=1"])
     with pytest.raises(RunDirError, match="already finished at step 2"):  # transformers would train a step 3
         train(config, output_dir=run_dir, resume=True)
+    capsys.readouterr()
+    assert config.prompt.topic == "auto"
     train(config, output_dir=run_dir, resume=True, overrides=["training.max_steps=4", "logging.steps=2"])
+    assert "differs at" not in capsys.readouterr().err
     steps = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")[0] if "loss" in row]
     assert steps == [1, 2, 4]  # logging.steps=2 from the resume on
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 4

@@ -25,7 +25,7 @@ app = typer.Typer(
 
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a config key, e.g. --set training.learning_rate=1e-5 (repeatable)."),
+    typer.Option("--set", help="Override a config key (repeatable), e.g. --set training.max_steps=100."),
 ]
 # One flag, the same on every command that writes files a user names: replace outputs that exist (never an input).
 OverwriteOption = Annotated[
@@ -337,9 +337,6 @@ def config_keys(
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table (the README's config reference).")] = False,
 ) -> None:
     """Every config key with its type, default and what it does."""
-    from rich.console import Console
-    from rich.table import Table
-
     from dialsum.config import config_fields, config_reference_markdown
 
     rows = [row for row in config_fields() if section is None or row["key"].split(".")[0] == section]
@@ -349,13 +346,34 @@ def config_keys(
     if markdown:
         typer.echo(config_reference_markdown(rows), nl=False)
         return
-    table = Table(show_header=True, header_style="bold", show_lines=False)
-    table.add_column("key", no_wrap=True)
-    for column in ("type", "default", "description"):
-        table.add_column(column, overflow="fold")
+    print_config_keys(rows)
+
+
+def print_config_keys(rows: list[dict[str, str]], console=None) -> None:
+    """A table where the terminal is wide enough for a readable description column (140 columns), else one
+    block per key: the key, its type and default on a line, the description beneath, wrapped at whole words."""
+    from rich.console import Console
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    if console.width >= 140:
+        table = Table(show_header=True, header_style="bold", show_lines=False)
+        table.add_column("key", no_wrap=True)
+        table.add_column("type", overflow="fold", max_width=20)
+        table.add_column("default", overflow="fold", max_width=20)
+        table.add_column("description", ratio=1, min_width=40)
+        for row in rows:
+            table.add_row(row["key"], row["type"], row["default"], row["description"])
+        console.print(table)
+        return
     for row in rows:
-        table.add_row(row["key"], row["type"], row["default"], row["description"])
-    Console().print(table)
+        head = Text(row["key"], style="bold")
+        head.append(f"  {row['type']}  default ", style="dim")
+        head.append(row["default"])
+        console.print(head)
+        console.print(Padding(Text(row["description"]), (0, 0, 1, 4)))
 
 
 @app.command()
@@ -407,7 +425,7 @@ def kfold(
     ] = False,
     set_: SetOption = None,
     output_dir: Annotated[
-        Path | None, typer.Option(help="Parent directory (default runs/<config>-<time>-kfoldK).")
+        Path | None, typer.Option(help="Parent directory (default: under runs/, <config>-<time>-kfoldK).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue unfinished folds from their last checkpoint.")] = False,
 ) -> None:

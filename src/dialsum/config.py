@@ -569,17 +569,26 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = value
 
 
-def _format_validation_error(error: ValidationError, source: str) -> ConfigError:
-    first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+def _format_validation_error(error: ValidationError, source: str, overridden: tuple[str, ...] = ()) -> ConfigError:
+    errors = error.errors()
+    first = errors[0]
+    valid = set(_valid_keys())
+    loc = [str(p) for p in first["loc"]]
+    # a union's branches add their own names to the location ('max_new_tokens.int'): the key is the field
+    depth = next((n for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in valid), len(loc))
+    key = ".".join(loc[:depth])
+    from_set = any(key == k or key.startswith(k + ".") for k in overridden)  # the command line, not the file
     if not key:  # a cross-field rule: its message names the keys
         return ConfigError(f"{source}: {first['msg'].removeprefix('Value error, ')}")
     if first["type"] == "extra_forbidden":
         return _unknown_key_error(key, source)
     if first["type"] == "missing":
         return ConfigError(f"{source}: missing required config key '{key}'")
-    message = first["msg"].removeprefix("Value error, ")
-    return ConfigError(f"{source}: config key '{key}': {message} (got {first.get('input')!r})")
+    branches = [e["msg"] for e in errors if ".".join(str(p) for p in e["loc"][:depth]) == key]
+    message = "; or ".join(dict.fromkeys(branches)) if depth < len(loc) else first["msg"]
+    message = message.removeprefix("Value error, ")
+    where = f"--set {key}" if from_set else f"{source}: config key '{key}'"
+    return ConfigError(f"{where}: {message} (got {first.get('input')!r})")
 
 
 def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> Config:
@@ -589,7 +598,8 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None, so
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise _format_validation_error(error, source) from None
+        overridden = tuple(o.partition("=")[0].strip() for o in overrides or [])
+        raise _format_validation_error(error, source, overridden) from None
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -45,8 +47,9 @@ def inspect_data(
     console = console or Console()
     if model is not None:
         from dialsum.config import config_from_dict
-        from dialsum.models import checkpoint_kind
+        from dialsum.models import checkpoint_kind, resolve_model_path
 
+        model = resolve_model_path(model, "--model")
         raw = config.to_dict()
         raw["model"] = {**raw["model"], "name_or_path": model, "kind": checkpoint_kind(model, config)}
         config = config_from_dict(raw, source=f"--model {model}")
@@ -54,6 +57,14 @@ def inspect_data(
     if path is None:
         raise ConfigError("nothing to inspect: set data.train or pass --data")
     dialogues = load_dialogues(path, strip_whitespace=config.data.strip_whitespace)
+    if config.data.test and config.prompt.topic == "auto" and not Path(config.data.test).is_file():
+        # inspect reads the training file only; data.test would merely inform prompt.topic=auto (train reads it)
+        console.print(
+            f"[yellow]prompt:[/] data.test {config.data.test} not found: prompt.topic=auto is decided from "
+            f"{path} alone here (training reads data.test too)"
+        )
+        config = config.model_copy(deep=True)
+        config.data.test = None
     config, topic_note = resolve_topic_policy(config, dialogues)
     if topic_note:
         console.print(f"[yellow]prompt:[/] {topic_note}")

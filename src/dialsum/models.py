@@ -7,6 +7,8 @@ its `model/`, or any checkpoint into the config and weights `predict` uses (a Lo
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,20 +77,81 @@ def precision_warning(config: Config) -> str | None:
 
 
 TINY_PREFIX = "tiny:"
+MODEL_DIRS_ENV = "DIALSUM_MODEL_DIRS"  # folders holding models by name (e.g. ../shared/models), os.pathsep-separated
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def resolve_model_path(name_or_path: str | Path) -> str:
-    """`tiny:llama` (qwen2, qwen3, bart) names a tiny offline model built on first use (demos, tests)."""
+def model_roots() -> list[Path]:
+    """Where a model is looked up by name: $DIALSUM_MODEL_DIRS, then ../shared/models."""
+    roots = [Path(p) for p in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep) if p]
+    return roots + [Path("../shared/models")]
+
+
+def _label(what: str, name: str) -> str:
+    return f"{what} {name}" if what.startswith("--") else f"{what}={name}"
+
+
+def lookup_hint(name: str, what: str = "model.name_or_path", flag: str = "--model") -> str:
+    """What to do when a model cannot be reached: the flag, and the folder name the lookup would find."""
+    folder = name.rstrip("/").split("/")[-1].lower()
+    local = f"pass {flag} DIR" if what == "model.name_or_path" else f"pass a local folder as {what}"
+    return f"{local}, or put a folder named {folder} under ${MODEL_DIRS_ENV} (or ../shared/models)"
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(name, filename), str):
+                return True
+        except Exception:  # noqa: BLE001 - an id the cache cannot even look up is not cached
+            return False
+    return False
+
+
+def resolve_model_path(
+    name_or_path: str | Path, what: str = "model.name_or_path", weights: bool = False, flag: str = "--model"
+) -> str:
+    """The one lookup of a model name, for train, inspect, predict, screen and plan.
+
+    In order: `tiny:llama` (qwen2, qwen3, bart; built on first use), an existing local folder, a folder named like
+    the repo (lower case) under $DIALSUM_MODEL_DIRS or ../shared/models (with `weights`, only one holding weights),
+    a hub id in the local HF cache, a hub id when the hub may be reached. A path that is not there says "no such
+    directory"; a hub id offline and not cached says so and names --model and $DIALSUM_MODEL_DIRS."""
     name = str(name_or_path)
     if name.startswith(TINY_PREFIX):
         from dialsum.tiny import ARCHES, tiny_model_cached
 
         arch = name[len(TINY_PREFIX) :]
         if arch not in ARCHES:
-            raise ConfigError(
-                f"model.name_or_path={name}: tiny models are " + ", ".join(TINY_PREFIX + a for a in ARCHES)
-            )
+            raise ConfigError(f"{_label(what, name)}: tiny models are " + ", ".join(TINY_PREFIX + a for a in ARCHES))
         return str(tiny_model_cached(arch))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path) if name.startswith("~") else name
+    first = name.split("/")[0]
+    if path.exists():
+        raise ConfigError(f"{_label(what, name)}: not a directory (a model is a folder, or a hub id)")
+    if not _HUB_ID.match(name) or (name.count("/") == 1 and Path(first).is_dir()):
+        raise ConfigError(f"{_label(what, name)}: no such directory")
+    weightless = None
+    for root in model_roots():
+        candidate = root / name.split("/")[-1].lower()
+        if (candidate / "config.json").is_file() or (candidate / "tokenizer_config.json").is_file():
+            if not weights or weights_format(candidate):
+                return str(candidate)
+            weightless = weightless or candidate
+    if _in_hub_cache(name):
+        return name
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        found = f"; {weightless} has its config and tokenizer but no weights" if weightless else ""
+        raise ConfigError(
+            f"{_label(what, name)}: not a local folder, and the hub is offline (HF_HUB_OFFLINE) with no copy in the "
+            f"HF cache{found}; {lookup_hint(name, what, flag)}"
+        )
     return name
 
 
@@ -106,15 +169,29 @@ def load_tokenizer(name_or_path: str | Path, config: Config):
             "save the tokenizer beside the weights (tokenizer.save_pretrained)"
         )
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             resolve_model_path(name_or_path),
             trust_remote_code=config.model.trust_remote_code,
             revision=config.model.revision,
         )
-    except OSError as error:  # a missing directory, an unreachable hub, a repo id that does not exist
+    except OSError as error:  # an unreachable hub, a repo id that does not exist
         raise ConfigError(
             f"model.name_or_path={name_or_path}: cannot load the tokenizer: {str(error).splitlines()[0]}"
+            + _hub_hint(name_or_path)
         ) from None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False) and type(getattr(backend, "model", None)).__name__ == (
+        "BPE"
+    ):
+        # transformers skips this clean-up for BPE anyway, and says so mid-output at the first decode: same text, no
+        # warning
+        tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
+
+
+def _hub_hint(name_or_path: str | Path) -> str:
+    """For a hub id that failed to load (no network, gated, misspelt): where else a model can come from."""
+    return "" if Path(str(name_or_path)).is_dir() else f" ({lookup_hint(str(name_or_path))})"
 
 
 def qlora_settings(config: Config) -> dict:
@@ -173,7 +250,7 @@ def load_model(name_or_path: str | Path, config: Config, for_training: bool = Fa
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     auto_class = AutoModelForCausalLM if config.model.kind == "causal" else AutoModelForSeq2SeqLM
-    path = resolve_model_path(name_or_path)
+    path = resolve_model_path(name_or_path, weights=True)
     fmt = weights_format(path)
     kwargs = dict(
         dtype=training_weight_dtype(config) if for_training else torch_dtype(config),
@@ -203,7 +280,9 @@ def load_model(name_or_path: str | Path, config: Config, for_training: bool = Fa
             f"loader ({what}; a checkpoint must hold tensors only); nothing was executed"
         ) from None
     except OSError as error:
-        raise ConfigError(f"model.name_or_path={name_or_path}: cannot load: {str(error).splitlines()[0]}") from None
+        raise ConfigError(
+            f"model.name_or_path={name_or_path}: cannot load: {str(error).splitlines()[0]}" + _hub_hint(name_or_path)
+        ) from None
     if fmt == "bin":
         print(
             f"loaded {name_or_path}: weights from pytorch_model.bin (torch weights_only loader; no safetensors "
@@ -230,13 +309,14 @@ class InferenceSource:
     run_dir: Path | None = None
 
 
-def checkpoint_kind(model_path: str | Path, config: Config | None = None) -> str:
+def checkpoint_kind(model_path: str | Path, config: Config | None = None, what: str = "--model") -> str:
     """'seq2seq' when the checkpoint's config.json says is_encoder_decoder, else 'causal'."""
     from transformers import AutoConfig
 
     trust = config.model.trust_remote_code if config else False
+    path = resolve_model_path(model_path, what)
     try:
-        model_config = AutoConfig.from_pretrained(resolve_model_path(model_path), trust_remote_code=trust)
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{model_path}: cannot read the model's config.json: {str(error).splitlines()[0]}") from None
     return "seq2seq" if getattr(model_config, "is_encoder_decoder", False) else "causal"
@@ -273,7 +353,7 @@ def check_lora_targets(model, config: Config) -> None:
 
 
 def resolve_inference_source(
-    model_path: str | Path, config: Config | None = None, overrides: list[str] | None = None
+    model_path: str | Path, config: Config | None = None, overrides: list[str] | None = None, what: str = "--model"
 ) -> InferenceSource:
     """A run directory (config.yaml + model/), a run's model/ directory, or any HF model path / hub id.
 
@@ -296,8 +376,8 @@ def resolve_inference_source(
             )
     elif path.name == MODEL_DIR and (path.parent / CONFIG_FILE).is_file():
         run_dir, model_dir = path.parent, path
-    else:
-        model_dir = str(model_path)
+    else:  # a folder, or a name found by the lookup ($DIALSUM_MODEL_DIRS, the HF cache, the hub)
+        model_dir = resolve_model_path(model_path, what, weights=True)
     if run_dir is not None:
         run_config = load_config(run_dir / CONFIG_FILE)
         if config is None:
@@ -310,7 +390,7 @@ def resolve_inference_source(
     if run_dir is None:
         raw = config.to_dict() if config is not None else {"model": {}}
         if not adapter:  # a bare checkpoint: it names itself, and its config.json says its kind
-            kind = checkpoint_kind(model_dir, config)
+            kind = checkpoint_kind(model_dir, config, what)
             if config is not None and config.model.kind != kind:
                 print(
                     f"{model_path}: the checkpoint is {kind} (config.json), not model.kind={config.model.kind}; "

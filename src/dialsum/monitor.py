@@ -89,6 +89,9 @@ class DialsumTrainerMixin:
         self._window_start = time.perf_counter()
         self.add_callback(metrics_callback(extras.run_dir / METRICS_FILE))
         self.add_callback(configured_steps_callback())
+        self._spikes_in_window = 0
+        place_trackers(self, extras.run_dir)
+        compact_progress(self)
         if extras.packing:  # rows stay rows on sdpa/eager; micro-batches count examples
             layout = packing_layout(extras.config.model.attn_implementation)
             self.data_collator = PackedBatchCollator(self.processing_class.pad_token_id, layout)
@@ -120,6 +123,7 @@ class MonitorMixin:
         value = super()._get_grad_norm(model, grad_norm)
         if value is not None and float(value) > self.grad_norm_threshold and self.is_world_process_zero():
             append_line(self.spikes_path, json.dumps({"step": self.state.global_step + 1, "grad_norm": float(value)}))
+            self._spikes_in_window = getattr(self, "_spikes_in_window", 0) + 1
         return value
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -136,10 +140,36 @@ class MonitorMixin:
             logs["processed_tokens"] = int(window[1])
             logs["examples"] = int(window[2])
             logs["train_seconds"] = round(elapsed, 3)
+            # trackers (W&B, TensorBoard) see the spikes as train/grad_norm_spikes: how many since the last log
+            logs["grad_norm_spikes"] = getattr(self, "_spikes_in_window", 0)
+            self._spikes_in_window = 0
             self._window = TokenCounts()
         super().log(logs, start_time)
         if "loss" in logs:
             self._window_start = time.perf_counter()  # evaluation time is not training time
+
+
+def shared_parameter_names(model) -> set[str]:
+    """Names of parameters that are another parameter (tied embeddings: lm_head.weight is embed_tokens.weight).
+    A checkpoint stores a shared tensor once, so these are 'missing' from it by design."""
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    return {name for names in groups.values() if len(names) > 1 for name in names}
+
+
+class TiedWeightsMixin:
+    """Loading the best checkpoint of a tied-embedding model (Llama-3.2, Qwen3 small): transformers warns 'missing
+    keys ['lm_head.weight']', which is the shared tensor stored once. Those keys are expected and left unsaid;
+    any other missing key is still reported."""
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        missing = list(getattr(load_result, "missing_keys", []) or [])
+        shared = shared_parameter_names(self.model) if missing else set()
+        if missing and set(missing) <= shared:
+            self.model.tie_weights()
+            load_result = type(load_result)(missing_keys=[], unexpected_keys=list(load_result.unexpected_keys))
+        super()._issue_warnings_after_load(load_result)
 
 
 class WarmupRatioMixin:
@@ -221,6 +251,60 @@ def metrics_callback(path: Path):
             append_line(path, json.dumps(row, ensure_ascii=False))
 
     return MetricsFile()
+
+
+def place_trackers(trainer, run_dir: Path) -> None:
+    """TensorBoard's event files go into the run directory (run_dir/tensorboard/), not checkpoints/runs/<date>;
+    W&B names its run after the run directory (its files: run_dir/wandb/, set in train.py before the trainer)."""
+    from transformers.integrations import TensorBoardCallback
+
+    from dialsum.rundir import TENSORBOARD_DIR
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(run_dir / TENSORBOARD_DIR)
+    if trainer.args.run_name in (None, trainer.args.output_dir):
+        trainer.args.run_name = run_dir.name
+
+
+def compact_line(logs: dict, state) -> str | None:
+    """One readable line per log instead of a stringified dict: train steps and evaluations; None for the rest."""
+
+    def number(value: float) -> str:
+        return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4g}"
+
+    if "loss" in logs:
+        parts = [f"step {state.global_step}/{state.max_steps}", f"loss {number(logs['loss'])}"]
+        if logs.get("grad_norm") is not None:
+            parts.append(f"grad norm {number(logs['grad_norm'])}")
+        if logs.get("learning_rate") is not None:
+            parts.append(f"lr {number(logs['learning_rate'])}")
+        if logs.get("tokens_per_second"):
+            parts.append(f"{logs['tokens_per_second']:,.0f} tokens/s")
+        if logs.get("grad_norm_spikes"):
+            parts.append(f"{logs['grad_norm_spikes']} grad-norm spike(s)")
+        return " · ".join(parts)
+    evals = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_") and "runtime" not in k}
+    evals = {k: v for k, v in evals.items() if "per_second" not in k and k != "num_tokens"}  # TRL's token count
+    if evals:
+        return f"eval at step {state.global_step}: " + ", ".join(f"{k} {number(v)}" for k, v in evals.items())
+    return None
+
+
+def compact_progress(trainer) -> None:
+    """The progress bar stays; each log is one compact line above it, not a printed dict."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class CompactProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                line = compact_line(logs, state)
+                if line:
+                    self.training_bar.write(line)
+
+    if any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(CompactProgress())
 
 
 def configured_steps_callback():

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,35 +178,30 @@ def training_flops(arch: Architecture, epoch: EpochPlan, trained_tokens: int, me
 
 
 def resolve_model_dir(config: Config, model_dir: str | Path | None) -> Path:
-    """The folder with config.json and the tokenizer: --model-dir, else model.name_or_path when it is a local
-    folder, else a folder named like the repo (lower case) under $DIALSUM_MODEL_DIRS or ../shared/models."""
+    """The folder with config.json and the tokenizer: --model-dir, else model.name_or_path through the one model
+    lookup (models.resolve_model_path: a local folder, $DIALSUM_MODEL_DIRS or ../shared/models, the HF cache)."""
+    from dialsum.models import lookup_hint, resolve_model_path
+
     if model_dir is not None:
         path = Path(model_dir)
+        if not path.is_dir():
+            raise ConfigError(f"--model-dir {path}: no such directory")
         if not (path / "config.json").is_file():
             raise ConfigError(f"--model-dir {path}: no config.json there")
         return path
     name = config.model.name_or_path
-    if name.startswith("tiny:"):
-        from dialsum.models import resolve_model_path
-
-        return Path(resolve_model_path(name))
-    if (Path(name) / "config.json").is_file():
-        return Path(name)
-    roots = [Path(p) for p in os.environ.get("DIALSUM_MODEL_DIRS", "").split(os.pathsep) if p]
-    roots.append(Path("../shared/models"))
-    for root in roots:
-        candidate = root / name.split("/")[-1].lower()
-        if (candidate / "config.json").is_file():
-            return candidate
-    try:  # a model already in the local HF cache
+    found = resolve_model_path(name, flag="--model-dir")
+    if (Path(found) / "config.json").is_file():
+        return Path(found)
+    try:  # a hub id in the local HF cache: its snapshot folder
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model"], local_files_only=True))
+        return Path(snapshot_download(found, allow_patterns=["*.json", "*.txt", "*.model"], local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means: not cached
         pass
     raise ConfigError(
-        f"model.name_or_path={name}: no local config.json; pass --model-dir DIR (config.json, tokenizer) "
-        f"or put a folder named {name.split('/')[-1].lower()} under $DIALSUM_MODEL_DIRS"
+        f"model.name_or_path={name}: no local config.json (plan reads config.json and the tokenizer, never "
+        f"downloads); {lookup_hint(name, flag='--model-dir')}"
     )
 
 
@@ -357,11 +351,31 @@ def build_plan(
     )
 
 
-def print_plan(plan: Plan, console=None) -> None:
-    from rich.console import Console
+def _grid(title: str, corner: str, columns: list[str], rows: dict[str, list[str]], bold: str, console) -> None:
+    """A table of rows (a layout or a method each) × columns; where the console is narrower than the wide form
+    needs, transposed: one row per quantity, one column per layout/method, so every header reads in full."""
     from rich.table import Table
 
-    console = console or Console(width=max(Console().width, 132))  # the tables need the width, even in a pipe
+    wide = 12 + sum(max(len(c), 8) + 3 for c in columns)
+    table = Table(title=title)
+    if console.width >= wide:
+        for column in [corner, *columns]:
+            table.add_column(column, justify="left" if column == corner else "right")
+        for name, cells in rows.items():
+            table.add_row(("[bold]" if name == bold else "") + name, *cells)
+    else:
+        table.add_column(corner, justify="left")
+        for name in rows:
+            table.add_column(("[bold]" if name == bold else "") + name, justify="right")
+        for index, column in enumerate(columns):
+            table.add_row(column, *(cells[index] for cells in rows.values()))
+    console.print(table)
+
+
+def print_plan(plan: Plan, console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
     a = plan.architecture
     console.print(
         f"[bold]dialsum plan[/] — {a['model_type']} from {plan.model_dir}: {plan.params / 1e9:.2f} B "
@@ -377,10 +391,7 @@ def print_plan(plan: Plan, console=None) -> None:
         f"{plan.real_tokens:,} tokens, {plan.trained_tokens:,} trained; lengths "
         + ", ".join(f"{k} {v:.0f}" for k, v in plan.length_percentiles.items())
     )
-
-    table = Table(title=f"one epoch, {plan.world_size} GPU(s); the config trains as: {plan.layout}")
-    for column in (
-        "layout",
+    columns = [
         "steps/epoch",
         "steps total",
         "examples/step",
@@ -388,13 +399,10 @@ def print_plan(plan: Plan, console=None) -> None:
         "padding waste",
         "PFLOP/epoch",
         "GFLOP/real token",
-        "A100 h",
-        "H100 h",
-    ):
-        table.add_column(column, justify="left" if column == "layout" else "right")
-    for name, row in plan.layouts.items():
-        table.add_row(
-            ("[bold]" if name == plan.layout else "") + name,
+        *(f"{gpu} h" for gpu in PEAK_BF16_FLOPS),
+    ]
+    rows = {
+        name: [
             str(row["optimizer_steps_per_epoch"]),
             str(row["optimizer_steps_total"]),
             f"{row['examples_per_step']:.1f}",
@@ -403,8 +411,11 @@ def print_plan(plan: Plan, console=None) -> None:
             f"{row['flops_per_epoch'] / 1e15:,.1f}",
             f"{row['flops_per_real_token'] / 1e9:.2f}",
             *(f"{plan.hours[name][gpu]:.2f}" for gpu in PEAK_BF16_FLOPS),
-        )
-    console.print(table)
+        ]
+        for name, row in plan.layouts.items()
+    }
+    title = f"one epoch, {plan.world_size} GPU(s); the config trains as: {plan.layout}"
+    _grid(title, "layout", columns, rows, plan.layout, console)
     console.print(
         f"hours: {plan.method} fine-tuning, {plan.epochs:g} epoch(s), {plan.world_size} GPU(s), at MFU "
         f"{plan.mfu:.0%} of the bf16 dense peak ("
@@ -413,26 +424,11 @@ def print_plan(plan: Plan, console=None) -> None:
         "optimizer steps; an optimizer step sees per_device_train_batch_size × gradient_accumulation_steps "
         "× GPUs " + ("packed rows." if plan.layouts[plan.layout]["unit"] == "rows" else "examples.")
     )
-
-    memory = Table(
-        title=f"memory per GPU (GB), largest micro-batch: {plan.tokens_per_micro_batch:,} tokens; "
-        "plus ~1-3 GB CUDA context and allocator slack"
-    )
-    for column in (
-        "method",
-        "weights",
-        "gradients",
-        "optimizer",
-        "activations",
-        "total",
-        "activations (ckpt)",
-        "total (ckpt)",
-    ):
-        memory.add_column(column, justify="left" if column == "method" else "right")
+    columns = ["weights", "gradients", "optimizer", "activations", "total", "activations (ckpt)", "total (ckpt)"]
+    rows = {}
     for method, parts in plan.memory_gb.items():
         static = parts["weights"] + parts["gradients"] + parts["optimizer"]
-        memory.add_row(
-            ("[bold]" if method == plan.method else "") + method,
+        rows[method] = [
             f"{parts['weights']:.1f}",
             f"{parts['gradients']:.2f}",
             f"{parts['optimizer']:.2f}",
@@ -440,5 +436,9 @@ def print_plan(plan: Plan, console=None) -> None:
             f"{static + parts['activations']:.1f}",
             f"{parts['activations_checkpointed']:.1f}",
             f"{static + parts['activations_checkpointed']:.1f}",
-        )
-    console.print(memory)
+        ]
+    title = (
+        f"memory per GPU (GB), largest micro-batch: {plan.tokens_per_micro_batch:,} tokens; "
+        "plus ~1-3 GB CUDA context and allocator slack"
+    )
+    _grid(title, "method", columns, rows, plan.method, console)

@@ -55,9 +55,10 @@ class Predictor:
         return cls(source, model=model, tokenizer=tokenizer)
 
     @classmethod
-    def from_path(cls, model_path: str | Path, config: Config | None = None) -> "Predictor":
-        """A run directory, its model/, or any checkpoint (see models.resolve_inference_source)."""
-        return cls.load(resolve_inference_source(model_path, config))
+    def from_path(cls, model_path: str | Path, config: Config | None = None, what: str = "--model") -> "Predictor":
+        """A run directory, its model/, or any checkpoint (see models.resolve_inference_source); `what` is the
+        flag that named it, for the error."""
+        return cls.load(resolve_inference_source(model_path, config, what=what))
 
     def summarise(
         self,

@@ -149,6 +149,32 @@ def plot_metric(runs: list[RunData], key: str, path: Path, title: str, ylabel: s
 
 def plot_eval(runs: list[RunData], path: Path) -> Path | None:
     """Eval loss and dev ROUGE during training, each in its own panel, only the panels that have data."""
+    fig = eval_figure(runs)
+    if fig is None:
+        return None
+    save_figure(fig, path, dpi=110)
+    return path
+
+
+def _label_points(ax, runs: list[RunData], key: str, most: int = 12) -> None:
+    """A few evaluations: each point carries its value, so the reader sees the size of a change, not its slope."""
+    for run in runs:
+        steps, values = _series(run.metrics, key)
+        if 0 < len(steps) <= most:
+            for step, value in zip(steps, values):
+                ax.annotate(
+                    f"{value:.4g}",
+                    (step, value),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize="x-small",
+                )
+
+
+def eval_figure(runs: list[RunData]):
+    """The eval panels; each y axis starts at 0 (loss and ROUGE are never negative), so two evaluations 0.09
+    apart look 0.09 apart, and a handful of points are labelled with their values."""
 
     def has(key: str) -> bool:
         return any(_series(run.metrics, key)[0] for run in runs)
@@ -166,14 +192,16 @@ def plot_eval(runs: list[RunData], path: Path) -> Path | None:
         if panel == "eval_loss":
             ax.set_ylabel("eval loss")
             _draw_runs(ax, runs, "eval_loss")
+            _label_points(ax, runs, "eval_loss")
         else:
             ax.set_ylabel("dev ROUGE")
             for key, style in zip(rouge_keys, ["-", "--", ":"]):
                 suffix = "" if len(rouge_keys) == 1 else f" {key.removeprefix('eval_')}"
                 _draw_runs(ax, runs, key, label_suffix=suffix, linestyle=style)
+                _label_points(ax, runs, key)
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.08)  # room above the top label
         ax.legend(fontsize="small")
-    save_figure(fig, path, dpi=110)
-    return path
+    return fig
 
 
 def write_plots(

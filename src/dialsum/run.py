@@ -216,7 +216,7 @@ def screen(
             raw = config.to_dict() if config else {}
             raw["model"] = {**raw.get("model", {}), "name_or_path": name}
             model_config = config_from_dict(raw, overrides)
-            predictor = Predictor.from_path(name, model_config)
+            predictor = Predictor.from_path(name, model_config, what="--models")
             eval_config = predictor.config
             predictions = predict_split(predictor, dialogues, eval_config, split=name).summaries
             del predictor

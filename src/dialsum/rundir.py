@@ -40,6 +40,8 @@ PLOTS_DIR = "plots"
 GENERATION_FILE = "generation.json"  # the generation settings used, and the checkpoint's that were ignored
 LENGTH_CONTROL_FILE = "length_control.json"  # dev scores with the fitted length rule vs one fixed limit
 CLEANUP_FILE = "cleanup.json"  # per split, how many summaries each clean-up step changed
+TENSORBOARD_DIR = "tensorboard"  # logging.report_to=[tensorboard]: the event files
+WANDB_PARENT = "."  # logging.report_to=[wandb]: W&B writes its wandb/ folder here, in the run directory
 TRAINER_STATE_FILE = "trainer_state.json"  # inside each checkpoint-N/ (written by the HF Trainer)
 
 # A kfold parent (`dialsum kfold`): the split, the fold data, one run directory per fold, the joint results.
@@ -511,20 +513,19 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
         ["final eval loss", fmt(s("final_eval_loss"), ".4f")],
     ]
     if s("best_step") is not None:
-        rows.append(
-            [
-                "model/ = best checkpoint",
-                f"step {s('best_step')}, {s('best_metric')} "
-                f"{fmt(s('best_metric_value'), '.4f')} (eval loss there {fmt(s('best_eval_loss'), '.4f')})",
-            ]
-        )
+        metric = str(s("best_metric") or "").removeprefix("eval_").replace("_", " ")
+        best = f"step {s('best_step')}, eval {metric} {fmt(s('best_metric_value'), '.4f')}"
+        if s("best_metric") != "eval_loss":  # selected by ROUGE: the loss there too
+            best += f" (eval loss there {fmt(s('best_eval_loss'), '.4f')})"
+        rows.append(["model/ = best checkpoint", best])
     precision = s("precision") or {}
     if precision:
-        frozen = "/".join(precision.get("frozen_weights", [])) or "—"
+        frozen = "/".join(precision.get("frozen_weights", []))
+        frozen = f"frozen {frozen}" if frozen else "all trained"  # full fine-tuning freezes nothing
         rows.append(
             [
                 "precision",
-                f"weights {'/'.join(precision.get('trainable_weights', []))} (frozen {frozen}), "
+                f"weights {'/'.join(precision.get('trainable_weights', []))} ({frozen}), "
                 f"compute {precision.get('compute')}, optimizer state "
                 f"{'/'.join(precision.get('optimizer_state', []))}",
             ]

@@ -44,6 +44,7 @@ from dialsum.monitor import (
     MonitorMixin,
     RougeEvalMixin,
     RunSummary,
+    TiedWeightsMixin,
     TrainerExtras,
     WarmupRatioMixin,
     precision_record,
@@ -60,6 +61,7 @@ from dialsum.rundir import (
     SPIKES_FILE,
     SUMMARY_FILE,
     TRAINER_STATE_FILE,
+    WANDB_PARENT,
     append_resume,
     check_run_dir,
     checkpoint_problem,
@@ -237,7 +239,15 @@ def build_trainer(
         extra = {"peft_config": peft_config}
     trainer_class = type(
         f"Dialsum{base.__name__}",
-        (DialsumTrainerMixin, RougeEvalMixin, MonitorMixin, WarmupRatioMixin, PackedBatchesMixin, base),
+        (
+            DialsumTrainerMixin,
+            RougeEvalMixin,
+            MonitorMixin,
+            TiedWeightsMixin,
+            WarmupRatioMixin,
+            PackedBatchesMixin,
+            base,
+        ),
         {},
     )
     return trainer_class(
@@ -400,6 +410,9 @@ def train(
     return start.run_dir
 
 
+RESOLVED_AUTO = ("prompt.topic",)  # keys whose 'auto' the run's config.yaml holds resolved
+
+
 def _start_run(
     config: Config,
     config_path: str | Path | None,
@@ -438,7 +451,13 @@ def _start_run(
         given = config
         config = resume_config(run_dir, overrides)
         saved = flatten(config.to_dict())
-        ignored = sorted(k for k, v in flatten(given.to_dict()).items() if saved.get(k) != v)
+        set_keys = {o.partition("=")[0].strip() for o in overrides}  # applied, so not 'ignored'
+        # 'auto' settings are saved resolved (prompt.topic=auto -> always/never): an unchanged 'auto' is no change
+        ignored = sorted(
+            k
+            for k, v in flatten(given.to_dict()).items()
+            if saved.get(k) != v and not (k in RESOLVED_AUTO and v == "auto") and k not in set_keys
+        )
         if ignored and is_main:
             console.print(
                 f"[yellow]resume:[/] the run's {CONFIG_FILE} is used; the given config differs at "
@@ -633,6 +652,18 @@ def _load_finished_state(trainer, start: RunStart) -> None:
     console.print(f"resume: {MODEL_DIR}/ is written from {Path(weights).name}")
 
 
+_WANDB_DIRS_SET: set[str] = set()  # the WANDB_DIR values dialsum set (a user's own WANDB_DIR is kept)
+
+
+def _place_wandb(run_dir: Path) -> None:
+    """W&B's files (online, or WANDB_MODE=offline) in the run directory: run_dir/wandb/; project 'dialsum'."""
+    current = os.environ.get("WANDB_DIR")
+    if current is None or current in _WANDB_DIRS_SET:
+        os.environ["WANDB_DIR"] = str((run_dir / WANDB_PARENT).resolve())
+        _WANDB_DIRS_SET.add(os.environ["WANDB_DIR"])
+    os.environ.setdefault("WANDB_PROJECT", "dialsum")
+
+
 def _fit_and_save(trainer, start: RunStart, data: PreparedData, command: str = "train") -> None:
     """Train (from the last checkpoint on resume), save model/, write and print the summary."""
     run_dir = start.run_dir
@@ -646,10 +677,18 @@ def _fit_and_save(trainer, start: RunStart, data: PreparedData, command: str = "
     if start.finish_only:
         _load_finished_state(trainer, start)
     else:
+        if "wandb" in data.config.logging.report_to:
+            _place_wandb(run_dir)
         try:
             trainer.train(resume_from_checkpoint=start.checkpoint)
         except KeyboardInterrupt:
             raise Interrupted(interrupted_line(run_dir, command)) from None
+        finally:
+            if "wandb" in data.config.logging.report_to:  # one W&B run per training run (kfold trains several)
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish()
     save_final_model(trainer, data.tokenizer, run_dir)
     if trainer.is_world_process_zero():
         summary = summarise(
