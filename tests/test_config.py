@@ -119,7 +119,7 @@ def test_cli_help_lists_every_command():
 
 @pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
 def test_missing_tracker_is_one_clear_error(backend, tmp_path, monkeypatch):
-    from dialsum.train import training_arguments
+    from dialsum.trainer import training_arguments
 
     monkeypatch.setitem(sys.modules, backend, None)  # absent, also where it is installed: the import fails
     config = load_config(ROOT / "configs" / "demo.yaml", [f"logging.report_to=[{backend}]"])
@@ -133,7 +133,7 @@ def test_installed_tracker_is_reported_to(backend, tmp_path):
     import importlib
 
     importlib.import_module(backend)
-    from dialsum.train import training_arguments
+    from dialsum.trainer import training_arguments
 
     config = load_config(ROOT / "configs" / "demo.yaml", [f"logging.report_to=[{backend}]"])
     assert training_arguments(config, tmp_path, has_dev=False, seq2seq=False).report_to == [backend]
@@ -210,7 +210,7 @@ def test_warmup_steps_and_ratio_are_exclusive(tmp_path):
 
 
 def test_warmup_steps_reach_the_training_arguments(tmp_path):
-    from dialsum.train import training_arguments
+    from dialsum.trainer import training_arguments
 
     config = load_config(ROOT / "configs" / "korean-dcs-baseline.yaml", ["model.name_or_path=x"])
     args = training_arguments(config, tmp_path, has_dev=True, seq2seq=False)
@@ -284,7 +284,7 @@ def test_qlora_settings_follow_the_gpu(monkeypatch, bf16_gpu, expected):
     from transformers import BitsAndBytesConfig
 
     from dialsum.models import compute_dtype, kbit_training_settings, qlora_settings, training_weight_dtype
-    from dialsum.train import peft_lora_config
+    from dialsum.trainer import peft_lora_config
 
     _gpu(monkeypatch, bf16_gpu)
     config = load_config(

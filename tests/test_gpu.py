@@ -188,7 +188,7 @@ def test_packed_rows_equal_padded_batch_on_cuda_sdpa(device, tiny_llama, tmp_pat
 
     from dialsum.models import load_model
     from dialsum.packing import PackedBatchCollator, pop_batch_meta
-    from dialsum.train import build_trainer
+    from dialsum.trainer import build_trainer
     from test_train import encoded, make_config
 
     config = make_config(tiny_llama, SAMPLE / "train.csv", packing=True, per_device_train_batch_size=8, max_length=1024)

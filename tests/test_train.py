@@ -18,7 +18,8 @@ from dialsum.encode import encode_dialogues, ensure_pad_token
 from dialsum.errors import RunDirError
 from dialsum.models import load_model, load_tokenizer
 from dialsum.rundir import read_jsonl
-from dialsum.train import build_trainer, train
+from dialsum.train import train
+from dialsum.trainer import build_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +239,7 @@ def test_checkpointing_is_passed_under_the_installed_transformers_name(tmp_path)
 
     from transformers import TrainingArguments
 
-    from dialsum.train import training_arguments
+    from dialsum.trainer import training_arguments
 
     sample = ROOT / "src" / "dialsum" / "sample_data" / "train.csv"
     known = {f.name for f in fields(TrainingArguments)}
