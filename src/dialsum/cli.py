@@ -341,7 +341,11 @@ def ensemble(
         ),
     ] = None,
     scheme: Annotated[
-        str, typer.Option(help="Morpheme tokenizer of the utility and the scores: kiwi | mecab | whitespace")
+        str,
+        typer.Option(help="Scoring recipe of the utility's morphemes and the scores: kiwi | dialogsum | dcs."),
+    ] = "kiwi",
+    tokenizer: Annotated[
+        str, typer.Option(help="Analyzer of --scheme kiwi: kiwi | mecab | whitespace (the others fix Mecab).")
     ] = "kiwi",
     split: Annotated[
         str, typer.Option(help="Which predictions of run/kfold directories: dev, test (submission.csv) or oof.")
@@ -364,6 +368,7 @@ def ensemble(
         utility=utility,
         length_percentile=length_percentile,
         scheme=scheme,
+        tokenizer=tokenizer,
         split=split,
         json_out=json_out,
         choices_out=choices,

@@ -315,6 +315,7 @@ def _spikes_section(run: RunData, limit: int = 20) -> list[str]:
 def _dev_scores_section(dev_scores: dict | None) -> list[str]:
     """The scheme's metrics as a person names them, the headline in bold with what it means, its interval and the
     public/private halves, then the diagnostics; every score says how it was computed (scheme and analyzer)."""
+    from dialsum.degeneracy import describe_degeneracy
     from dialsum.schemes import describe_halves, describe_interval, get_scheme
 
     if not dev_scores:
@@ -328,6 +329,7 @@ def _dev_scores_section(dev_scores: dict | None) -> list[str]:
     for label, text in (
         ("95 % interval", describe_interval(dev_scores)),
         ("public / private", describe_halves(dev_scores)),
+        ("degeneracy", describe_degeneracy(dev_scores)),
     ):
         if text:
             rows.append([label, text])
@@ -342,7 +344,14 @@ def _dev_scores_section(dev_scores: dict | None) -> list[str]:
     ]
     if dev_scores.get("skipped_without_reference"):
         rows.append(["dev dialogues without a reference (not scored)", _fmt(dev_scores["skipped_without_reference"])])
-    lines = [
+    lines = []
+    if (dev_scores.get("degeneracy") or {}).get("degenerate"):
+        lines += [
+            "**Warning: the predictions are degenerate (repetition / tag spam): these scores are not to be "
+            "trusted.** Set-based and clipped ROUGE reward repeating the references' frequent pieces.",
+            "",
+        ]
+    lines += [
         f"Scheme `{scheme.name}`: {md_cell(scheme.competition)}. Analyzer: {md_cell(str(analyzer))}.",
         "",
         f"The headline, in bold, is the {md_cell(scheme.headline_label)}: what "

@@ -44,6 +44,7 @@ from dialsum.scripts import foreign_script_chars, script_key
 __all__ = [
     "DEFAULT_BERTSCORE_MODEL",
     "SCHEMES",
+    "SHORT_LABELS",
     "Scheme",
     "analyzer_name",
     "dcs_clean",
@@ -76,6 +77,16 @@ LABELS = {
     "bertscore": "BERTScore F1",
     "bleurt": "BLEURT-20",
     "final_score": "final score",
+}
+# The same, short: column headers of the wide tables (kfold, screen, compare).
+SHORT_LABELS = {
+    "rouge1": "R1",
+    "rouge2": "R2",
+    "rougeL": "RL",
+    "rouge_sum": "sum",
+    "bertscore": "BERTScore",
+    "bleurt": "BLEURT",
+    "final_score": "final",
 }
 DCS_WORD_LIMIT = 1000  # the official NIKL scorer keeps the first 1,000 whitespace-separated words of each text
 
@@ -377,6 +388,7 @@ def score_scheme(
     if scheme == "kiwi":
         summary, rows = score_with_rows(predictions, references, tokenizer, forbidden_scripts)
         summary.update(scheme="kiwi", analyzer=analyzer_name("kiwi", tokenizer))
+        _with_degeneracy(summary, rows, predictions, _normalise_references(predictions, references))
         return _with_uncertainty(summary, rows, definition, topics), rows
 
     refs = _normalise_references(predictions, references)
@@ -431,7 +443,19 @@ def score_scheme(
         summary["word_limit"] = DCS_WORD_LIMIT
     if notes:
         summary["notes"] = notes
+    _with_degeneracy(summary, rows, predictions, refs)
     return _with_uncertainty(summary, rows, definition, topics), rows
+
+
+def _with_degeneracy(
+    summary: dict[str, Any], rows: list[dict[str, Any]], predictions: list[str], refs: list[list[str]]
+) -> None:
+    """The repetition / tag-spam figure beside the score (dialsum.degeneracy), and `degenerate` per row."""
+    from dialsum.degeneracy import degeneracy
+
+    summary["degeneracy"], flags = degeneracy(predictions, refs)
+    for row, flag in zip(rows, flags, strict=True):
+        row["degenerate"] = flag["degenerate"]
 
 
 def _with_uncertainty(
@@ -592,7 +616,10 @@ def describe_halves(result: dict[str, Any]) -> str | None:
 def format_scheme_table(result: dict[str, Any], title: str | None = None):
     """A rich Table of a `score_scheme` result: the scheme's metrics, its headline in bold with its 95 % interval
     and the public/private halves, the scheme and the analyzer, diagnostics."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from dialsum.degeneracy import describe_degeneracy
 
     scheme = get_scheme(result.get("scheme", "kiwi"))
     table = Table(title=title, show_header=True, header_style="bold")
@@ -613,6 +640,10 @@ def format_scheme_table(result: dict[str, Any], title: str | None = None):
         table.add_row(f"95 % interval of {LABELS[ranked] if ranked != scheme.headline else 'the headline'}", interval)
     if split:
         table.add_row("public / private estimate", split)
+    degenerate = describe_degeneracy(result)
+    if degenerate:
+        style = "bold red" if result["degeneracy"].get("degenerate") else ""
+        table.add_row(f"[{style}]degeneracy[/]" if style else "degeneracy", escape(degenerate))
     table.add_section()
     table.add_row("scheme", f"{scheme.name} — {scheme.competition}")
     table.add_row("analyzer", str(result.get("analyzer", "")))
@@ -631,5 +662,13 @@ def print_scheme_scores(result: dict[str, Any], title: str | None = None, consol
 
     console = console or Console()
     console.print(format_scheme_table(result, title))
+    if (result.get("degeneracy") or {}).get("degenerate"):
+        console.print(
+            "warning: the predictions are DEGENERATE (repetition / tag spam): this score is not to be trusted",
+            style="bold red",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
     for note in result.get("notes", []):
         console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
