@@ -373,8 +373,10 @@ def score_scheme(
     bertscore_model: str = DEFAULT_BERTSCORE_MODEL,
     bertscore_layers: int | None = None,
     topics: Sequence[str | None] | None = None,
+    model_metrics: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(corpus summary, per-row scores) under `scheme`. Every summary has `scheme`, `analyzer`, `headline`
+    """(corpus summary, per-row scores) under `scheme`. `model_metrics=False` leaves dcs's BERTScore out (None,
+    with a note): what training-time evaluation computes. Every summary has `scheme`, `analyzer`, `headline`
     (the key the competition ranks by) and `headline_label`, `interval` (the 95 % bootstrap interval of the
     ranking key, `uncertainty.bootstrap_interval`, with its `key`) and `halves` (public/private estimate; `topics`
     stratify it), `n`, `foreign_rate`, `empty_predictions`, `pred_len`, `ref_len`.
@@ -406,7 +408,10 @@ def score_scheme(
         scheme_tokens([dcs_clean(p) for p in predictions], "dcs")  # fails early, with one line, without Mecab
         rouge = score_rows([dcs_clean(p) for p in predictions], cleaned_refs, "mecab", forbidden_scripts=[])
         rows = [{"rouge1": r["rouge1"]} for r in rouge]
-        bert, note = bertscore_f1(predictions, [row[0] for row in refs], bertscore_model, bertscore_layers)
+        if model_metrics:
+            bert, note = bertscore_f1(predictions, [row[0] for row in refs], bertscore_model, bertscore_layers)
+        else:
+            bert, note = None, "BERTScore: not computed (left out at training-time evaluation)"
         notes += [note] if note else []
         notes.append(BLEURT_UNAVAILABLE)
         for index, row in enumerate(rows):
