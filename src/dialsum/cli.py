@@ -207,11 +207,14 @@ def screen(
         str, typer.Option(help="Comma-separated model paths or hub ids; 'lead' is the first-utterance baseline.")
     ],
     data: Annotated[Path, typer.Option(help="Labeled dialogues (e.g. dev.csv).")],
-    config: Annotated[Path | None, typer.Option(help="Config for prompt/generation settings.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Config for the models that are not run directories (a run uses its own config.yaml)."),
+    ] = None,
     set_: SetOption = None,
     limit: Annotated[int | None, typer.Option(help="Score only the first N dialogues.")] = None,
 ) -> None:
-    """Zero-shot: predict and score several models without training, ranked, with a 'lead' floor."""
+    """Predict and score several models or runs, ranked per scheme, with a 'lead' floor."""
     import dialsum.run
 
     names = [name.strip() for name in models.split(",") if name.strip()]
