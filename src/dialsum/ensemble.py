@@ -160,8 +160,13 @@ def tokenizer_for(scheme: str = "kiwi", tokenizer: str = "kiwi") -> Tokenize:
     """The tokens the scoring scheme's ROUGE counts (schemes.scheme_tokens): Kiwi forms or `tokenizer` (kiwi),
     Mecab morphemes (dialogsum), cleaned Mecab morphemes (dcs). The MBR utility compares these."""
     from dialsum.metrics import TOKENIZERS
-    from dialsum.schemes import get_scheme, scheme_tokens
+    from dialsum.schemes import SCHEMES, get_scheme, scheme_tokens
 
+    if scheme not in SCHEMES and scheme in TOKENIZERS:
+        raise DialsumError(
+            f"--scheme {scheme}: --scheme is the scoring recipe ({', '.join(SCHEMES)}); the analyzer is "
+            f"--tokenizer {scheme}"
+        )
     get_scheme(scheme)
     if tokenizer not in TOKENIZERS:
         raise DialsumError(f"--tokenizer {tokenizer!r}: expected one of {', '.join(TOKENIZERS)}")
