@@ -53,3 +53,24 @@ def test_every_scheme_reports_degeneracy_and_flags_rows(scheme):
     summary, rows = score_scheme(predictions, references, scheme)
     assert [r["degenerate"] for r in rows] == [True, True, False, True]
     assert summary["degeneracy"]["degenerate"] and summary["degeneracy"]["degenerate_rows"] == 3
+
+
+def test_console_and_report_say_plainly_when_degenerate():
+    """The console table and report.md carry the figure beside the score, and a warning only when degenerate."""
+    import io
+
+    from rich.console import Console
+
+    from dialsum.report import _dev_scores_section
+    from dialsum.schemes import print_scheme_scores
+
+    references = [d.references for d in load_dialogues(SAMPLE / "dev.csv")]
+    spam, _ = score_scheme([DEMO_SPAM[i % 2] for i in range(10)], references)
+    clean, _ = score_scheme([r[0] for r in references], references)
+    for scores, degenerate in ((spam, True), (clean, False)):
+        out = io.StringIO()
+        print_scheme_scores(scores, console=Console(file=out, width=200))
+        report = "\n".join(_dev_scores_section(scores))
+        assert "degeneracy" in out.getvalue() and "| degeneracy |" in report
+        assert ("predictions are DEGENERATE" in out.getvalue()) is degenerate
+        assert ("Warning: the predictions are degenerate" in report) is degenerate
