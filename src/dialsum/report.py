@@ -153,10 +153,13 @@ def plot_eval(runs: list[RunData], path: Path) -> Path | None:
     def has(key: str) -> bool:
         return any(_series(run.metrics, key)[0] for run in runs)
 
+    from dialsum.schemes import SCHEMES
+
+    # one line per run: the scheme's headline (final score), the sum of older runs, else each metric logged (dcs)
+    metrics = dict.fromkeys(f"eval_{m}" for s in SCHEMES.values() for m in s.metrics)
     rouge_keys = (
-        ["eval_rouge_sum"]
-        if has("eval_rouge_sum")
-        else [k for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL") if has(k)]
+        next(([k] for k in ("eval_final_score", "eval_rouge_sum") if has(k)), None)
+        or [k for k in metrics if has(k)][:3]
     )
     panels = (["eval_loss"] if has("eval_loss") else []) + (["rouge"] if rouge_keys else [])
     if not panels:
