@@ -275,6 +275,9 @@ def test_compare_two_real_runs(demo_run, tmp_path):
     assert metrics["steps"] == [12, 4] and metrics["best_eval_loss"][1] is None
     assert metrics["grad_norm_spikes"] == [len(s["grad_norm_spikes"]) for s in summaries]
     assert table["notes"][0] == f"{tmp_path / 'missing'}: not a directory (left out)"
+    # the paired difference against the first run: refused for a run without dev scores, with the reason
+    assert table["paired"]["runs"] == [{"baseline": True}, {"refused": "no dev scores"}]
+    assert "refused: no dev scores" in result.stdout.replace("\n", " ") or "refused: no dev" in text
 
 
 def test_unloadable_model_is_one_line(tmp_path):
