@@ -215,3 +215,55 @@ def test_cli_ensemble_bad_input_is_one_line(tmp_path):
     result = _cli("ensemble", tmp_path / "a.csv", tmp_path / "missing.csv", "--output", tmp_path / "o.csv")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "missing.csv" in result.stderr
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("scheme", ["kiwi", "dialogsum", "dcs"])
+def test_cli_ensemble_references_under_every_scheme(scheme, tmp_path):
+    """`ensemble --scheme NAME --references`: the utility compares that scheme's tokens, every source and the
+    ensemble are scored under it (its columns, its headline; dcs offline: BERTScore not computed, ranked by
+    ROUGE-1), and the table names the scheme and the analyzer. Before: --scheme was a tokenizer, dialogsum/dcs
+    were refused and the scores were always Kiwi's."""
+    from dialsum.schemes import get_scheme, score_scheme
+
+    if scheme != "kiwi":
+        pytest.importorskip("mecab")
+    paths = _write_baselines(SAMPLE / "dev.csv", tmp_path)[:3]
+    report_path = tmp_path / "report.json"
+    result = _cli(
+        "ensemble",
+        *paths,
+        "--output",
+        tmp_path / "ens.csv",
+        "--references",
+        SAMPLE / "dev.csv",
+        "--scheme",
+        scheme,
+        "--json",
+        report_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    definition = get_scheme(scheme)
+    assert report["scheme"] == scheme and report["ensemble"]["scheme"] == scheme
+    assert set(definition.keys) <= report["ensemble"].keys()
+    assert f"scheme {scheme}" in result.stdout and "analyzer" in result.stdout
+    dialogues = load_dialogues(SAMPLE / "dev.csv")
+    chosen = {row["fname"]: row["summary"] for row in csv.DictReader((tmp_path / "ens.csv").open(encoding="utf-8"))}
+    expected, _ = score_scheme([chosen[d.id] for d in dialogues], [d.references for d in dialogues], scheme)
+    key = definition.rank_key(expected)
+    assert report["ensemble"][key] == pytest.approx(expected[key]) and report["oracle"]["key"] == key
+    assert report["oracle"]["value"] >= max(s["scores"][key] for s in report["sources"]) - 1e-9
+
+
+def test_mbr_uses_the_schemes_own_tokens():
+    """The dcs scheme's tokens are the cleaned (lowercased) Mecab morphemes: 'ABC' and 'abc' are one token there,
+    two under Kiwi, so the choice differs."""
+    from dialsum.ensemble import tokenizer_for
+
+    pytest.importorskip("mecab")
+    assert tokenizer_for("dcs")(["ABC 회의"]) == tokenizer_for("dcs")(["abc 회의"])
+    assert tokenizer_for("kiwi")(["ABC 회의"]) != tokenizer_for("kiwi")(["abc 회의"])
+    with pytest.raises(DialsumError, match="--tokenizer applies to --scheme kiwi only"):
+        tokenizer_for("dcs", "whitespace")
+    with pytest.raises(DialsumError, match="the analyzer is --tokenizer mecab"):
+        tokenizer_for("mecab")

@@ -195,3 +195,78 @@ def test_summary_table_and_fold_ensemble_from_fold_directories(tmp_path):
     assert rows[0] == ["", "fname", "summary"] and [r[1] for r in rows[1:]] == test_ids
     report = (parent / "kfold.md").read_text(encoding="utf-8")
     assert "| mean |" in report and "MBR ensemble of the 3 folds on dev" in report
+
+
+def _fake_folds(parent: Path, scheme: str) -> None:
+    """Three fold directories with dev and OOF scores under `scheme`, and the kfold.json that names them."""
+    from dialsum.data import load_dialogues, write_predictions
+    from dialsum.schemes import score_scheme
+
+    dev = load_dialogues(SAMPLE / "dev.csv")
+    test_ids = _ids(SAMPLE / "test.csv")
+    makers = [
+        lambda d: d.turns[0].utterance,
+        lambda d: d.turns[1].utterance,
+        lambda d: d.turns[0].utterance + " " + d.turns[1].utterance,
+    ]
+    folds = []
+    for i, make in enumerate(makers):
+        run = parent / f"fold-{i}"
+        run.mkdir(parents=True)
+        predictions = [make(d) for d in dev]
+        write_predictions(run / "dev_predictions.csv", [d.id for d in dev], predictions)
+        scores, _ = score_scheme(predictions, [d.references for d in dev], scheme)
+        (run / "dev_scores.json").write_text(json.dumps(scores, ensure_ascii=False))
+        (run / "oof_scores.json").write_text(json.dumps(scores, ensure_ascii=False))
+        write_predictions(run / "oof_predictions.csv", [f"t{i}"], [f"oof {i}"])
+        with (run / "submission.csv").open("w", encoding="utf-8") as handle:
+            handle.write(",fname,summary\n" + "".join(f"{n},{t},fold {i} says {t}\n" for n, t in enumerate(test_ids)))
+        folds.append({"fold": i, "dir": f"fold-{i}", "train": 2, "heldout": 1})
+    spec = {"k": 3, "seed": 1, "include_dev": False, "dev": str(SAMPLE / "dev.csv"), "folds": folds}
+    spec["assignment"] = {"t0": 0, "t1": 1, "t2": 2}
+    (parent / "kfold.json").write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("scheme", ["kiwi", "dialogsum", "dcs"])
+def test_kfold_summary_and_fold_consensus_on_the_folds_own_scheme(scheme, tmp_path):
+    """Every number of kfold.md is on the folds' scheme: the per-fold and mean columns are the scheme's keys, and the
+    fold consensus is scored under the same scheme (before: always Kiwi, beside folds scored under dialogsum, and
+    dcs died on the missing 'rouge_sum'). kfold.md names the scheme and the analyzer."""
+    from dialsum.kfold import summarise_kfold
+    from dialsum.schemes import get_scheme
+
+    if scheme != "kiwi":
+        pytest.importorskip("mecab")
+    parent = tmp_path / "kf"
+    _fake_folds(parent, scheme)
+    summary = summarise_kfold(parent)
+    definition = get_scheme(scheme)
+    fold_scores = [json.loads((parent / f"fold-{i}" / "dev_scores.json").read_text()) for i in range(3)]
+    key = definition.rank_key(fold_scores[0])
+    assert summary["scheme"] == scheme and summary["ensemble_dev"]["scheme"] == scheme
+    assert set(summary["mean_dev"]) == set(definition.keys)
+    assert summary["mean_dev"][key] == pytest.approx(sum(s[key] for s in fold_scores) / 3)
+    # the consensus is one of the candidates per row: under the same scheme it lands within the folds' range
+    assert min(s[key] for s in fold_scores) - 1e-9 <= summary["ensemble_dev"][key]
+    report = (parent / "kfold.md").read_text(encoding="utf-8")
+    assert f"scheme `{scheme}`" in report and fold_scores[0]["analyzer"] in report
+    assert f"(scheme `{scheme}`, as the folds)" in report
+    if scheme == "dcs":
+        assert "OOF BERTScore" in report and "OOF sum" not in report
+
+
+@pytest.mark.slow
+def test_kfold_run_under_dcs(tmp_path):
+    """A real 2-fold run under evaluation.scheme=dcs (with max_new_tokens=auto): every fold trains, predicts and
+    scores, and the summary reads dcs's keys (before: KeyError 'rouge2' after the first fold trained)."""
+    pytest.importorskip("mecab")
+    parent = tmp_path / "kf"
+    result = dialsum(
+        "kfold", "configs/demo.yaml", "--folds", 2, "--output-dir", parent, *FEW_STEPS,
+        "--set", "evaluation.scheme=dcs", "--set", "data.test=null",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((parent / "kfold_scores.json").read_text(encoding="utf-8"))
+    assert scores["scheme"] == "dcs" and scores["folds_done"] == 2
+    assert scores["mean_oof"]["rouge1"] is not None and scores["mean_oof"]["final_score"] is None  # BLEURT absent
+    assert "OOF R1" in (parent / "kfold.md").read_text(encoding="utf-8")

@@ -275,6 +275,9 @@ def test_compare_two_real_runs(demo_run, tmp_path):
     assert metrics["steps"] == [12, 4] and metrics["best_eval_loss"][1] is None
     assert metrics["grad_norm_spikes"] == [len(s["grad_norm_spikes"]) for s in summaries]
     assert table["notes"][0] == f"{tmp_path / 'missing'}: not a directory (left out)"
+    # the paired difference against the first run: refused for a run without dev scores, with the reason
+    assert table["paired"]["runs"] == [{"baseline": True}, {"refused": "no dev scores"}]
+    assert "refused: no dev scores" in result.stdout.replace("\n", " ") or "refused: no dev" in text
 
 
 def test_unloadable_model_is_one_line(tmp_path):
@@ -344,3 +347,106 @@ def test_lora_train_then_predict_end_to_end(tmp_path):
     assert any(row["summary"] for row in lora_rows)
     # the same generation settings on the bare base model give other text: the adapter was applied
     assert [row["summary"] for row in lora_rows] != [row["summary"] for row in base_rows]
+
+
+def _dev_predictions(run_dir):
+    with (run_dir / "dev_predictions.csv").open(encoding="utf-8", newline="") as handle:
+        return {row["fname"]: row["summary"] for row in csv.DictReader(handle)}
+
+
+def test_screen_of_a_run_equals_its_own_dev_scores_and_schemes_are_never_ranked_together(demo_run, tmp_path):
+    """screen generates a run with its own config.yaml (its no_repeat_ngram_size=3 and max_new_tokens=48; before,
+    the defaults: 3.28 where the run said 25.66), so its row equals dev_scores.json. A copy of the run named alike
+    but scored under dialogsum gets its own row name and its own table, with its own lead floor."""
+    import io
+    import shutil
+
+    import yaml
+    from rich.console import Console
+
+    from dialsum.data import load_dialogues
+    from dialsum.run import screen
+    from dialsum.schemes import score_scheme
+
+    pytest.importorskip("mecab")
+    copy = tmp_path / "elsewhere" / "demo"
+    shutil.copytree(demo_run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    raw = yaml.safe_load((copy / "config.yaml").read_text(encoding="utf-8"))
+    raw.setdefault("evaluation", {})["scheme"] = "dialogsum"
+    (copy / "config.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    out = io.StringIO()
+    results = screen(["lead", str(demo_run), str(copy)], SAMPLE / "dev.csv", console=Console(file=out, width=200))
+    own = json.loads((demo_run / "dev_scores.json").read_text())
+    row = next(r for r in results if r["path"] == str(demo_run))
+    for key in ("rouge1", "rouge2", "rougeL", "rouge_sum", "final_score"):
+        assert row[key] == pytest.approx(own[key], abs=1e-9), key
+    assert row["degeneracy"] == own["degeneracy"]
+    other = next(r for r in results if r["path"] == str(copy))
+    assert row["model"] != other["model"] and other["model"].endswith("elsewhere/demo")
+    dialogues = load_dialogues(SAMPLE / "dev.csv")
+    predicted = _dev_predictions(demo_run)
+    expected, _ = score_scheme([predicted[d.id] for d in dialogues], [d.references for d in dialogues], "dialogsum")
+    assert other["scheme"] == "dialogsum" and other["final_score"] == pytest.approx(expected["final_score"])
+    # one table per scheme, each with its lead and its own ranks 1..2
+    assert sorted((r["scheme"], r["model"]) for r in results if r["model"] == "lead") == [
+        ("dialogsum", "lead"),
+        ("kiwi", "lead"),
+    ]
+    for scheme in ("kiwi", "dialogsum"):
+        assert sorted(r["rank"] for r in results if r["scheme"] == scheme) == [1, 2]
+    text = out.getvalue()
+    assert "scheme kiwi" in text and "scheme dialogsum" in text and "Mecab morphemes" in text
+    assert "the run's own generation and evaluation settings" in text
+
+
+@pytest.mark.parametrize("scheme", ["kiwi", "dialogsum", "dcs"])
+def test_screen_under_every_scheme_says_the_override(demo_run, scheme):
+    """--set evaluation.scheme=NAME wins over the run's own scheme, and is said; the run's row is its dev
+    predictions scored under NAME (dcs offline: BERTScore not computed, ranked by ROUGE-1)."""
+    import io
+
+    from rich.console import Console
+
+    from dialsum.data import load_dialogues
+    from dialsum.run import screen
+    from dialsum.schemes import get_scheme, score_scheme
+
+    if scheme != "kiwi":
+        pytest.importorskip("mecab")
+    out = io.StringIO()
+    overrides = [f"evaluation.scheme={scheme}"]
+    results = screen(["lead", str(demo_run)], SAMPLE / "dev.csv", overrides=overrides, console=Console(file=out))
+    assert {r["scheme"] for r in results} == {scheme} and [r["rank"] for r in results] == [1, 2]
+    row = next(r for r in results if r["path"] == str(demo_run))
+    dialogues = load_dialogues(SAMPLE / "dev.csv")
+    predicted = _dev_predictions(demo_run)
+    expected, _ = score_scheme([predicted[d.id] for d in dialogues], [d.references for d in dialogues], scheme)
+    key = get_scheme(scheme).rank_key(expected)
+    assert row[key] == pytest.approx(expected[key])
+    assert f"--set evaluation.scheme={scheme}" in out.getvalue()
+
+
+@pytest.mark.parametrize("scheme", ["kiwi", "dialogsum", "dcs"])
+def test_run_with_auto_length_under_every_scheme(scheme, tmp_path):
+    """dialsum run with generation.max_new_tokens=auto under each scheme: the length-control comparison reads the
+    scheme's own keys (before, dcs died after training with KeyError: 'rouge2'), dev_scores.json and
+    dev_per_sample.csv carry the scheme and the degeneracy flag, report.md names the headline."""
+    if scheme != "kiwi":
+        pytest.importorskip("mecab")
+    run_dir = tmp_path / "run"
+    result = dialsum(
+        "run",
+        "configs/demo.yaml",
+        "--output-dir",
+        run_dir,
+        *("--set", "training.max_steps=2", "--set", "training.eval_steps=2", "--set", "training.save_steps=2"),
+        *("--set", "generation.max_new_tokens=auto", "--set", "generation.max_new_tokens_cap=8"),
+        *("--set", f"evaluation.scheme={scheme}", "--set", "data.test=null"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((run_dir / "dev_scores.json").read_text())
+    length = json.loads((run_dir / "length_control.json").read_text())
+    assert scores["scheme"] == length["scheme"] == scheme and "degenerate" in scores["degeneracy"]
+    with (run_dir / "dev_per_sample.csv").open(encoding="utf-8", newline="") as handle:
+        assert "degenerate" in next(csv.DictReader(handle))
+    assert scores["headline_label"] in (run_dir / "report.md").read_text()

@@ -435,16 +435,16 @@ def test_rouge_during_training_selects_the_best_checkpoint(tiny_llama, real_dev_
     real scores would tie); generation, the Trainer's selection and the reload are the real ones."""
     from safetensors.torch import load_file
 
-    import dialsum.metrics
+    import dialsum.schemes
 
     scripted = iter([30.0, 10.0])
 
-    def score(predictions, references, **kwargs):
-        assert len(predictions) == 4
+    def score(predictions, references, scheme, **kwargs):
+        assert len(predictions) == 4 and scheme == "kiwi"
         value = next(scripted)
-        return {"rouge1": value / 2, "rouge2": value / 4, "rougeL": value / 4, "rouge_sum": value}
+        return {"rouge1": value / 2, "rouge2": value / 4, "rougeL": value / 4, "rouge_sum": value}, []
 
-    monkeypatch.setattr(dialsum.metrics, "score", score)
+    monkeypatch.setattr(dialsum.schemes, "score_scheme", score)
     config = make_config(tiny_llama, real_dev_path, max_steps=4, eval_steps=2, save_steps=2)
     config.data.dev = str(small_dev(real_dev_path, tmp_path))
     config.evaluation.rouge_during_training = True
@@ -495,6 +495,38 @@ def test_rouge_during_training_follows_the_dialogsum_scheme(tiny_llama, real_dev
     assert calls == ["dialogsum"]
     rows = [row for row in read_jsonl(run_dir / "metrics.jsonl")[0] if "eval_rouge_sum" in row]
     assert [(row["step"], row["eval_rouge_sum"]) for row in rows] == [(2, 14.0)]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "best"), [("kiwi", "eval_final_score"), ("dialogsum", "eval_final_score"), ("dcs", "eval_rouge1")]
+)
+def test_rouge_during_training_under_every_scheme(tiny_llama, tmp_path, scheme, best):
+    """Real scoring at each evaluation under each scheme: the metrics file holds eval_<key> for every key the scheme
+    declares that training computes (dcs: ROUGE-1 only, no BERTScore per evaluation), and the checkpoint is
+    selected by it. Before: dcs logged Kiwi's rouge_sum, a key the scheme does not have."""
+    from conftest import SAMPLE
+    from dialsum.schemes import get_scheme
+
+    if scheme != "kiwi":
+        pytest.importorskip("mecab")
+    config = make_config(tiny_llama, SAMPLE / "train.csv", max_steps=2, eval_steps=2, save_steps=2)
+    config.data.dev = str(SAMPLE / "dev.csv")
+    config.evaluation.scheme = scheme
+    config.evaluation.rouge_during_training = True
+    config.evaluation.rouge_subset = 2
+    config.evaluation.select_best_by = best
+    config.generation.max_new_tokens = 4
+    run_dir = train(config, output_dir=tmp_path / "run")
+    rows = [row for row in read_jsonl(run_dir / "metrics.jsonl")[0] if best in row]
+    expected = {f"eval_{k}" for k in get_scheme(scheme).keys} - {"eval_bertscore", "eval_bleurt", "eval_final_score"}
+    if scheme != "dcs":
+        expected.add("eval_final_score")
+    assert len(rows) == 1 and {k for k in rows[0] if k.startswith("eval_") and k != "eval_loss"} >= expected
+    assert not {"eval_bertscore", "eval_bleurt"} & rows[0].keys()
+    if scheme == "dcs":
+        assert "eval_rouge_sum" not in rows[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_metric"] == best
 
 
 def test_full_fine_tuning_under_bf16_updates_every_weight(tiny_llama, real_dev_path, tmp_path):

@@ -271,11 +271,14 @@ def screen(
         str, typer.Option(help="Comma-separated model paths or hub ids; 'lead' is the first-utterance baseline.")
     ],
     data: Annotated[Path, typer.Option(help="Labeled dialogues (e.g. dev.csv).")],
-    config: Annotated[Path | None, typer.Option(help="Config for prompt/generation settings.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Config for the models that are not run directories (a run uses its own config.yaml)."),
+    ] = None,
     set_: SetOption = None,
     limit: Annotated[int | None, typer.Option(help="Score only the first N dialogues.")] = None,
 ) -> None:
-    """Zero-shot: predict and score several models without training, ranked, with a 'lead' floor."""
+    """Predict and score several models or runs, ranked per scheme, with a 'lead' floor."""
     import dialsum.run
 
     names = [name.strip() for name in models.split(",") if name.strip()]
@@ -466,7 +469,11 @@ def ensemble(
         ),
     ] = None,
     scheme: Annotated[
-        str, typer.Option(help="Morpheme tokenizer of the utility and the scores: kiwi | mecab | whitespace")
+        str,
+        typer.Option(help="Scoring recipe of the utility's morphemes and the scores: kiwi | dialogsum | dcs."),
+    ] = "kiwi",
+    tokenizer: Annotated[
+        str, typer.Option(help="Analyzer of --scheme kiwi: kiwi | mecab | whitespace (the others fix Mecab).")
     ] = "kiwi",
     split: Annotated[
         str, typer.Option(help="Which predictions of run/kfold directories: dev, test (submission.csv) or oof.")
@@ -489,6 +496,7 @@ def ensemble(
         utility=utility,
         length_percentile=length_percentile,
         scheme=scheme,
+        tokenizer=tokenizer,
         split=split,
         json_out=json_out,
         choices_out=choices,

@@ -90,12 +90,29 @@ class Metric:
     better: str | None = None  # "max" or "min": the best run's value is shown bold
 
 
+def run_scheme(run: RunData) -> str:
+    """The scheme a run's dev scores are on: dev_scores.json's, else its config's, else kiwi."""
+    return str(run.dev_scores.get("scheme") or run.config.get("evaluation.scheme") or "kiwi")
+
+
+def dev_metrics(runs: list[RunData]) -> list[Metric]:
+    """One row per score key of the runs' schemes (schemes.py declares them), in the schemes' order. Runs under
+    different schemes are on different scales: then no row ranks them (no bold)."""
+    from dialsum.schemes import LABELS, get_scheme
+
+    schemes = [get_scheme(name) for name in dict.fromkeys(run_scheme(run) for run in runs)] or [get_scheme("kiwi")]
+    keys = list(dict.fromkeys(key for scheme in schemes for key in scheme.keys))
+    better = "max" if len(schemes) == 1 else None
+
+    def label(key: str) -> str:
+        if len(schemes) == 1 and key == schemes[0].headline:
+            return f"dev {schemes[0].headline_label}"
+        return "dev " + LABELS[key].split(" (")[0].removesuffix(" F1")
+
+    return [Metric(f"dev_{key}", label(key), "dev_scores", key, ".2f", better) for key in keys]
+
+
 METRICS = [
-    Metric("dev_rouge1", "dev ROUGE-1", "dev_scores", "rouge1", ".2f", "max"),
-    Metric("dev_rouge2", "dev ROUGE-2", "dev_scores", "rouge2", ".2f", "max"),
-    Metric("dev_rougeL", "dev ROUGE-L", "dev_scores", "rougeL", ".2f", "max"),
-    Metric("dev_rouge_sum", "dev ROUGE sum", "dev_scores", "rouge_sum", ".2f", "max"),
-    Metric("dev_final_score", "dev final score", "dev_scores", "final_score", ".2f", "max"),
     Metric("dev_foreign_rate", "dev foreign-script rate", "dev_scores", "foreign_rate", ".2f", "min"),
     Metric("grad_norm_spikes", "grad-norm spikes", "summary", "grad_norm_spikes", "d", "min"),
     Metric("grad_norm_max", "grad-norm max", "summary", "grad_norm_max", ".3f", "min"),
@@ -138,23 +155,38 @@ class Comparison:
     settings: dict[str, list[Any]]  # dotted key -> one raw value per run (_ABSENT where unknown)
     metrics: dict[str, list[float | None]]  # Metric.name -> one value per run
     notes: list[str]
+    metric_list: list[Metric] = field(default_factory=list)  # the rows: the schemes' score keys, then METRICS
+    scoring: dict[str, list[str]] = field(default_factory=dict)  # row label -> one text per run (scheme, interval)
+    paired: dict[str, Any] = field(default_factory=dict)  # the paired bootstrap against the first run
     plots: list[Path] = field(default_factory=list)
 
 
 def build_comparison(runs: list[RunData], notes: list[str]) -> Comparison:
+    from dialsum.compare_scores import scoring_rows
+
     settings = {key: [run.config.get(key, _ABSENT) for run in runs] for key in differing_settings(runs)}
-    metrics = {m.name: [metric_value(run, m) for run in runs] for m in METRICS}
+    metric_list = [*dev_metrics(runs), *METRICS]
+    metrics = {m.name: [metric_value(run, m) for run in runs] for m in metric_list}
+    schemes = sorted({run_scheme(run) for run in runs if run.dev_scores})
+    if len(schemes) > 1:
+        notes.append(
+            f"the runs' dev scores are under different schemes ({', '.join(schemes)}): different scales, so no dev "
+            "score row ranks them"
+        )
+    scoring, paired = scoring_rows(runs, notes)
     for run in runs:
         notes.extend(_missing_file_notes(run))
         notes.extend(run.problems)
         for source, data in (("dev_scores", run.dev_scores), ("summary", run.summary)):
-            absent = [m.key for m in METRICS if m.source == source and m.key not in data]
+            absent = [m.key for m in metric_list if m.source == source and m.key not in data]
             if data and absent:  # the file was read but lacks these keys
                 file = DEV_SCORES_FILE if source == "dev_scores" else SUMMARY_FILE
                 notes.append(f"{run.path}: {file} has no {', '.join(absent)}")
     if len(runs) > 1 and not settings and sum(bool(run.config) for run in runs) > 1:
         notes.append("every run has the same config (apart from logging.output_root)")
-    return Comparison([r.name for r in runs], [str(r.path) for r in runs], settings, metrics, notes)
+    return Comparison(
+        [r.name for r in runs], [str(r.path) for r in runs], settings, metrics, notes, metric_list, scoring, paired
+    )
 
 
 # ---------------------------------------------------------------- compare
@@ -182,7 +214,9 @@ def print_comparison(comparison: Comparison, runs: list[RunData]) -> None:
     for key, values in comparison.settings.items():
         table.add_row(Text(key, style="cyan"), *[Text(_shorten(format_setting(v))) for v in values])
     table.add_section()
-    for metric in METRICS:
+    for label, texts in comparison.scoring.items():
+        table.add_row(label, *[Text(t) for t in texts])
+    for metric in comparison.metric_list:
         cells, best = _metric_cells(comparison, metric)
         table.add_row(
             _metric_label(metric, runs),
@@ -203,11 +237,12 @@ def comparison_markdown(comparison: Comparison, runs: list[RunData], output_dir:
     else:
         parts.append("None: every run with a config.yaml has the same settings." if runs else "No runs to compare.")
     parts += ["", "## Results", ""]
-    rows = []
-    for metric in METRICS:
+    rows = [[label, *texts] for label, texts in comparison.scoring.items()]
+    for metric in comparison.metric_list:
         cells, best = _metric_cells(comparison, metric)
         rows.append([_metric_label(metric, runs), *[f"**{c}**" if i in best else c for i, c in enumerate(cells)]])
     parts += [md_table(["metric", *comparison.names], rows), "", "Bold: the best run in that row (ties share it)."]
+    parts += ["", *_headline_explanation(runs)]
     if comparison.notes:
         parts += ["", "## Notes", ""] + [f"- {md_cell(note)}" for note in comparison.notes]
     if comparison.plots:
@@ -223,9 +258,27 @@ def comparison_json(comparison: Comparison) -> dict:
             name: [v if v is None or math.isfinite(v) else None for v in values]
             for name, values in comparison.metrics.items()
         },  # strict JSON: no NaN
+        "scoring": comparison.scoring,
+        "paired": comparison.paired,
         "notes": comparison.notes,
         "plots": [p.name for p in comparison.plots],
     }
+
+
+def _headline_explanation(runs: list[RunData]) -> list[str]:
+    """Which number is which: the scheme's headline (what its leaderboard ranks by) and the sum beside it."""
+    from dialsum.schemes import get_scheme
+
+    lines = []
+    for name in dict.fromkeys(run_scheme(run) for run in runs if run.dev_scores):
+        scheme = get_scheme(name)
+        sum_note = ""
+        if "rouge_sum" in scheme.keys:
+            sum_note = " The ROUGE sum beside it is the sum of the three, not the leaderboard's number."
+        lines.append(
+            f"- Scheme `{name}`: the headline is the {scheme.headline_label} ({scheme.competition}).{sum_note}"
+        )
+    return lines
 
 
 def default_compare_dir(run_dirs: list[str | Path]) -> Path:

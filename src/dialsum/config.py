@@ -350,10 +350,10 @@ class EvaluationSettings(_Section):
     rouge_subset: int = Field(
         32, ge=1, description="Dev dialogues generated at each evaluation when rouge_during_training."
     )
-    select_best_by: Literal["eval_loss", "eval_rouge_sum"] = Field(
+    select_best_by: Literal["eval_loss", "eval_rouge_sum", "eval_final_score", "eval_rouge1"] = Field(
         "eval_loss",
-        description="Metric that picks the final model among evaluated checkpoints (loss: lower is better; "
-        "rouge sum: higher, needs rouge_during_training).",
+        description="Metric that picks the final model among evaluated checkpoints (loss: lower is better; the "
+        "others higher, need rouge_during_training; scheme dcs logs only eval_rouge1 during training).",
     )
 
 
@@ -452,8 +452,14 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        if self.evaluation.select_best_by == "eval_rouge_sum" and not self.evaluation.rouge_during_training:
-            raise ValueError("evaluation.select_best_by=eval_rouge_sum needs evaluation.rouge_during_training=true")
+        best = self.evaluation.select_best_by
+        if best != "eval_loss" and not self.evaluation.rouge_during_training:
+            raise ValueError(f"evaluation.select_best_by={best} needs evaluation.rouge_during_training=true")
+        if self.evaluation.scheme == "dcs" and best not in ("eval_loss", "eval_rouge1"):
+            raise ValueError(
+                f"evaluation.select_best_by={best}: scheme dcs logs only eval_rouge1 during training (BERTScore and "
+                "BLEURT are left out there); use eval_rouge1 or eval_loss"
+            )
         if self.evaluation.scheme != "kiwi" and self.evaluation.tokenizer != "kiwi":
             raise ValueError(
                 f"evaluation.tokenizer={self.evaluation.tokenizer} applies to evaluation.scheme=kiwi only; "

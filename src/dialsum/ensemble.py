@@ -2,10 +2,10 @@
 
 Minimum-Bayes-risk (MBR) selection: every candidate is scored by its summed utility against the other
 candidates of the same dialogue (each one standing in for the unknown reference), and the best one is
-kept. The utility is a weighted sum of ROUGE-1/2/L F1 on the morphemes of the scoring scheme (Kiwi by
-default), so the consensus is measured the way the competition scores. Candidates come from several
-prediction files (independently trained models, K-fold runs) or from one file holding several sampled or
-beam candidates per dialogue (`dialsum predict --num-candidates N`).
+kept. The utility is a weighted sum of ROUGE-1/2/L F1 on the morphemes of the scoring scheme (schemes.py: Kiwi
+forms for kiwi, Mecab morphemes for dialogsum and dcs), so the consensus is measured the way the competition
+scores. Candidates come from several prediction files (independently trained models, K-fold runs) or from one
+file holding several sampled or beam candidates per dialogue (`dialsum predict --num-candidates N`).
 
 Speed: every text is tokenized once (one batched Kiwi call); each candidate's unigram and bigram counts
 and its LCS bit masks are computed once, so a pair costs two small dict intersections and a bit-parallel
@@ -157,13 +157,23 @@ def pair_utility(a: Sequence[str], b: Sequence[str], utility: Utility = Utility(
 Tokenize = Callable[[Sequence[str]], list[tuple[str, ...]]]
 
 
-def tokenizer_for(scheme: str) -> Tokenize:
-    """The morpheme tokenizer of a scoring scheme (today: metrics' tokenizer names kiwi, mecab, whitespace)."""
-    from dialsum.metrics import TOKENIZERS, tokenize_texts
+def tokenizer_for(scheme: str = "kiwi", tokenizer: str = "kiwi") -> Tokenize:
+    """The tokens the scoring scheme's ROUGE counts (schemes.scheme_tokens): Kiwi forms or `tokenizer` (kiwi),
+    Mecab morphemes (dialogsum), cleaned Mecab morphemes (dcs). The MBR utility compares these."""
+    from dialsum.metrics import TOKENIZERS
+    from dialsum.schemes import SCHEMES, get_scheme, scheme_tokens
 
-    if scheme not in TOKENIZERS:
-        raise DialsumError(f"--scheme {scheme!r}: expected one of {', '.join(TOKENIZERS)}")
-    return lambda texts: tokenize_texts(texts, scheme)
+    if scheme not in SCHEMES and scheme in TOKENIZERS:
+        raise DialsumError(
+            f"--scheme {scheme}: --scheme is the scoring recipe ({', '.join(SCHEMES)}); the analyzer is "
+            f"--tokenizer {scheme}"
+        )
+    get_scheme(scheme)
+    if tokenizer not in TOKENIZERS:
+        raise DialsumError(f"--tokenizer {tokenizer!r}: expected one of {', '.join(TOKENIZERS)}")
+    if scheme != "kiwi" and tokenizer != "kiwi":
+        raise DialsumError(f"--tokenizer applies to --scheme kiwi only; --scheme {scheme} fixes its analyzer (Mecab)")
+    return lambda texts: scheme_tokens(texts, scheme, tokenizer)
 
 
 @dataclass
@@ -188,7 +198,10 @@ def mbr_select(
     """
     if length_percentile is not None and not 0 < length_percentile <= 100:
         raise DialsumError(f"--length-percentile {length_percentile}: expected a number in (0, 100]")
-    tokenize = tokenizer_for(tokenize) if isinstance(tokenize, str) else tokenize
+    if isinstance(tokenize, str):  # a scheme name (kiwi, dialogsum, dcs) or a kiwi-scheme analyzer (mecab, whitespace)
+        from dialsum.schemes import SCHEMES
+
+        tokenize = tokenizer_for(tokenize) if tokenize in SCHEMES else tokenizer_for(tokenizer=tokenize)
     texts = list(dict.fromkeys(t for row in candidates for t in row if t.strip()))
     vocab: dict[str, int] = {}
     tokens = tokenize(texts)  # every text once, one batched call
@@ -358,25 +371,27 @@ def ensemble_files(
     submission: str | Path | None = None,
     console=None,
     overwrite: bool = False,
+    tokenizer: str = "kiwi",
 ) -> dict[str, Any]:
     """Read the sources, MBR-select, write `fname,summary` to `output`; return (and print) the report.
 
-    The report holds the wins per source, the exclusion counts and, with `references`, each source's
-    score, their mean, the ensemble's score and the oracle (the best candidate per dialogue). Every output is
-    checked before anything is read or scored: none may be a source or the references, none may exist already
-    unless `overwrite`.
+    `scheme` is the scoring recipe (schemes.py): its morphemes are what the utility compares, and with
+    `references` each source, their mean, the ensemble and the oracle (the best candidate per dialogue) are scored
+    under it. `tokenizer` picks the analyzer of the kiwi scheme. Every output is checked before anything is read or
+    scored: none may be a source or the references, none may exist already unless `overwrite`.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from dialsum.data import load_references, write_predictions
-    from dialsum.metrics import score_with_rows
+    from dialsum.data import load_references, load_topics, write_predictions
     from dialsum.rundir import prediction_files
+    from dialsum.schemes import SHORT_LABELS, analyzer_name, get_scheme, score_scheme
     from dialsum.writer import OutputPlan
 
     console = console or Console()
     utility = parse_utility(utility) if isinstance(utility, str) else utility
-    tokenize = tokenizer_for(scheme)
+    tokenize = tokenizer_for(scheme, tokenizer)
+    definition = get_scheme(scheme)
     source_files = [f for p in paths for f in prediction_files(p, split)]
     outputs = OutputPlan([*paths, *source_files, references], overwrite)
     outputs.file(output, "--output")
@@ -393,7 +408,7 @@ def ensemble_files(
             "[yellow]two sources: their utilities against each other are equal, so MBR cannot choose and "
             "the first source wins every tie; give three or more[/]"
         )
-    refs = None
+    refs = topics = None
     if references is not None:  # fail on a bad reference file before the slow part
         by_id = load_references(references)
         missing = [i for i in sources.ids if i not in by_id]
@@ -404,6 +419,8 @@ def ensemble_files(
                 f"({len(missing)} candidate ids without a reference, {len(extra)} reference ids without candidates)"
             )
         refs = [by_id[i] for i in sources.ids]
+        topic_of = load_topics(references)
+        topics = [topic_of.get(i) for i in sources.ids]
 
     result = mbr_select(sources.by_row(), tokenize, utility, length_percentile)
     write_predictions(output, sources.ids, result.summaries)
@@ -414,10 +431,13 @@ def ensemble_files(
 
     names = _short_names(sources.names)
     wins = [sum(1 for w in result.winners if w == k) for k in range(len(names))]
+    analyzer = analyzer_name(scheme, tokenizer)
     report: dict[str, Any] = {
         "utility": utility.describe(),
         "length_percentile": length_percentile,
         "scheme": scheme,
+        "tokenizer": tokenizer,
+        "analyzer": analyzer,
         "dialogues": len(sources.ids),
         "sources": [{"name": n, "path": p, "wins": w} for n, p, w in zip(names, sources.names, wins)],
         "counts": result.counts,
@@ -427,39 +447,62 @@ def ensemble_files(
         "output": str(output),
     }
     title = f"MBR ensemble of {len(names)} sources over {len(sources.ids)} dialogues ({utility.describe()})"
-    table = Table(title=title)
-    for column in ("source", "wins", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE sum"):
-        table.add_column(column, justify="left" if column == "source" else "right")
+    caption = (
+        f"scheme {scheme} ({definition.competition}); analyzer: {analyzer}; "
+        f"{SHORT_LABELS[definition.headline]}: the {definition.headline_label}"
+    )
+    table = Table(title=title, caption=caption)
+    columns = definition.columns()
+    table.add_column("source", overflow="fold")
+    table.add_column("wins", justify="right")
+    for key, _ in columns:
+        table.add_column(SHORT_LABELS[key], justify="right")
 
     def row(label: str, wins_text: str, s: dict | None, style: str | None = None) -> None:
-        numbers = [f"{s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")] if s else ["", "", "", ""]
-        table.add_row(label, wins_text, *numbers, style=style)
+        numbers = ["not computed" if s.get(k) is None else f"{s[k]:.2f}" for k, _ in columns] if s else []
+        table.add_row(label, wins_text, *(numbers or [""] * len(columns)), style=style)
 
     if refs is None:
         for name, w in zip(names, wins):
             row(name, str(w), None)
     else:
-        per_row_finals = []
+        per_row_ranked = []
+        notes: list[str] = []
         for entry, texts in zip(report["sources"], sources.texts):
-            scores, rows = score_with_rows(texts, refs, scheme)
+            scores, rows = score_scheme(texts, refs, scheme, tokenizer, topics=topics)
             entry["scores"] = _plain(scores)
-            per_row_finals.append([r["rouge1"] + r["rouge2"] + r["rougeL"] for r in rows])
+            key = definition.rank_key(scores)
+            per_row_ranked.append([r[key] for r in rows])
+            notes = scores.get("notes", notes)
             row(entry["name"], str(entry["wins"]), scores)
-        keys = ("rouge1", "rouge2", "rougeL", "rouge_sum")
-        mean = {k: float(np.mean([e["scores"][k] for e in report["sources"]])) for k in keys}
-        best = max(report["sources"], key=lambda e: e["scores"]["rouge_sum"])
-        ensemble_scores, _ = score_with_rows(result.summaries, refs, scheme)
-        oracle = float(np.mean(np.max(np.array(per_row_finals), axis=0)))
+        mean = {
+            k: None
+            if any(e["scores"].get(k) is None for e in report["sources"])
+            else float(np.mean([e["scores"][k] for e in report["sources"]]))
+            for k, _ in columns
+        }
+        best = max(report["sources"], key=lambda e: definition.rank_value(e["scores"]) or 0.0)
+        ensemble_scores, _ = score_scheme(result.summaries, refs, scheme, tokenizer, topics=topics)
+        rank_key = definition.rank_key(ensemble_scores)
+        oracle = float(np.mean(np.max(np.array(per_row_ranked, dtype=float), axis=0)))
         report["mean_of_sources"] = mean
         report["best_source"] = best["name"]
         report["ensemble"] = _plain(ensemble_scores)
-        report["oracle_rouge_sum"] = oracle
+        report["ensemble_interval"] = ensemble_scores.get("interval")
+        report["ensemble_degeneracy"] = ensemble_scores.get("degeneracy")
+        report["oracle"] = {"key": rank_key, "value": oracle}
+        report["notes"] = notes
         table.add_section()
         row("mean of sources", "", mean)
         row(f"best source ({best['name']})", "", best["scores"])
         row("[bold]ensemble (MBR)[/bold]", "", ensemble_scores, "bold")
-        table.add_row("oracle (best candidate per dialogue)", "", "", "", "", f"{oracle:.2f}")
+        oracle_cells = [f"{oracle:.2f}" if k == rank_key else "" for k, _ in columns]
+        table.add_row(f"oracle (best candidate per dialogue, by {rank_key})", "", *oracle_cells)
     console.print(table)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
+    if (report.get("ensemble_degeneracy") or {}).get("degenerate"):
+        console.print("[bold red]warning: the ensemble's predictions are DEGENERATE (repetition / tag spam)[/]")
     counts = result.counts
     console.print(
         f"{counts['candidates']} candidates: {counts['empty']} empty, "
@@ -481,4 +524,4 @@ def ensemble_files(
 
 
 def _plain(scores: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
+    return {k: v for k, v in scores.items() if v is None or isinstance(v, (int, float, str))}

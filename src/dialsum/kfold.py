@@ -251,63 +251,103 @@ def kfold(
     return parent
 
 
-def _ensemble_folds(parent: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """MBR over the folds: dev (scored against the references) and test (as a submission), where every fold has them."""
+def _ensemble_folds(parent: Path, spec: dict[str, Any], scheme: str, tokenizer: str) -> dict[str, Any]:
+    """MBR over the folds: dev (scored against the references under the folds' own scheme, so it sits beside their
+    mean on one scale) and test (as a submission), where every fold has them."""
     import io
 
     from dialsum.ensemble import ensemble_files
+    from dialsum.schemes import get_scheme
 
     quiet = Console(file=io.StringIO())
     dirs = [parent / entry["dir"] for entry in spec["folds"]]
     result: dict[str, Any] = {}
     if spec.get("dev") and all((d / DEV_PREDICTIONS_FILE).is_file() for d in dirs):
         report = ensemble_files(
-            [d / DEV_PREDICTIONS_FILE for d in dirs], parent / KFOLD_ENSEMBLE_DEV, references=spec["dev"], console=quiet
+            [d / DEV_PREDICTIONS_FILE for d in dirs],
+            parent / KFOLD_ENSEMBLE_DEV,
+            references=spec["dev"],
+            console=quiet,
+            scheme=scheme,
+            tokenizer=tokenizer,
         )
-        result["ensemble_dev"] = {k: report["ensemble"][k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+        result["ensemble_dev"] = {k: report["ensemble"].get(k) for k in get_scheme(scheme).keys}
+        result["ensemble_dev"].update(scheme=scheme, analyzer=report["analyzer"])
     if all((d / SUBMISSION_FILE).is_file() for d in dirs):
         ensemble_files(
             [d / SUBMISSION_FILE for d in dirs],
             parent / KFOLD_ENSEMBLE_TEST,
             submission=parent / KFOLD_SUBMISSION,
             console=quiet,
+            scheme=scheme,
+            tokenizer=tokenizer,
         )
         result["ensemble_test"] = str(parent / KFOLD_SUBMISSION)
     return result
 
 
-def summarise_kfold(parent: str | Path) -> dict[str, Any]:
-    """Per-fold out-of-fold and dev scores, their means, and (all folds done) the joint OOF file and score."""
-    from rich.table import Table
-
-    parent = Path(parent)
-    spec = json.loads((parent / KFOLD_FILE).read_text(encoding="utf-8"))
-    keys = ("rouge1", "rouge2", "rougeL", "rouge_sum")
-    rows: list[dict[str, Any]] = []
+def _fold_scores(parent: Path, spec: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    """Per fold, {"oof": scores, "dev": scores} of the files that exist (dev only without include_dev)."""
+    found = []
     for entry in spec["folds"]:
         run_dir = parent / entry["dir"]
-        row: dict[str, Any] = {"fold": entry["fold"], "train": entry["train"], "heldout": entry["heldout"]}
+        scores = {}
         for name, file in (("oof", OOF_SCORES_FILE), ("dev", DEV_SCORES_FILE)):
             path = run_dir / file
             if path.is_file() and not (name == "dev" and spec["include_dev"]):
-                scores = json.loads(path.read_text(encoding="utf-8"))
-                row.update({f"{name}_{k}": scores[k] for k in keys})
+                scores[name] = json.loads(path.read_text(encoding="utf-8"))
+        found.append(scores)
+    return found
+
+
+def _mean(rows: list[dict[str, Any]], prefix: str, keys: Sequence[str]) -> dict[str, float | None]:
+    values = {k: [r.get(f"{prefix}_{k}") for r in rows] for k in keys}
+    return {k: None if any(v is None for v in vs) else sum(vs) / len(vs) for k, vs in values.items()}
+
+
+def summarise_kfold(parent: str | Path) -> dict[str, Any]:
+    """Per-fold out-of-fold and dev scores, their means, and (all folds done) the joint OOF file and score. Every
+    number is on the folds' own scheme (from their score files), named with its analyzer in kfold.md."""
+    from rich.table import Table
+
+    from dialsum.schemes import SHORT_LABELS, get_scheme
+
+    parent = Path(parent)
+    spec = json.loads((parent / KFOLD_FILE).read_text(encoding="utf-8"))
+    found = _fold_scores(parent, spec)
+    any_scores = [s for fold in found for s in fold.values()]
+    schemes = {s.get("scheme", "kiwi") for s in any_scores} or {"kiwi"}
+    if len(schemes) > 1:
+        raise DataError(f"{parent}: the folds were scored under different schemes ({', '.join(sorted(schemes))})")
+    scheme = get_scheme(schemes.pop())
+    tokenizer = next((s.get("tokenizer", "kiwi") for s in any_scores), "kiwi")
+    analyzer = next((s["analyzer"] for s in any_scores if s.get("analyzer")), f"tokenizer {tokenizer}")
+    keys = scheme.keys
+    rows: list[dict[str, Any]] = []
+    for entry, scores in zip(spec["folds"], found):
+        run_dir = parent / entry["dir"]
+        row: dict[str, Any] = {"fold": entry["fold"], "train": entry["train"], "heldout": entry["heldout"]}
+        for name, values in scores.items():
+            row.update({f"{name}_{k}": values.get(k) for k in keys})
+            row[f"{name}_done"] = True
         row["test_predictions"] = (run_dir / SUBMISSION_FILE).is_file()
         rows.append(row)
-    done = [r for r in rows if "oof_rouge_sum" in r]
+    done = [r for r in rows if r.get("oof_done")]
     summary: dict[str, Any] = {
         "k": spec["k"],
         "include_dev": spec["include_dev"],
+        "scheme": scheme.name,
+        "analyzer": analyzer,
         "folds": rows,
         "folds_done": len(done),
     }
     for name in ("oof", "dev"):
-        present = [r for r in done if f"{name}_rouge_sum" in r]
+        present = [r for r in done if r.get(f"{name}_done")]
         if present:
-            summary[f"mean_{name}"] = {k: sum(r[f"{name}_{k}"] for r in present) / len(present) for k in keys}
+            summary[f"mean_{name}"] = _mean(present, name, keys)
 
     if len(done) == len(rows) and len(rows) >= 3:  # the folds' consensus (two sources would always tie)
-        summary.update(_ensemble_folds(parent, spec))
+        summary.update(_ensemble_folds(parent, spec, scheme.name, tokenizer))
 
     if len(done) == len(rows):  # every training row predicted by the fold that held it out, in input order
         predicted: dict[str, str] = {}
@@ -319,16 +359,19 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
         summary["oof_predictions"] = len(ids)
         summary["oof_without_reference"] = len(spec["assignment"]) - len(ids)
 
-    table = Table(title=f"{spec['k']}-fold run {parent} ({len(done)}/{len(rows)} folds done)")
-    columns = ["fold", "train", "held out", "OOF R1", "OOF R2", "OOF RL", "OOF sum"]
+    # the dev column: the headline, or where it is missing (dcs offline) the fallback, as the scheme ranks
+    dev_key = scheme.rank_key(summary.get("mean_dev") or {})
+    columns = ["fold", "train", "held out", *[f"OOF {SHORT_LABELS[k]}" for k in keys]]
     if not spec["include_dev"]:
-        columns += ["dev sum"]
+        columns += [f"dev {SHORT_LABELS[dev_key]}"]
     columns += ["test preds"]
+    caption = f"scheme {scheme.name} ({scheme.competition}); analyzer: {analyzer}"
+    table = Table(title=f"{spec['k']}-fold run {parent} ({len(done)}/{len(rows)} folds done)", caption=caption)
     for column in columns:
         table.add_column(column, justify="right")
 
     def cells(r: dict[str, Any]) -> list[str]:
-        values = [r.get(f"oof_{k}") for k in keys] + ([r.get("dev_rouge_sum")] if not spec["include_dev"] else [])
+        values = [r.get(f"oof_{k}") for k in keys] + ([r.get(f"dev_{dev_key}")] if not spec["include_dev"] else [])
         return [f"{v:.2f}" if isinstance(v, (int, float)) else "-" for v in values]
 
     for r in rows:
@@ -338,7 +381,7 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
     if done:
         mean = {f"oof_{k}": summary["mean_oof"][k] for k in keys}
         if "mean_dev" in summary:
-            mean["dev_rouge_sum"] = summary["mean_dev"]["rouge_sum"]
+            mean[f"dev_{dev_key}"] = summary["mean_dev"][dev_key]
         table.add_section()
         table.add_row("mean", "", "", *cells(mean), "")
     Console().print(table)
@@ -348,6 +391,9 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
         f"# {spec['k']}-fold run",
         "",
         f"`{parent}` · seed {spec['seed']} · include_dev {spec['include_dev']} · {len(done)}/{len(rows)} folds done",
+        "",
+        f"Every score: scheme `{scheme.name}` ({scheme.competition}); analyzer: {analyzer}. "
+        f"{SHORT_LABELS[scheme.headline]}: the {scheme.headline_label}.",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
@@ -369,19 +415,24 @@ def summarise_kfold(parent: str | Path) -> dict[str, Any]:
     if done:
         md.append("| mean |  |  | " + " | ".join(cells(mean)) + " |  |")
     if "ensemble_dev" in summary:
-        e = summary["ensemble_dev"]
+        e, mean_dev = summary["ensemble_dev"], summary.get("mean_dev") or {}
+
+        def show(values: dict[str, Any], key: str) -> str:
+            return "not computed" if values.get(key) is None else f"{values[key]:.2f}"
+
         md += [
             "",
-            f"MBR ensemble of the {len(rows)} folds on dev: ROUGE sum {e['rouge_sum']:.2f} "
-            f"(R1 {e['rouge1']:.2f}, R2 {e['rouge2']:.2f}, RL {e['rougeL']:.2f}) against the folds' mean "
-            f"{summary['mean_dev']['rouge_sum']:.2f}; `{KFOLD_ENSEMBLE_DEV}`.",
+            f"MBR ensemble of the {len(rows)} folds on dev (scheme `{scheme.name}`, as the folds): "
+            f"{SHORT_LABELS[dev_key]} {show(e, dev_key)} ("
+            + ", ".join(f"{SHORT_LABELS[k]} {show(e, k)}" for k in keys if k != dev_key)
+            + f") against the folds' mean {show(mean_dev, dev_key)}; `{KFOLD_ENSEMBLE_DEV}`.",
         ]
     if "ensemble_test" in summary:
         md += ["", f"Test: the folds' consensus is in `{KFOLD_SUBMISSION}` (organizers' format)."]
     md += [
         "",
-        "Ensemble the folds' test predictions: `dialsum ensemble " + str(parent) + " --split test "
-        "--output ensemble.csv --submission submission.csv`.",
+        "Ensemble the folds' test predictions: `dialsum ensemble " + str(parent) + f" --scheme {scheme.name} "
+        "--split test --output ensemble.csv --submission submission.csv`.",
     ]
     write_text(parent / KFOLD_REPORT_FILE, "\n".join(md) + "\n")
     return summary

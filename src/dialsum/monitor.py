@@ -188,8 +188,9 @@ class WarmupRatioMixin:
 
 
 class RougeEvalMixin:
-    """At each evaluation, generate summaries for a dev subset and log `eval_rouge1/2/L/sum`,
-    so checkpoints can be selected by what the competition scores, not by loss."""
+    """At each evaluation, generate summaries for a dev subset and log `eval_<key>` for each of the scheme's score
+    keys (kiwi, dialogsum: ROUGE-1/2/L, the sum, the final score; dcs: ROUGE-1), so checkpoints can be selected by
+    what the competition scores, not by loss."""
 
     rouge_dialogues: list[Dialogue] = []
     dialsum_config: Config | None = None
@@ -201,7 +202,6 @@ class RougeEvalMixin:
         if not self.rouge_dialogues or metric_key_prefix != "eval":
             return metrics
         from dialsum.generate import generate_summaries
-        from dialsum.metrics import score
 
         config = self.dialsum_config
         model = self.accelerator.unwrap_model(self.model)
@@ -215,20 +215,7 @@ class RougeEvalMixin:
         if not once or self.accelerator.is_main_process:
             predictions = generate_summaries(model, self.processing_class, self.rouge_dialogues, config, progress=False)
             references = [d.references for d in self.rouge_dialogues]
-            if config.evaluation.scheme == "dialogsum":  # select checkpoints by the leaderboard's own ROUGE
-                from dialsum.schemes import score_scheme
-
-                scores, _ = score_scheme(
-                    predictions, references, "dialogsum", forbidden_scripts=config.generation.forbidden_scripts
-                )
-            else:  # kiwi; under dcs too (BERTScore and BLEURT at every evaluation would cost more than training)
-                scores = score(
-                    predictions,
-                    references,
-                    tokenizer=config.evaluation.tokenizer,
-                    forbidden_scripts=config.generation.forbidden_scripts,
-                )
-            rouge = {f"eval_{key}": scores[key] for key in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+            rouge = training_scores(predictions, references, config)
         if once:
             from accelerate.utils import broadcast_object_list
 
@@ -237,6 +224,24 @@ class RougeEvalMixin:
         model.train(was_training)
         metrics.update(rouge)
         return metrics
+
+
+def training_scores(predictions: list[str], references: list[list[str]], config: Config) -> dict[str, float]:
+    """`eval_<key>` of every score the run's scheme declares that can be computed at each evaluation. dcs skips its
+    model-based metrics (BERTScore and BLEURT at every evaluation would cost more than training): its ROUGE-1
+    (the scheme's fallback) is what ranks checkpoints."""
+    from dialsum.schemes import get_scheme, score_scheme
+
+    scheme = get_scheme(config.evaluation.scheme)
+    scores, _ = score_scheme(
+        predictions,
+        references,
+        scheme.name,
+        tokenizer=config.evaluation.tokenizer,
+        forbidden_scripts=config.generation.forbidden_scripts,
+        model_metrics=False,
+    )
+    return {f"eval_{key}": scores[key] for key in scheme.keys if scores.get(key) is not None}
 
 
 def metrics_callback(path: Path):

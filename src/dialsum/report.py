@@ -179,10 +179,13 @@ def eval_figure(runs: list[RunData]):
     def has(key: str) -> bool:
         return any(_series(run.metrics, key)[0] for run in runs)
 
+    from dialsum.schemes import SCHEMES
+
+    # one line per run: the scheme's headline (final score), the sum of older runs, else each metric logged (dcs)
+    metrics = dict.fromkeys(f"eval_{m}" for s in SCHEMES.values() for m in s.metrics)
     rouge_keys = (
-        ["eval_rouge_sum"]
-        if has("eval_rouge_sum")
-        else [k for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL") if has(k)]
+        next(([k] for k in ("eval_final_score", "eval_rouge_sum") if has(k)), None)
+        or [k for k in metrics if has(k)][:3]
     )
     panels = (["eval_loss"] if has("eval_loss") else []) + (["rouge"] if rouge_keys else [])
     if not panels:
@@ -353,6 +356,7 @@ def _spikes_section(run: RunData, limit: int = 20) -> list[str]:
 def _dev_scores_section(dev_scores: dict | None) -> list[str]:
     """The scheme's metrics as a person names them, the headline in bold with what it means, its interval and the
     public/private halves, then the diagnostics; every score says how it was computed (scheme and analyzer)."""
+    from dialsum.degeneracy import describe_degeneracy
     from dialsum.schemes import describe_halves, describe_interval, get_scheme
 
     if not dev_scores:
@@ -366,6 +370,7 @@ def _dev_scores_section(dev_scores: dict | None) -> list[str]:
     for label, text in (
         ("95 % interval", describe_interval(dev_scores)),
         ("public / private", describe_halves(dev_scores)),
+        ("degeneracy", describe_degeneracy(dev_scores)),
     ):
         if text:
             rows.append([label, text])
@@ -380,7 +385,14 @@ def _dev_scores_section(dev_scores: dict | None) -> list[str]:
     ]
     if dev_scores.get("skipped_without_reference"):
         rows.append(["dev dialogues without a reference (not scored)", _fmt(dev_scores["skipped_without_reference"])])
-    lines = [
+    lines = []
+    if (dev_scores.get("degeneracy") or {}).get("degenerate"):
+        lines += [
+            "**Warning: the predictions are degenerate (repetition / tag spam): these scores are not to be "
+            "trusted.** Set-based and clipped ROUGE reward repeating the references' frequent pieces.",
+            "",
+        ]
+    lines += [
         f"Scheme `{scheme.name}`: {md_cell(scheme.competition)}. Analyzer: {md_cell(str(analyzer))}.",
         "",
         f"The headline, in bold, is the {md_cell(scheme.headline_label)}: what "

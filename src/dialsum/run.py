@@ -5,6 +5,7 @@ One command from a config file to a competition submission and a report a person
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -189,49 +190,108 @@ def run(
     return run_dir
 
 
+def _screen_names(names: list[str]) -> list[str]:
+    """Row names that tell runs apart: a directory's own name, parent/name where two share it, as given otherwise
+    (hub ids, 'lead')."""
+    paths = [Path(n) for n in names]
+    shown = [p.resolve().name if p.is_dir() else n for p, n in zip(paths, names)]
+    shared = {n for n in shown if shown.count(n) > 1}
+    shown = [f"{p.resolve().parent.name}/{n}" if p.is_dir() and n in shared else n for p, n in zip(paths, shown)]
+    return [f"{n}#{i + 1}" if shown.count(n) > 1 else n for i, n in enumerate(shown)]
+
+
 def screen(
     model_names: list[str],
     data_path: str | Path,
     config: Config | None = None,
     overrides: list[str] | None = None,
     limit: int | None = None,
+    console: Console | None = None,
 ) -> list[dict]:
-    """Zero-shot screening: predict and score each model without training, ranked by final score.
+    """Zero-shot screening: predict and score each model without training, ranked by its scheme's headline.
 
-    `lead` (the first utterance, speaker tag removed) is the floor every table needs: a model below
-    it is worse than copying the first line.
+    A run directory is generated and scored with its own config.yaml (generation: its n-gram ban, its length rule;
+    evaluation: its scheme), so a run scores as it scored itself; `config` applies to the other models (hub ids,
+    checkpoints); `overrides` (--set) win over both, and are said. Runs under different schemes are never ranked
+    against each other: one table per scheme. `lead` (the first utterance, speaker tag removed) is the floor every
+    table needs, scored under each table's scheme: a model below it is worse than copying the first line.
     """
     from rich.table import Table
 
     from dialsum.config import config_from_dict
     from dialsum.generate import lead_baseline
+    from dialsum.models import resolve_inference_source
+    from dialsum.rundir import CONFIG_FILE, MODEL_DIR
+    from dialsum.schemes import SHORT_LABELS
 
+    console = console or Console()
+    overrides = overrides or []
     dialogues = [d for d in load_dialogues(data_path) if d.references][:limit]
+    shown = dict(zip(model_names, _screen_names(model_names)))
+    base = config or config_from_dict({"model": {"name_or_path": "lead"}}, overrides)
+    if config is not None and overrides:
+        base = config_from_dict(config.to_dict(), overrides)
+    sources = {}  # every model's settings first (cheap): the schemes decide the tables before any generation
+    for name in model_names:
+        if name == "lead":
+            continue
+        path = Path(name)
+        is_run = (path / CONFIG_FILE).is_file() or (path.name == MODEL_DIR and (path.parent / CONFIG_FILE).is_file())
+        source = resolve_inference_source(name, None if is_run else config, overrides, what="--models")
+        sources[name] = source
+        said = f" with --set {' '.join(overrides)} over them" if overrides else ""
+        if source.run_dir is not None:
+            console.print(
+                f"{shown[name]}: the run's own generation and evaluation settings (config.yaml){said}",
+                soft_wrap=True,
+                markup=False,
+            )
+        elif said:
+            console.print(f"{shown[name]}: --set {' '.join(overrides)}", soft_wrap=True, markup=False)
+    schemes = list(dict.fromkeys(s.config.evaluation.scheme for s in sources.values())) or [base.evaluation.scheme]
+
     results = []
     for name in model_names:
         if name == "lead":
             predictions = [lead_baseline(d) for d in dialogues]
-            eval_config = config or config_from_dict({"model": {"name_or_path": "lead"}}, overrides)
-        else:
-            raw = config.to_dict() if config else {}
-            raw["model"] = {**raw.get("model", {}), "name_or_path": name}
-            model_config = config_from_dict(raw, overrides)
-            predictor = Predictor.from_path(name, model_config, what="--models")
-            eval_config = predictor.config
-            predictions = predict_split(predictor, dialogues, eval_config, split=name).summaries
-            del predictor
+            for scheme in schemes:  # the floor of every table
+                evaluation = next(
+                    (s.config.evaluation for s in sources.values() if s.config.evaluation.scheme == scheme),
+                    base.evaluation,
+                )
+                scores, _ = score_dialogues(predictions, dialogues, evaluation, base.generation.forbidden_scripts)
+                results.append({"model": "lead", "path": "lead", **scores})
+            continue
+        source = sources[name]
+        predictor = Predictor.load(source)
+        predictions = predict_split(predictor, dialogues, source.config, split=shown[name]).summaries
+        del predictor
         scores, _ = score_dialogues(
-            predictions, dialogues, eval_config.evaluation, eval_config.generation.forbidden_scripts
+            predictions, dialogues, source.config.evaluation, source.config.generation.forbidden_scripts
         )
-        results.append({"model": name, **scores})
-    results.sort(key=lambda r: -1.0 if r.get(r["headline"]) is None else r[r["headline"]], reverse=True)
-    table = Table(title=f"zero-shot screening on {data_path} ({len(dialogues)} dialogues)")
-    scheme = results[0]["scheme"] if results else "kiwi"
-    for column in ("rank", "model", "ROUGE-1", "ROUGE-2", "ROUGE-L", "final", "foreign %"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for rank, r in enumerate(results, 1):
-        cells = ["—" if r.get(k) is None else f"{r[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "final_score")]
-        table.add_row(str(rank), r["model"], *cells, f"{r['foreign_rate']:.1f}")
-    table.caption = f"scheme {scheme}; analyzer: {results[0]['analyzer']}" if results else None
-    Console().print(table)
+        results.append({"model": shown[name], "path": name, **scores})
+
+    for scheme_name in schemes:
+        scheme = get_scheme(scheme_name)
+        group = [r for r in results if r["scheme"] == scheme_name]
+        group.sort(key=lambda r: -math.inf if scheme.rank_value(r) is None else scheme.rank_value(r), reverse=True)
+        for rank, r in enumerate(group, 1):
+            r["rank"] = rank
+        table = Table(
+            title=f"zero-shot screening on {data_path} ({len(dialogues)} dialogues), scheme {scheme_name}",
+            caption=f"{scheme.competition}; analyzer: {group[0]['analyzer']}; "
+            f"{SHORT_LABELS[scheme.headline]}: the {scheme.headline_label}",
+        )
+        table.add_column("rank", justify="right")
+        table.add_column("model", overflow="fold")
+        for key in scheme.keys:
+            table.add_column(SHORT_LABELS[key], justify="right")
+        table.add_column("foreign %", justify="right")
+        table.add_column("degenerate", justify="right")
+        for r in group:
+            cells = ["—" if r.get(k) is None else f"{r[k]:.2f}" for k in scheme.keys]
+            flag = "YES" if (r.get("degeneracy") or {}).get("degenerate") else "no"
+            table.add_row(str(r["rank"]), r["model"], *cells, f"{r['foreign_rate']:.1f}", flag)
+        console.print(table)
+    results.sort(key=lambda r: (schemes.index(r["scheme"]), r["rank"]))
     return results

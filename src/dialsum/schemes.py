@@ -44,6 +44,7 @@ from dialsum.scripts import foreign_script_chars, script_key
 __all__ = [
     "DEFAULT_BERTSCORE_MODEL",
     "SCHEMES",
+    "SHORT_LABELS",
     "Scheme",
     "analyzer_name",
     "dcs_clean",
@@ -76,6 +77,16 @@ LABELS = {
     "bertscore": "BERTScore F1",
     "bleurt": "BLEURT-20",
     "final_score": "final score",
+}
+# The same, short: column headers of the wide tables (kfold, screen, compare).
+SHORT_LABELS = {
+    "rouge1": "R1",
+    "rouge2": "R2",
+    "rougeL": "RL",
+    "rouge_sum": "sum",
+    "bertscore": "BERTScore",
+    "bleurt": "BLEURT",
+    "final_score": "final",
 }
 DCS_WORD_LIMIT = 1000  # the official NIKL scorer keeps the first 1,000 whitespace-separated words of each text
 
@@ -369,8 +380,10 @@ def score_scheme(
     bertscore_model: str = DEFAULT_BERTSCORE_MODEL,
     bertscore_layers: int | None = None,
     topics: Sequence[str | None] | None = None,
+    model_metrics: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(corpus summary, per-row scores) under `scheme`. Every summary has `scheme`, `analyzer`, `headline`
+    """(corpus summary, per-row scores) under `scheme`. `model_metrics=False` leaves dcs's BERTScore out (None,
+    with a note): what training-time evaluation computes. Every summary has `scheme`, `analyzer`, `headline`
     (the key the competition ranks by) and `headline_label`, `interval` (the 95 % bootstrap interval of the
     ranking key, `uncertainty.bootstrap_interval`, with its `key`) and `halves` (public/private estimate; `topics`
     stratify it), `n`, `foreign_rate`, `empty_predictions`, `pred_len`, `ref_len`.
@@ -384,6 +397,7 @@ def score_scheme(
     if scheme == "kiwi":
         summary, rows = score_with_rows(predictions, references, tokenizer, forbidden_scripts)
         summary.update(scheme="kiwi", analyzer=analyzer_name("kiwi", tokenizer))
+        _with_degeneracy(summary, rows, predictions, _normalise_references(predictions, references))
         return _with_uncertainty(summary, rows, definition, topics), rows
 
     refs = _normalise_references(predictions, references)
@@ -401,7 +415,10 @@ def score_scheme(
         scheme_tokens([dcs_clean(p) for p in predictions], "dcs")  # fails early, with one line, without Mecab
         rouge = score_rows([dcs_clean(p) for p in predictions], cleaned_refs, "mecab", forbidden_scripts=[])
         rows = [{"rouge1": r["rouge1"]} for r in rouge]
-        bert, note = bertscore_f1(predictions, [row[0] for row in refs], bertscore_model, bertscore_layers)
+        if model_metrics:
+            bert, note = bertscore_f1(predictions, [row[0] for row in refs], bertscore_model, bertscore_layers)
+        else:
+            bert, note = None, "BERTScore: not computed (left out at training-time evaluation)"
         notes += [note] if note else []
         notes.append(BLEURT_UNAVAILABLE)
         for index, row in enumerate(rows):
@@ -438,7 +455,19 @@ def score_scheme(
         summary["word_limit"] = DCS_WORD_LIMIT
     if notes:
         summary["notes"] = notes
+    _with_degeneracy(summary, rows, predictions, refs)
     return _with_uncertainty(summary, rows, definition, topics), rows
+
+
+def _with_degeneracy(
+    summary: dict[str, Any], rows: list[dict[str, Any]], predictions: list[str], refs: list[list[str]]
+) -> None:
+    """The repetition / tag-spam figure beside the score (dialsum.degeneracy), and `degenerate` per row."""
+    from dialsum.degeneracy import degeneracy
+
+    summary["degeneracy"], flags = degeneracy(predictions, refs)
+    for row, flag in zip(rows, flags, strict=True):
+        row["degenerate"] = flag["degenerate"]
 
 
 def _with_uncertainty(
@@ -599,7 +628,10 @@ def describe_halves(result: dict[str, Any]) -> str | None:
 def format_scheme_table(result: dict[str, Any], title: str | None = None):
     """A rich Table of a `score_scheme` result: the scheme's metrics, its headline in bold with its 95 % interval
     and the public/private halves, the scheme and the analyzer, diagnostics."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from dialsum.degeneracy import describe_degeneracy
 
     scheme = get_scheme(result.get("scheme", "kiwi"))
     table = Table(title=title, show_header=True, header_style="bold")
@@ -620,6 +652,10 @@ def format_scheme_table(result: dict[str, Any], title: str | None = None):
         table.add_row(f"95 % interval of {LABELS[ranked] if ranked != scheme.headline else 'the headline'}", interval)
     if split:
         table.add_row("public / private estimate", split)
+    degenerate = describe_degeneracy(result)
+    if degenerate:
+        style = "bold red" if result["degeneracy"].get("degenerate") else ""
+        table.add_row(f"[{style}]degeneracy[/]" if style else "degeneracy", escape(degenerate))
     table.add_section()
     table.add_row("scheme", f"{scheme.name} — {scheme.competition}")
     table.add_row("analyzer", str(result.get("analyzer", "")))
@@ -638,5 +674,13 @@ def print_scheme_scores(result: dict[str, Any], title: str | None = None, consol
 
     console = console or Console()
     console.print(format_scheme_table(result, title))
+    if (result.get("degeneracy") or {}).get("degenerate"):
+        console.print(
+            "warning: the predictions are DEGENERATE (repetition / tag spam): this score is not to be trusted",
+            style="bold red",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
     for note in result.get("notes", []):
         console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)

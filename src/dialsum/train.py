@@ -388,8 +388,9 @@ def _open_run_dir(start: RunStart, data: PreparedData, model):
         rouge_dialogues = [d for d in data.dev_dialogues if d.references][: config.evaluation.rouge_subset]
         if config.evaluation.scheme == "dcs":
             console.print(
-                "[yellow]evaluation:[/] dev ROUGE during training is Kiwi ROUGE (scheme dcs's BERTScore and "
-                "BLEURT would cost more than training at every evaluation); the final dev scores use dcs"
+                "[yellow]evaluation:[/] dev scores during training are scheme dcs's ROUGE-1 only (eval_rouge1; its "
+                "BERTScore and BLEURT would cost more than training at every evaluation); the final dev scores "
+                "are the full dcs recipe"
             )
     trainer = build_trainer(
         config, model, data.tokenizer, data.train_examples, data.dev_examples, run_dir, rouge_dialogues
