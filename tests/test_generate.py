@@ -101,7 +101,7 @@ def test_screen_takes_a_lora_run_directory(tiny_llama, tmp_path):
     save_config(config, run / "config.yaml")
     labeled = SAMPLE / "dev.csv"
     results = screen([str(run), "lead"], labeled, limit=3)
-    assert {r["model"] for r in results} == {str(run), "lead"}
+    assert {r["path"] for r in results} == {str(run), "lead"}  # "model" is the name shown, "path" what was given
 
 
 # ---------------------------------------------------------------- post-processing

@@ -244,7 +244,12 @@ def test_vllm_command_sets_max_lora_rank_from_the_adapter(tmp_path):
     command = vllm_server_command(source, "127.0.0.1", 8001, "run")
     joined = " ".join(command)
     assert "--enable-lora --max-lora-rank 64" in joined and f"--lora-modules run={tmp_path / 'adapter'}" in joined
-    assert "--model Bllossom/llama-3.2-Korean-Bllossom-3B" in joined and "--host 127.0.0.1" in joined
+    from dialsum.models import (
+        resolve_model_path,
+    )  # a hub id found in $DIALSUM_MODEL_DIRS / ../shared/models is that folder
+
+    base = resolve_model_path("Bllossom/llama-3.2-Korean-Bllossom-3B")
+    assert f"--model {base}" in joined and "--host 127.0.0.1" in joined
     merged = vllm_server_command(InferenceSource(config, str(tmp_path), adapter=False), "127.0.0.1", 8001, "x")
     assert "--enable-lora" not in merged and merged[merged.index("--model") + 1] == str(tmp_path)
 

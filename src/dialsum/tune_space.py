@@ -123,7 +123,11 @@ def _check_key(key: str, source: str) -> None:
 
 def _check_value(config: Config, key: str, value: Any, source: str) -> None:
     """The value must be one the config accepts for the key (num_beams 0, a float for an int key: one line)."""
-    config_from_dict(config.to_dict(), [f"{key}={json.dumps(value, ensure_ascii=False)}"], source=source)
+    try:
+        config_from_dict(config.to_dict(), [f"{key}={json.dumps(value, ensure_ascii=False)}"], source=source)
+    except ConfigError as error:  # the value came from the space file, not from a --set: name the file
+        message = str(error).removeprefix(f"--set {key}: ").removeprefix(f"{source}: config key '{key}': ")
+        raise _bad(source, f"{key}: {message}") from None
 
 
 def _dimension(key: str, spec: Any, config: Config, source: str) -> Dimension:
