@@ -17,7 +17,8 @@ import common  # noqa: F401  (offline settings)
 from common import real_dev_or_sample
 from dialsum.config import EvaluationSettings
 from dialsum.data import Dialogue, load_dialogues
-from dialsum.htmlreport import compare_page, report_page
+from dialsum.htmlcompare import compare_page
+from dialsum.htmlreport import report_page
 from dialsum.schemes import score_dialogues
 
 

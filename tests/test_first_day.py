@@ -230,7 +230,7 @@ def test_summary_rows_say_the_best_checkpoint_and_precision_once():
 def test_eval_plot_of_two_points_starts_at_zero_and_shows_the_values(tmp_path):
     """Two evaluations 0.09 apart on an axis zoomed to them look like a collapse. Mutation caught: the y axis left
     to matplotlib's autoscale, no values on the points."""
-    from dialsum.report import eval_figure
+    from dialsum.plots import eval_figure
     from dialsum.rundir import RunData
 
     run = RunData(

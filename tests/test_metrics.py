@@ -11,13 +11,14 @@ import pytest
 
 from conftest import SHARED, shared_file
 from dialsum.errors import DialsumError
+from dialsum.evaluate import evaluate_scheme_files
 from dialsum.metrics import (
     get_kiwi,
     score,
     score_rows,
     tokenize_texts,
 )
-from dialsum.schemes import evaluate_scheme_files, format_scheme_table
+from dialsum.schemes import format_scheme_table
 from dialsum.scripts import SCRIPT_RANGES, foreign_script_chars, has_foreign_script
 
 KO_DEV = SHARED / "data" / "dialogsum-ko" / "dev.csv"

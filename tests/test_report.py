@@ -12,7 +12,8 @@ import yaml
 
 from dialsum.compare import compare_runs
 from dialsum.config import config_from_dict
-from dialsum.report import md_cell, pick_examples, run_plots, write_run_report
+from dialsum.plots import run_plots
+from dialsum.report import md_cell, pick_examples, write_run_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

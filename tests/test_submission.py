@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE, shared_file
 from dialsum.errors import DataError, DialsumError
-from dialsum.schemes import evaluate_scheme_files
+from dialsum.evaluate import evaluate_scheme_files
 from dialsum.submission import check_output_path, read_dcs_outputs, write_dcs_submission
 
 DCS_JSONL = SAMPLE / "dcs_sample.jsonl"

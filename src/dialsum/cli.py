@@ -231,8 +231,9 @@ def evaluate(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Score predictions the way a competition does (--scheme), plus the foreign-script rate."""
+    from dialsum.evaluate import evaluate_scheme_files
     from dialsum.metrics import TOKENIZERS
-    from dialsum.schemes import SCHEMES, evaluate_scheme_files, print_scheme_scores
+    from dialsum.schemes import SCHEMES, print_scheme_scores
     from dialsum.writer import OutputPlan, write_dict_rows, write_json
 
     if scheme not in SCHEMES:

@@ -16,19 +16,18 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from dialsum.htmlreport import write_compare_html
+from dialsum.htmlcompare import write_compare_html
+from dialsum.plots import grad_norm_threshold, write_plots
 from dialsum.report import (
     _ABSENT,
     _missing_file_notes,
     _relative,
     _shorten,
-    _threshold,
     console,
     format_metric,
     format_setting,
     md_cell,
     md_table,
-    write_plots,
 )
 from dialsum.rundir import (
     COMPARE_HTML_FILE,
@@ -199,7 +198,7 @@ def _metric_cells(comparison: Comparison, metric: Metric) -> tuple[list[str], se
 
 def _metric_label(metric: Metric, runs: list[RunData]) -> str:
     if metric.name == "grad_norm_spikes":
-        thresholds = {_threshold(run) for run in runs} - {None}
+        thresholds = {grad_norm_threshold(run) for run in runs} - {None}
         return (
             f"grad-norm spikes (> {thresholds.pop():g})" if len(thresholds) == 1 else "grad-norm spikes (> threshold)"
         )

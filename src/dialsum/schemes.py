@@ -22,12 +22,10 @@ result carries `scheme` and `analyzer`.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from statistics import fmean
 from typing import Any
 
@@ -39,6 +37,7 @@ from dialsum.metrics import (
     score_with_rows,
     tokenize_texts,
 )
+from dialsum.scorers import DEFAULT_BERTSCORE_MODEL, _rouge_101, _sentences, bertscore_f1
 from dialsum.scripts import foreign_script_chars, script_key
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "Scheme",
     "analyzer_name",
     "dcs_clean",
-    "evaluate_scheme_files",
     "LABELS",
     "describe_halves",
     "describe_interval",
@@ -61,7 +59,6 @@ __all__ = [
     "token_spans",
 ]
 
-DEFAULT_BERTSCORE_MODEL = "bert-base-multilingual-cased"
 BLEURT_UNAVAILABLE = (
     "BLEURT-20: not computed: google-research/bleurt is not on PyPI and its PyTorch port bleurt-pytorch 0.0.1 "
     "does not import with transformers 5; the DCS headline (mean of three) needs it"
@@ -256,63 +253,8 @@ def token_spans(
 
 
 # --------------------------------------------------------------------------------------------------
-# The `rouge` 1.0.1 arithmetic (DialogSum-Korean), written out
+# Scoring
 # --------------------------------------------------------------------------------------------------
-
-
-def _sentences(tokens: Sequence[str]) -> list[list[str]]:
-    """Morphemes joined by spaces, split on '.', each piece whitespace-normalised, empty pieces dropped,
-    words split on ' ' (a piece that was only spaces becomes the word ''): exactly what `rouge` does."""
-    pieces = [" ".join(piece.split()) for piece in " ".join(tokens).split(".") if len(piece) > 0]
-    return [piece.split(" ") for piece in pieces]
-
-
-def _f(overlap: int, hyp: int, ref: int) -> float:
-    precision = overlap / hyp if hyp else 0.0
-    recall = overlap / ref if ref else 0.0
-    return 2.0 * ((precision * recall) / (precision + recall + 1e-8))
-
-
-def _ngram_set(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def _lcs_words(x: list[str], y: list[str]) -> list[str]:
-    """One longest common subsequence of x (reference) and y (hypothesis), with `rouge`'s tie-break:
-    walking back, step in x only when that keeps a strictly longer LCS, else step in y."""
-    n, m = len(x), len(y)
-    table = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        row, above, xi = table[i], table[i - 1], x[i - 1]
-        for j in range(1, m + 1):
-            row[j] = above[j - 1] + 1 if xi == y[j - 1] else max(above[j], row[j - 1])
-    words: list[str] = []
-    i, j = n, m
-    while i > 0 and j > 0:
-        if x[i - 1] == y[j - 1]:
-            words.append(x[i - 1])
-            i, j = i - 1, j - 1
-        elif table[i - 1][j] > table[i][j - 1]:
-            i -= 1
-        else:
-            j -= 1
-    return words
-
-
-def _rouge_101(hyp: list[list[str]], ref: list[list[str]]) -> dict[str, float]:
-    """rouge-1, rouge-2 and summary-level rouge-l F of one hypothesis/reference pair (sentences of words)."""
-    hyp_words = [w for s in hyp for w in s]
-    ref_words = [w for s in ref for w in s]
-    scores = {}
-    for key, n in (("rouge1", 1), ("rouge2", 2)):
-        h, r = _ngram_set(hyp_words, n), _ngram_set(ref_words, n)
-        scores[key] = _f(len(h & r), len(h), len(r))
-    union: set[str] = set()
-    for ref_sentence in ref:
-        for hyp_sentence in hyp:
-            union.update(_lcs_words(ref_sentence, hyp_sentence))
-    scores["rougeL"] = _f(len(union), len(set(hyp_words)), len(set(ref_words)))
-    return scores
 
 
 def _dialogsum_rows(predictions: list[str], refs: list[list[str]]) -> list[dict[str, float]]:
@@ -327,48 +269,6 @@ def _dialogsum_rows(predictions: list[str], refs: list[list[str]]) -> list[dict[
         per_ref = [_rouge_101(hyp, sentences[r]) for r in row_refs]
         rows.append({k: 100.0 * fmean(s[k] for s in per_ref) for k in ROUGE_TYPES})
     return rows
-
-
-# --------------------------------------------------------------------------------------------------
-# Model-based metrics (DCS)
-# --------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=2)
-def _bertscorer(model: str, num_layers: int | None):
-    from bert_score import BERTScorer
-    from bert_score.utils import model2layers
-
-    if num_layers is None and model not in model2layers:
-        raise DialsumError(
-            f"BERTScore model {model!r} is not one bert-score knows the layer of: set evaluation.bertscore_layers "
-            f"(bert-base-multilingual-cased uses {model2layers[DEFAULT_BERTSCORE_MODEL]})"
-        )
-    return BERTScorer(model_type=model, num_layers=num_layers)
-
-
-def bertscore_f1(
-    predictions: list[str], references: list[str], model: str = DEFAULT_BERTSCORE_MODEL, num_layers: int | None = None
-) -> tuple[list[float] | None, str | None]:
-    """BERTScore F1 ×100 per row, or (None, a one-line note naming what could not be loaded)."""
-    try:
-        import bert_score  # noqa: F401
-    except ImportError:
-        return None, "BERTScore: not computed: bert-score is not installed (pip install 'dialsum[dcs]')"
-    try:
-        scorer = _bertscorer(model, num_layers)
-    except DialsumError:
-        raise
-    except (OSError, ValueError) as error:  # offline, not in the HF cache, a path without a model, a bad repo id
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return None, f"BERTScore: not computed: could not load {model!r} ({first})"
-    _, _, f1 = scorer.score(predictions, references, verbose=False)
-    return [100.0 * float(v) for v in f1], None
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------------
 
 
 def score_scheme(
@@ -516,91 +416,6 @@ def score_dialogues(
 # --------------------------------------------------------------------------------------------------
 # Files and display
 # --------------------------------------------------------------------------------------------------
-
-
-def _read_predictions(path: Path) -> dict[str, str]:
-    """fname → summary of a `fname,summary` CSV, or id → output of a DCS submission (.json/.jsonl)."""
-    from dialsum.data import is_dcs, read_table
-    from dialsum.submission import read_dcs_outputs
-
-    if is_dcs(path):
-        return read_dcs_outputs(path)
-    predicted: dict[str, str] = {}
-    for number, row in enumerate(read_table(path, required=["fname", "summary"]), start=1):
-        fname = row["fname"].strip()
-        if fname in predicted:
-            raise DialsumError(f"{path}: row {number}: duplicate fname {fname!r}")
-        predicted[fname] = row["summary"].strip()
-    return predicted
-
-
-def evaluate_scheme_files(
-    predictions_path: str | Path,
-    references_path: str | Path,
-    scheme: str = "kiwi",
-    tokenizer: str = "kiwi",
-    forbidden_scripts: Iterable[str] | None = None,
-    bertscore_model: str = DEFAULT_BERTSCORE_MODEL,
-    bertscore_layers: int | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score a predictions file against a reference file under `scheme`, joined on the ids.
-
-    A CSV pair (`fname,summary` vs the competition CSV) or a DCS pair (a submission .json/.jsonl vs the
-    labelled DCS file); a mixed pair, a missing or non-string `output`, and ids that don't match are one-line
-    errors before any scoring. Returns (summary, per-row dicts with fname, prediction, reference, scores)."""
-    from dialsum.data import is_dcs, load_references, load_topics
-    from dialsum.metrics import _id_list
-    from dialsum.submission import read_dcs_outputs
-
-    predictions_path, references_path = Path(predictions_path), Path(references_path)
-    get_scheme(scheme)
-    script_key(forbidden_scripts)  # a bad script name fails before the slow part
-    if is_dcs(predictions_path) != is_dcs(references_path):
-        kinds = {True: "a DCS JSON/JSONL file", False: "a CSV file"}
-        raise DialsumError(
-            f"{predictions_path} is {kinds[is_dcs(predictions_path)]} but {references_path} is "
-            f"{kinds[is_dcs(references_path)]}: score a DCS submission against the labelled DCS file, "
-            "or a CSV against a CSV"
-        )
-    predicted = _read_predictions(predictions_path)
-    if is_dcs(references_path):
-        references = {id_: [output] if output else [] for id_, output in read_dcs_outputs(references_path).items()}
-    else:
-        references = load_references(references_path)
-
-    missing = [f for f in references if f not in predicted]
-    extra = [f for f in predicted if f not in references]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing predictions for {_id_list(missing)}")
-        if extra:
-            parts.append(f"predictions for ids not in the references: {_id_list(extra)}")
-        raise DialsumError(f"{predictions_path} vs {references_path}: " + "; ".join(parts))
-    unlabeled = [f for f, refs in references.items() if not refs]
-    if unlabeled:
-        raise DialsumError(f"{references_path}: empty reference summary for {_id_list(unlabeled)}")
-
-    ids = list(references)
-    predictions = [predicted[f] for f in ids]
-    refs = [references[f] for f in ids]
-    topic_of = load_topics(references_path)
-    summary, rows = score_scheme(
-        predictions,
-        refs,
-        scheme,
-        tokenizer,
-        forbidden_scripts,
-        bertscore_model,
-        bertscore_layers,
-        topics=[topic_of.get(f) for f in ids],
-    )
-    summary["predictions"] = str(predictions_path)
-    summary["references"] = str(references_path)
-    per_row = [
-        {"fname": f, "prediction": p, "reference": r[0], **row} for f, p, r, row in zip(ids, predictions, refs, rows)
-    ]
-    return summary, per_row
 
 
 def describe_interval(result: dict[str, Any]) -> str | None:
