@@ -114,7 +114,7 @@ def test_ctrl_c_says_interrupted_and_the_command_it_prints_finishes_the_run(tiny
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    line = [x for x in err.splitlines() if x.startswith("interrupted:")]
+    line = [x for x in err.splitlines() if x.startswith("interrupted:")]  # its own line, whatever tqdm left
     assert len(line) == 1 and "Traceback" not in err, err
     resume = line[0].split("continue it with: ", 1)[1]
     assert resume == f"dialsum train {run_dir / 'config.yaml'} --resume --output-dir {run_dir}"

@@ -596,8 +596,8 @@ def main() -> None:
     except DialsumError as error:
         typer.secho(f"error: {error}", err=True, fg="red")
         sys.exit(2)
-    except Interrupted as interrupted:
-        typer.secho(str(interrupted), err=True, fg="yellow")
+    except Interrupted as interrupted:  # on a line of its own: a progress bar may have left the cursor mid-line
+        typer.secho("\n" + str(interrupted), err=True, fg="yellow")
         sys.exit(130)
     except KeyboardInterrupt:
         typer.secho("interrupted (nothing half-written: every output is written atomically)", err=True)
