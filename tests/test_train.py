@@ -665,35 +665,30 @@ def test_resume_applies_safe_overrides_and_keeps_the_first_start(tiny_llama, rea
     assert [(r["step"], r["overrides"]) for r in env["resumes"]] == [(2, ["training.max_steps=4", "logging.steps=2"])]
 
 
-def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama, real_dev_path, tmp_path):
-    config = make_config(tiny_llama, real_dev_path, warmup_ratio=1.0, lr_scheduler_type="linear", learning_rate=1e-3)
+def scheduled_rates(config, tmp_path: Path, steps: int, planned: int = 10) -> list[float]:
+    """The learning rate of each of the first `steps` optimizer steps of a run planned for `planned` steps."""
     tokenizer, examples = encoded(config, 8)
     model = load_model(config.model.name_or_path, config)
     trainer = build_trainer(config, model, tokenizer, examples, [], tmp_path / "run")
     trainer.create_optimizer()
-    scheduler = trainer.create_scheduler(num_training_steps=10)
+    scheduler = trainer.create_scheduler(num_training_steps=planned)
     rates = []
-    for _ in range(10):
+    for _ in range(steps):
         rates.append(scheduler.get_last_lr()[0])
         trainer.optimizer.step()
         scheduler.step()
-    assert rates == pytest.approx([1e-3 * k / 10 for k in range(10)])
+    return rates
+
+
+def test_warmup_ratio_one_warms_up_over_every_step(tiny_llama, real_dev_path, tmp_path):
+    config = make_config(tiny_llama, real_dev_path, warmup_ratio=1.0, lr_scheduler_type="linear", learning_rate=1e-3)
+    assert scheduled_rates(config, tmp_path, steps=10) == pytest.approx([1e-3 * k / 10 for k in range(10)])
 
 
 def test_warmup_steps_count_steps_not_a_ratio(tiny_llama, real_dev_path, tmp_path):
     """training.warmup_steps (the Korean_DCS baseline's 20) warms up over exactly that many optimizer steps."""
     config = make_config(tiny_llama, real_dev_path, warmup_ratio=None, warmup_steps=3, lr_scheduler_type="linear")
-    tokenizer, examples = encoded(config, 8)
-    model = load_model(config.model.name_or_path, config)
-    trainer = build_trainer(config, model, tokenizer, examples, [], tmp_path / "run")
-    trainer.create_optimizer()
-    scheduler = trainer.create_scheduler(num_training_steps=10)
-    rates = []
-    for _ in range(4):
-        rates.append(scheduler.get_last_lr()[0])
-        trainer.optimizer.step()
-        scheduler.step()
-    assert rates == pytest.approx([0, 1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert scheduled_rates(config, tmp_path, steps=4) == pytest.approx([0, 1e-3 / 3, 2e-3 / 3, 1e-3])
 
 
 def test_accelerate_launch_ddp_with_dev_rouge(tiny_llama, real_dev_path, tmp_path):

@@ -181,9 +181,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 def _weights(directory: Path) -> list[Path]:
     """The weight files of a model or checkpoint directory (single, sharded, adapter or FSDP-sharded)."""
-    names = [p for p in directory.iterdir() if p.is_file() and p.name.startswith(("model", "adapter_model"))]
-    names += [p for p in directory.iterdir() if p.is_file() and p.name.startswith("pytorch_model")]
-    weights = [p for p in names if p.suffix in WEIGHT_SUFFIXES]
+    prefixes = ("model", "adapter_model", "pytorch_model")
+    weights = [
+        p for p in directory.iterdir() if p.is_file() and p.name.startswith(prefixes) and p.suffix in WEIGHT_SUFFIXES
+    ]
     sharded = [
         p for p in directory.iterdir() if p.is_dir() and p.name.startswith(("pytorch_model_fsdp", "global_step"))
     ]
@@ -233,7 +234,7 @@ def model_problem(model_dir: str | Path) -> str | None:
     return _json_problem(model_dir / config) or _weights_problem(model_dir)
 
 
-def move_aside(path: Path, reason: str) -> Path:
+def move_aside(path: Path) -> Path:
     """Keep what a kill left, under a name nothing reads (`incomplete-<name>-<time>`), instead of deleting it."""
     target = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
     path.rename(target)
@@ -254,10 +255,6 @@ def find_checkpoint(run_dir: Path) -> tuple[str | None, list[tuple[Path, str]]]:
             return str(checkpoint), incomplete
         incomplete.append((checkpoint, problem))
     return None, incomplete
-
-
-def last_checkpoint(run_dir: Path) -> str | None:
-    return find_checkpoint(run_dir)[0]
 
 
 def git_commit() -> str | None:

@@ -369,13 +369,13 @@ def _open_run_dir(start: RunStart, data: PreparedData, model):
     state.wait_for_everyone()
     if start.is_main:
         for checkpoint, problem in start.incomplete:
-            moved = move_aside(checkpoint, problem)
+            moved = move_aside(checkpoint)
             console.print(
                 f"[yellow]resume:[/] {checkpoint.name} is incomplete ({problem}: a save cut short); skipped it and "
                 f"moved it aside to {moved.name}"
             )
         if start.finish_only and (run_dir / MODEL_DIR).exists():
-            moved = move_aside(run_dir / MODEL_DIR, "incomplete")
+            moved = move_aside(run_dir / MODEL_DIR)
             console.print(f"[yellow]resume:[/] the incomplete {MODEL_DIR}/ is kept as {moved.name}")
     if start.reuse and start.is_main:
         removed = clear_failed_start(run_dir)
